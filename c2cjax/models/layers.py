@@ -1,0 +1,241 @@
+"""Shared decoder layers (Flax Linen) for every supported architecture.
+
+Axis letters used in einsums and docstrings:
+  B batch, S new tokens, T cache slots, D hidden, F mlp hidden, V vocab,
+  N query heads, K kv heads, G query heads per kv head (N = K * G), H head dim, L layers.
+
+Params are plain pytrees; per-layer params are stacked on a leading L axis and the block
+runs under ``nn.scan`` (one compiled block). Logical axis names (``embed``, ``heads``,
+``kv_heads``, ``mlp``, ``vocab``, ``layers``...) let ``c2cjax.sharding`` place them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from c2cjax.models.cache import KVCache
+from c2cjax.models.config import ModelConfig
+
+Dtype = Any
+_NEG_INF = -2.3819763e38  # large negative that stays finite in bf16 / fp32
+
+
+def _param(module: nn.Module, name: str, shape, axes, dtype, init=nn.initializers.normal(0.02)):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+  """``x * rsqrt(mean(x^2) + eps) * (offset + w)``, computed in fp32 like HF."""
+
+  eps: float = 1e-6
+  offset: float = 0.0  # 1.0 for Gemma's (1 + w)
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.zeros if self.offset else nn.initializers.ones
+    w = _param(self, "scale", (x.shape[-1],), ("norm",), self.dtype, init)
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    if self.offset:  # Gemma multiplies in fp32, then casts
+      return (y * (self.offset + w.astype(jnp.float32))).astype(x.dtype)
+    return w * y.astype(x.dtype)  # Llama/Qwen cast first, then multiply
+
+
+def rope_tables(inv_freq: np.ndarray, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos, sin of shape [B, S, H/2] for integer positions [B, S]."""
+  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """HF's rotate-half RoPE. x: [B, S, heads, H]; cos, sin: [B, S, H/2]."""
+  half = x.shape[-1] // 2
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  c, s = cos[:, :, None, :], sin[:, :, None, :]
+  return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """GQA attention that writes its new keys/values into the layer's cache slice."""
+
+  cfg: ModelConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, rope, k_cache, v_cache, mask, write_at, keep):
+    """One layer's attention.
+
+    Args:
+      x: [B, S, D] normed hidden states of the new tokens.
+      rope: (cos, sin), each [B, S, H/2], for this layer's RoPE base.
+      k_cache, v_cache: [B, K, T, H] this layer's cache before the call.
+      mask: [B, S, T] bool, which slots each new token may attend to.
+      write_at: [] int32 slot of the first new token.
+      keep: None or [B, T] bool; slots whose existing cache entry must be kept instead of
+        overwritten by the new tokens' keys/values (C2C fused slots).
+    Returns:
+      out [B, S, D], new k_cache and v_cache [B, K, T, H].
+    """
+    c = self.cfg
+    n, k, h, d = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size
+    wq = _param(self, "q", (d, n, h), ("embed", "heads", "head_dim"), self.dtype)
+    wk = _param(self, "k", (d, k, h), ("embed", "kv_heads", "head_dim"), self.dtype)
+    wv = _param(self, "v", (d, k, h), ("embed", "kv_heads", "head_dim"), self.dtype)
+    wo = _param(self, "o", (n, h, d), ("heads", "head_dim", "embed"), self.dtype)
+    q = jnp.einsum("bsd,dnh->bsnh", x, wq)
+    kn = jnp.einsum("bsd,dkh->bskh", x, wk)
+    vn = jnp.einsum("bsd,dkh->bskh", x, wv)
+    if c.qkv_bias:
+      zeros = nn.initializers.zeros
+      q = q + _param(self, "q_bias", (n, h), ("heads", "head_dim"), self.dtype, zeros)
+      kn = kn + _param(self, "k_bias", (k, h), ("kv_heads", "head_dim"), self.dtype, zeros)
+      vn = vn + _param(self, "v_bias", (k, h), ("kv_heads", "head_dim"), self.dtype, zeros)
+    if c.qk_norm:
+      q = RMSNorm(c.rms_eps, c.norm_offset, self.dtype, name="q_norm")(q)
+      kn = RMSNorm(c.rms_eps, c.norm_offset, self.dtype, name="k_norm")(kn)
+    q = apply_rope(q, *rope)
+    kn = apply_rope(kn, *rope)
+
+    # Write the new keys/values at [write_at, write_at + S), HF layout [B, K, T, H].
+    kn = kn.transpose(0, 2, 1, 3).astype(k_cache.dtype)
+    vn = vn.transpose(0, 2, 1, 3).astype(v_cache.dtype)
+    new_k = jax.lax.dynamic_update_slice(k_cache, kn, (0, 0, write_at, 0))
+    new_v = jax.lax.dynamic_update_slice(v_cache, vn, (0, 0, write_at, 0))
+    if keep is not None:
+      new_k = jnp.where(keep[:, None, :, None], k_cache, new_k)
+      new_v = jnp.where(keep[:, None, :, None], v_cache, new_v)
+
+    b, s = x.shape[:2]
+    qg = q.reshape(b, s, k, n // k, h)
+    logits = jnp.einsum("bskgh,bkth->bkgst", qg, new_k.astype(q.dtype),
+                        preferred_element_type=jnp.float32) * c.scale
+    if c.attn_softcap:
+      logits = jnp.tanh(logits / c.attn_softcap) * c.attn_softcap
+    logits = jnp.where(mask[:, None, None], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgst,bkth->bskgh", probs, new_v.astype(q.dtype)).reshape(b, s, n, h)
+    return jnp.einsum("bsnh,nhd->bsd", out, wo), new_k, new_v
+
+
+class MLP(nn.Module):
+  """Gated MLP: SwiGLU (Llama/Qwen) or GeGLU with tanh GELU (Gemma)."""
+
+  cfg: ModelConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d, f = self.cfg.hidden_size, self.cfg.intermediate_size
+    gate = _param(self, "gate", (d, f), ("embed", "mlp"), self.dtype)
+    up = _param(self, "up", (d, f), ("embed", "mlp"), self.dtype)
+    down = _param(self, "down", (f, d), ("mlp", "embed"), self.dtype)
+    g = jnp.einsum("bsd,df->bsf", x, gate)
+    act = jax.nn.silu(g) if self.cfg.activation == "silu" else jax.nn.gelu(g, approximate=True)
+    return jnp.einsum("bsf,fd->bsd", act * jnp.einsum("bsd,df->bsf", x, up), down)
+
+
+class Block(nn.Module):
+  """One decoder layer; scanned over layers with the whole cache in the carry."""
+
+  cfg: ModelConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry, xs, shared):
+    x, k_all, v_all = carry
+    layer, is_local = xs
+    rope_global, rope_local, mask_global, mask_local, write_at, keep = shared
+    c = self.cfg
+    norm = lambda name: RMSNorm(c.rms_eps, c.norm_offset, self.dtype, name=name)
+
+    if c.local_rope is not None or c.sliding_window:
+      rope = jax.tree.map(lambda a, b: jnp.where(is_local, a, b), rope_local, rope_global)
+      mask = jnp.where(is_local, mask_local, mask_global)
+    else:
+      rope, mask = rope_global, mask_global
+
+    k_l = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
+    v_l = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
+    a, k_l, v_l = Attention(c, self.dtype, name="attn")(
+        norm("attn_norm")(x), rope, k_l, v_l, mask, write_at, keep)
+    if c.sandwich_norm:
+      a = norm("post_attn_norm")(a)
+    x = x + a
+    m = MLP(c, self.dtype, name="mlp")(norm("mlp_norm")(x))
+    if c.sandwich_norm:
+      m = norm("post_mlp_norm")(m)
+    x = x + m
+    k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_l, layer, 0)
+    v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_l, layer, 0)
+    return (x, k_all, v_all), None
+
+
+class Decoder(nn.Module):
+  """Embeddings, scanned blocks, final norm and LM head.
+
+  ``__call__(tokens [B, S], cache, attention_mask=None, keep=None) -> (logits [B, S, V], cache)``
+  """
+
+  cfg: ModelConfig
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, tokens, cache: KVCache, attention_mask=None, keep=None,
+               return_hidden: bool = False):
+    c = self.cfg
+    b, s = tokens.shape
+    embed = _param(self, "embed", (c.vocab_size, c.hidden_size), ("vocab", "embed"), self.dtype)
+    x = jnp.take(embed, tokens, axis=0)
+    if c.embed_scale is not None:
+      x = x * jnp.asarray(c.embed_scale, self.dtype)
+
+    # Left padding of a fresh prefill: the first slot of each sequence moves right.
+    if attention_mask is not None:
+      pad = s - jnp.sum(attention_mask.astype(jnp.int32), axis=-1)
+      cache = cache.replace(start=jnp.where(cache.end == 0, pad, cache.start))
+    write_at = cache.end
+    end = write_at + s
+    slots = jnp.arange(cache.max_len, dtype=jnp.int32)
+    q_slots = write_at + jnp.arange(s, dtype=jnp.int32)
+    q_pos = q_slots[None, :] - cache.start[:, None]  # [B, S]
+    valid = (slots[None, :] >= cache.start[:, None]) & (slots[None, :] < end)  # [B, T]
+    causal = slots[None, :] <= q_slots[:, None]  # [S, T]
+    mask_global = valid[:, None, :] & causal[None]
+    mask_local = mask_global
+    if c.sliding_window:
+      near = slots[None, :] > q_slots[:, None] - c.sliding_window
+      mask_local = mask_global & near[None]
+    rope_global = rope_tables(c.rope.inv_freq(c.head_dim), q_pos)
+    rope_local = (rope_tables(c.local_rope.inv_freq(c.head_dim), q_pos)
+                  if c.local_rope is not None else rope_global)
+
+    block = Block
+    if self.remat:
+      block = nn.remat(Block, prevent_cse=False)
+    blocks = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(0, nn.broadcast), length=c.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})(c, self.dtype, name="layers")
+    xs = (jnp.arange(c.num_layers, dtype=jnp.int32), jnp.asarray(c.local_flags))
+    shared = (rope_global, rope_local, mask_global, mask_local, write_at, keep)
+    (x, k_all, v_all), _ = blocks((x, cache.k, cache.v), xs, shared)
+    cache = cache.replace(k=k_all, v=v_all, end=end)
+
+    x = RMSNorm(c.rms_eps, c.norm_offset, self.dtype, name="final_norm")(x)
+    if return_hidden:
+      return x, cache
+    if c.tie_embeddings:
+      logits = jnp.einsum("bsd,vd->bsv", x, embed, preferred_element_type=jnp.float32)
+    else:
+      head = _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"), self.dtype)
+      logits = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
+    if c.final_softcap:
+      logits = jnp.tanh(logits / c.final_softcap) * c.final_softcap
+    return logits, cache

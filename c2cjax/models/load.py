@@ -1,0 +1,208 @@
+"""``load_model(source)``: HF hub id, local HF directory (safetensors) or a ``.gguf`` file.
+
+Weights are converted to the c2cjax param tree once and cached on disk with orbax, keyed
+by the source (path, size and mtime of its weight files) and dtype, so the second load
+skips conversion (and GGUF dequantisation) entirely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from c2cjax.models import gemma, llama, qwen
+from c2cjax.models.config import ModelConfig
+from c2cjax.models.convert import params_from_hf
+from c2cjax.models.model import LM
+
+_ARCHS = {t: m for m in (llama, qwen, gemma) for t in m.MODEL_TYPES}
+SUPPORTED_MODEL_TYPES = tuple(sorted(_ARCHS))
+_CACHE_VERSION = "1"
+
+
+def cache_root() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("C2CJAX_CACHE", "~/.cache/c2cjax")).expanduser()
+
+
+def arch_module(model_type: str):
+  try:
+    return _ARCHS[model_type]
+  except KeyError:
+    raise ValueError(
+        f"unknown architecture model_type={model_type!r}; supported: "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)}") from None
+
+
+def config_from_hf(hf_config, **overrides) -> ModelConfig:
+  """A :class:`ModelConfig` from a transformers config of a supported architecture."""
+  return arch_module(hf_config.model_type).config_from_hf(hf_config, **overrides)
+
+
+# --- reading sources into HF-named NumPy tensors -------------------------------------------
+def _read_safetensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file
+
+  files = sorted(directory.glob("*.safetensors"))
+  if not files:
+    raise FileNotFoundError(f"no *.safetensors files in {directory}")
+  state = {}
+  for f in files:
+    try:
+      state.update(load_file(str(f)))
+    except TypeError:  # bf16 is not a NumPy dtype: go through flax's reader
+      from safetensors.flax import load_file as load_flax
+      state.update({k: np.asarray(v.astype(jnp.float32)) for k, v in load_flax(str(f)).items()})
+  return state
+
+
+def _gguf_state(path: pathlib.Path, model_type: str, cfg: ModelConfig) -> dict[str, np.ndarray]:
+  """Dequantised GGUF tensors under their HF names (llama.cpp conventions undone)."""
+  import gguf
+
+  reader = gguf.GGUFReader(str(path))
+  layer_names = {
+      "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+      "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+      "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+      "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+  }
+  if model_type in gemma.MODEL_TYPES:
+    layer_names.update({"post_attention_norm": "post_attention_layernorm",
+                        "ffn_norm": "pre_feedforward_layernorm",
+                        "post_ffw_norm": "post_feedforward_layernorm"})
+  else:
+    layer_names["ffn_norm"] = "post_attention_layernorm"
+  top = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+  state = {}
+  for t in reader.tensors:
+    parts = t.name.split(".")
+    if parts[0] == "blk":
+      base = layer_names.get(parts[2])
+      if base is None:
+        raise ValueError(f"GGUF tensor {t.name!r} has no known HF counterpart")
+      name = f"model.layers.{parts[1]}.{base}.{parts[3]}"
+    elif parts[0] in top:
+      name = f"{top[parts[0]]}.{parts[1]}"
+    else:
+      continue  # e.g. rope_freqs: recomputed from the config
+    w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+    if model_type in llama.MODEL_TYPES and parts[0] == "blk" and parts[2] in ("attn_q", "attn_k"):
+      heads = cfg.num_heads if parts[2] == "attn_q" else cfg.num_kv_heads
+      # llama.cpp interleaves the rotary halves; undo as transformers does.
+      w = w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+    if model_type in gemma.MODEL_TYPES and name.endswith("norm.weight"):
+      w = w - 1.0  # GGUF stores Gemma's (1 + w)
+    state[name] = w
+  return state
+
+
+def _fingerprint(files: list[pathlib.Path], dtype) -> str:
+  h = hashlib.sha256(_CACHE_VERSION.encode())
+  for f in sorted(files):
+    st = f.stat()
+    h.update(f"{f.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode())
+  h.update(jnp.dtype(dtype).name.encode())
+  return h.hexdigest()[:24]
+
+
+def _restore_cached(path: pathlib.Path):
+  import orbax.checkpoint as ocp
+
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(path.absolute())
+
+
+def _save_cached(path: pathlib.Path, params):
+  import orbax.checkpoint as ocp
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with ocp.StandardCheckpointer() as ckptr:  # writes to a temp dir, then renames: atomic
+    ckptr.save(path.absolute(), params, force=True)
+
+
+def _resolve(source: str) -> tuple[pathlib.Path, str | None]:
+  """(directory, gguf file name or None) for a source string."""
+  p = pathlib.Path(source).expanduser()
+  if p.suffix == ".gguf":
+    if not p.is_file():
+      raise FileNotFoundError(f"GGUF file not found: {p}")
+    return p.parent, p.name
+  if p.is_dir():
+    return p, None
+  if p.exists():
+    raise ValueError(f"{source!r} is neither a directory nor a .gguf file")
+  from huggingface_hub import snapshot_download
+
+  try:
+    local = snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "tokenizer*",
+                                                      "*.model", "*.txt", "*.jinja"])
+  except Exception as e:  # offline, unknown repo, gated...
+    raise OSError(f"could not fetch {source!r} from the Hugging Face hub ({type(e).__name__}: "
+                  f"{e}); pass a local directory or .gguf file instead") from e
+  return pathlib.Path(local), None
+
+
+def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool = True,
+               use_cache: bool = True, remat: bool = False, **config_overrides) -> LM:
+  """Loads a supported LLM as an :class:`LM`, converting weights once.
+
+  Args:
+    source: a hub id (``Qwen/Qwen3-0.6B``), a local HF directory, or a ``.gguf`` file.
+    dtype: param/compute dtype (``jnp.float32`` or ``jnp.bfloat16``).
+    tokenizer: also load the HF tokenizer (from the directory or the GGUF).
+    use_cache: read/write converted params under ``$C2CJAX_CACHE`` (``~/.cache/c2cjax``).
+    config_overrides: fields of :class:`ModelConfig` to override.
+  """
+  from transformers import AutoConfig, AutoTokenizer
+
+  directory, gguf_file = _resolve(str(source))
+  kw = {"gguf_file": gguf_file} if gguf_file else {}
+  weight_files = ([directory / gguf_file] if gguf_file else
+                  sorted(directory.glob("*.safetensors")))
+  if not weight_files:
+    raise FileNotFoundError(f"no weights (*.safetensors or .gguf) found for {source!r}")
+  key = _fingerprint(weight_files, dtype)
+  cached = cache_root() / "params" / key
+  meta_file = cached.with_suffix(".json")
+
+  if use_cache and meta_file.exists() and cached.exists():
+    hf_dict = json.loads(meta_file.read_text())
+    hf_config = AutoConfig.for_model(**hf_dict)
+    cfg = config_from_hf(hf_config, **config_overrides)
+    params = _restore_cached(cached)
+  else:
+    hf_config = AutoConfig.from_pretrained(str(directory), **kw)
+    arch = arch_module(hf_config.model_type)
+    cfg = arch.config_from_hf(hf_config, **config_overrides)
+    state = (_gguf_state(directory / gguf_file, hf_config.model_type, cfg) if gguf_file
+             else _read_safetensors(directory))
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    params = params_from_hf(cfg, state, arch.NORMS, dtype=np_dtype)
+    del state
+    if use_cache:
+      _save_cached(cached, params)
+      meta_file.write_text(json.dumps(hf_config.to_dict()))
+  params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+
+  tok = None
+  if tokenizer:
+    from c2cjax import offline
+    tok = (offline.load_tokenizer(directory / gguf_file) if gguf_file
+           else AutoTokenizer.from_pretrained(str(directory)))
+  return LM(cfg, params, tok, dtype=dtype, source=str(source), remat=remat)
+
+
+def from_hf_model(hf_model, dtype=jnp.float32, tokenizer=None) -> LM:
+  """An :class:`LM` from an in-memory transformers model (tests, notebooks)."""
+  cfg = config_from_hf(hf_model.config)
+  state = {k: v.detach().float().cpu().numpy() for k, v in hf_model.state_dict().items()}
+  params = params_from_hf(cfg, state, arch_module(hf_model.config.model_type).NORMS,
+                          dtype=np.dtype(jnp.dtype(dtype)))
+  params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+  return LM(cfg, params, tokenizer, dtype=dtype)
+

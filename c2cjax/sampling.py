@@ -1,0 +1,124 @@
+"""Token sampling and the compiled decode loop shared by single models and C2C.
+
+Greedy, temperature, top-k, top-p and HF-style repetition penalty, in that order (the
+order of transformers' logits processors). The loop is one ``lax.while_loop`` that stops
+when every sequence has produced an EOS id or ``max_new_tokens`` are out; nothing syncs
+with the host until it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from c2cjax.models.cache import KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How to pick the next token. ``temperature == 0`` means greedy."""
+
+  max_new_tokens: int = 32
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  repetition_penalty: float = 1.0
+  eos_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+      raise ValueError(f"bad sampling settings: {self}")
+    if self.repetition_penalty <= 0:
+      raise ValueError("repetition_penalty must be > 0")
+
+
+def seen_tokens(tokens: jax.Array, mask: jax.Array, vocab: int) -> jax.Array:
+  """[B, V] bool: which ids occur in the (masked) prompt, for the repetition penalty."""
+  b = tokens.shape[0]
+  seen = jnp.zeros((b, vocab), bool)
+  rows = jnp.broadcast_to(jnp.arange(b)[:, None], tokens.shape)
+  return seen.at[rows, tokens].max(mask.astype(bool))
+
+
+def sample(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig, seen: jax.Array | None = None):
+  """Next token ids [B] from logits [B, V] (float32)."""
+  logits = logits.astype(jnp.float32)
+  if cfg.repetition_penalty != 1.0 and seen is not None:
+    pen = jnp.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
+    logits = jnp.where(seen, pen, logits)
+  if cfg.temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / cfg.temperature
+  neg = jnp.finfo(jnp.float32).min
+  if cfg.top_k:
+    kth = jax.lax.top_k(logits, cfg.top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, neg, logits)
+  if cfg.top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+    drop_sorted = before > cfg.top_p
+    drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(
+        drop_sorted)
+    logits = jnp.where(drop, neg, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+StepFn = Callable[[jax.Array, KVCache], tuple[jax.Array, KVCache]]
+
+
+def decode(step: StepFn, cache: KVCache, logits: jax.Array, rng: jax.Array, cfg: SamplingConfig,
+           seen: jax.Array | None = None):
+  """Samples up to ``cfg.max_new_tokens`` tokens; call inside ``jax.jit``.
+
+  Args:
+    step: ``(tokens [B, 1], cache) -> (logits [B, 1, V], cache)``, the model on its cache.
+    cache: the cache after the prompt.
+    logits: [B, V] logits of the last prompt token.
+    rng: PRNG key (unused when greedy).
+    cfg: sampling settings (static).
+    seen: optional [B, V] bool of ids already in the prompt (repetition penalty).
+  Returns:
+    tokens [B, max_new_tokens] (``pad_id`` after a sequence's EOS), lengths [B] (number of
+    tokens up to and including EOS), and the final cache.
+  """
+  b = logits.shape[0]
+  eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
+  if seen is None:
+    seen = jnp.zeros(logits.shape, bool)
+
+  def pick(logits, rng, seen, done):
+    tok = sample(logits, rng, cfg, seen)
+    tok = jnp.where(done, cfg.pad_id, tok)
+    seen = seen.at[jnp.arange(b), tok].set(True)
+    return tok, seen, done | jnp.isin(tok, eos)
+
+  rng, sub = jax.random.split(rng)
+  done0 = jnp.zeros((b,), bool)
+  tok, seen, done = pick(logits, sub, seen, done0)
+  out = jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
+  lengths = jnp.ones((b,), jnp.int32)
+
+  def cond(state):
+    i, _, _, _, done, *_ = state
+    return (i < cfg.max_new_tokens) & ~jnp.all(done)
+
+  def body(state):
+    i, out, lengths, cache, done, tok, seen, rng = state
+    logits, cache = step(tok[:, None], cache)
+    rng, sub = jax.random.split(rng)
+    new_tok, seen, new_done = pick(logits[:, -1], sub, seen, done)
+    out = jax.lax.dynamic_update_index_in_dim(out, new_tok, i, 1)
+    lengths = lengths + (~done).astype(jnp.int32)
+    return i + 1, out, lengths, cache, new_done, new_tok, seen, rng
+
+  state = (jnp.int32(1), out, lengths, cache, done, tok, seen, rng)
+  _, out, lengths, cache, *_ = jax.lax.while_loop(cond, body, state)
+  return out, lengths, cache
