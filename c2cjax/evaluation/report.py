@@ -1,0 +1,220 @@
+"""Accuracy, confidence intervals, latency and token counts from per-question records.
+
+Statistics, per (benchmark, system) overall, per category and per subject:
+  * accuracy = correct / n, with a 95% Wilson score interval (z = 1.959964); unparsable replies
+    count as wrong and are also reported as `unparsable_rate`.
+  * time per query: mean, p50, p95 (numpy's default linear interpolation), total.
+  * tokens generated: mean and total.
+
+Ordering: benchmarks and systems in order of first appearance in the records, categories and
+subjects sorted; floats rounded to 6 decimals. The same records give byte-identical JSON and
+Markdown (the PNG carries no timestamp or version metadata).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054
+CI_METHOD = "Wilson score interval, 95% (z=1.96)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One scored question for one system.
+
+  Attributes:
+    system: e.g. "receiver", "sharer", "t2t", "c2c".
+    benchmark, subject, category: copied from the `Question`.
+    correct: the parsed answer equals the gold answer (False when unparsable).
+    parsed: the reply yielded an option at all.
+    time_s: wall time of the query (prefill + decode), seconds.
+    tokens_generated: decoded tokens.
+    question_id: the `Question.id`, for joining records across systems.
+  """
+
+  system: str
+  benchmark: str
+  subject: str
+  category: str
+  correct: bool
+  parsed: bool
+  time_s: float
+  tokens_generated: int
+  question_id: str = ""
+
+  def __post_init__(self):
+    if self.correct and not self.parsed:
+      raise ValueError(f"{self.question_id}: an unparsable reply cannot be correct")
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+  """Wilson score interval for a binomial proportion; (0, 1) when n == 0."""
+  if n == 0:
+    return 0.0, 1.0
+  p = correct / n
+  denom = 1 + z * z / n
+  centre = (p + z * z / (2 * n)) / denom
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+  lo = 0.0 if correct == 0 else max(0.0, centre - half)
+  hi = 1.0 if correct == n else min(1.0, centre + half)
+  return lo, hi
+
+
+def stats(records: Sequence[Record]) -> dict[str, Any]:
+  """The statistics of one non-empty group of records, as a JSON-ready dict."""
+  if not records:
+    raise ValueError("no records")
+  n = len(records)
+  correct = sum(r.correct for r in records)
+  unparsable = sum(not r.parsed for r in records)
+  times = np.array([r.time_s for r in records], np.float64)
+  tokens = np.array([r.tokens_generated for r in records], np.int64)
+  lo, hi = wilson_interval(correct, n)
+  out = {
+      "n": n, "correct": correct, "accuracy": correct / n, "ci95": [lo, hi],
+      "unparsable": unparsable, "unparsable_rate": unparsable / n,
+      "time_s": {"mean": times.mean(), "p50": np.percentile(times, 50),
+                 "p95": np.percentile(times, 95), "total": times.sum()},
+      "tokens_generated": {"mean": tokens.mean(), "total": int(tokens.sum())},
+  }
+  return _rounded(out)
+
+
+def summarize(records: Iterable[Record]) -> dict[str, Any]:
+  """{"results": {benchmark: {system: {"overall", "by_category", "by_subject"}}}, ...}."""
+  records = list(records)
+  benchmarks = _ordered(r.benchmark for r in records)
+  systems = _ordered(r.system for r in records)
+  results = {}
+  for b in benchmarks:
+    results[b] = {}
+    for s in systems:
+      group = [r for r in records if r.benchmark == b and r.system == s]
+      if not group:
+        continue
+      results[b][s] = {
+          "overall": stats(group),
+          "by_category": {c: stats([r for r in group if r.category == c])
+                          for c in sorted({r.category for r in group})},
+          "by_subject": {x: stats([r for r in group if r.subject == x])
+                         for x in sorted({r.subject for r in group})},
+      }
+  return {"ci_method": CI_METHOD, "percentiles": "numpy linear interpolation",
+          "benchmarks": benchmarks, "systems": systems, "results": results}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+  """Markdown tables: per benchmark an overall table, then category and subject accuracy."""
+  lines = [f"Accuracy in %, 95% CI: {summary['ci_method']}. Time per query in seconds.", ""]
+  for b, by_system in summary["results"].items():
+    lines += [f"## {b}", "",
+              "| system | n | accuracy (95% CI) | unparsable | time mean | p50 | p95 "
+              "| tokens mean |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s, res in by_system.items():
+      o = res["overall"]
+      t = o["time_s"]
+      lines.append(
+          f"| {s} | {o['n']} | {_pct(o)} | {100 * o['unparsable_rate']:.1f}% "
+          f"| {t['mean']:.3f} | {t['p50']:.3f} | {t['p95']:.3f} "
+          f"| {o['tokens_generated']['mean']:.1f} |")
+    for level in ("by_category", "by_subject"):
+      keys = sorted({k for res in by_system.values() for k in res[level]})
+      if len(keys) < 2:
+        continue
+      lines += ["", f"{level.replace('_', ' ').capitalize()}:", "",
+                "| " + level[3:] + " | " + " | ".join(by_system) + " |",
+                "|---|" + "---:|" * len(by_system)]
+      for k in keys:
+        cells = [_pct(res[level][k]) if k in res[level] else "-" for res in by_system.values()]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def plot_accuracy(summary: dict[str, Any], path: str | pathlib.Path) -> None:
+  """Grouped bar chart of overall accuracy: benchmarks on x, one bar per system, CI error bars."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  benchmarks, systems = summary["benchmarks"], summary["systems"]
+  width = 0.8 / max(1, len(systems))
+  fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(benchmarks) * max(1, len(systems)) ** 0.5),
+                                  3.6))
+  for i, s in enumerate(systems):
+    xs, acc, err_lo, err_hi = [], [], [], []
+    for j, b in enumerate(benchmarks):
+      res = summary["results"][b].get(s)
+      if res is None:
+        continue
+      o = res["overall"]
+      xs.append(j - 0.4 + width * (i + 0.5))
+      acc.append(100 * o["accuracy"])
+      err_lo.append(100 * (o["accuracy"] - o["ci95"][0]))
+      err_hi.append(100 * (o["ci95"][1] - o["accuracy"]))
+    ax.bar(xs, acc, width, yerr=[err_lo, err_hi], capsize=3, label=s)
+  ax.set_xticks(range(len(benchmarks)), benchmarks)
+  ax.set_ylabel("accuracy (%)")
+  ax.set_ylim(0, 105)
+  ax.set_title("Accuracy by system (95% Wilson CI)")
+  ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1),
+            ncol=min(4, max(1, len(systems))), frameon=False)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120, metadata={"Software": None})
+  plt.close(fig)
+
+
+def write_report(records: Iterable[Record], out_dir: str | pathlib.Path,
+                 name: str = "report") -> dict[str, pathlib.Path]:
+  """Writes {name}.json, {name}.md and {name}_accuracy.png under `out_dir`; returns the paths."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  summary = summarize(records)
+  paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md",
+           "chart": out / f"{name}_accuracy.png"}
+  paths["json"].write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+  paths["markdown"].write_text(markdown(summary))
+  plot_accuracy(summary, paths["chart"])
+  return paths
+
+
+def save_records(records: Iterable[Record], path: str | pathlib.Path) -> None:
+  """One JSON object per line, so a report can be rebuilt (or merged) later."""
+  with open(path, "w", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n")
+
+
+def load_records(path: str | pathlib.Path) -> list[Record]:
+  with open(path, encoding="utf-8") as f:
+    return [Record(**json.loads(line)) for line in f if line.strip()]
+
+
+def _pct(o: dict[str, Any]) -> str:
+  lo, hi = o["ci95"]
+  return f"{100 * o['accuracy']:.1f} ({100 * lo:.1f}-{100 * hi:.1f})"
+
+
+def _ordered(items: Iterable[str]) -> list[str]:
+  return list(dict.fromkeys(items))
+
+
+def _rounded(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {k: _rounded(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_rounded(v) for v in x]
+  if isinstance(x, (float, np.floating)):
+    return round(float(x), 6)
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
