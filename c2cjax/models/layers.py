@@ -141,15 +141,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """One decoder layer; scanned over layers with the whole cache in the carry."""
+  """One decoder layer; scanned over layers, each step reading/writing its cache slice."""
 
   cfg: ModelConfig
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, carry, xs, shared):
-    x, k_all, v_all = carry
-    layer, is_local = xs
+    x = carry
+    is_local, k_l, v_l = xs
     rope_global, rope_local, mask_global, mask_local, write_at, keep = shared
     c = self.cfg
     norm = lambda name: RMSNorm(c.rms_eps, c.norm_offset, self.dtype, name=name)
@@ -160,8 +160,6 @@ class Block(nn.Module):
     else:
       rope, mask = rope_global, mask_global
 
-    k_l = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
-    v_l = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
     a, k_l, v_l = Attention(c, self.dtype, name="attn")(
         norm("attn_norm")(x), rope, k_l, v_l, mask, write_at, keep)
     if c.sandwich_norm:
@@ -171,9 +169,7 @@ class Block(nn.Module):
     if c.sandwich_norm:
       m = norm("post_mlp_norm")(m)
     x = x + m
-    k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_l, layer, 0)
-    v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_l, layer, 0)
-    return (x, k_all, v_all), None
+    return x, (k_l, v_l)
 
 
 class Decoder(nn.Module):
@@ -185,6 +181,7 @@ class Decoder(nn.Module):
   cfg: ModelConfig
   dtype: Dtype = jnp.float32
   remat: bool = False
+  scan_unroll: int | bool = 1
 
   @nn.compact
   def __call__(self, tokens, cache: KVCache, attention_mask=None, keep=None,
@@ -221,11 +218,11 @@ class Decoder(nn.Module):
       block = nn.remat(Block, prevent_cse=False)
     blocks = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast), length=c.num_layers,
+        in_axes=(0, nn.broadcast), length=c.num_layers, unroll=self.scan_unroll,
         metadata_params={nn.PARTITION_NAME: "layers"})(c, self.dtype, name="layers")
-    xs = (jnp.arange(c.num_layers, dtype=jnp.int32), jnp.asarray(c.local_flags))
+    xs = (jnp.asarray(c.local_flags), cache.k, cache.v)
     shared = (rope_global, rope_local, mask_global, mask_local, write_at, keep)
-    (x, k_all, v_all), _ = blocks((x, cache.k, cache.v), xs, shared)
+    x, (k_all, v_all) = blocks(x, xs, shared)
     cache = cache.replace(k=k_all, v=v_all, end=end)
 
     x = RMSNorm(c.rms_eps, c.norm_offset, self.dtype, name="final_norm")(x)
