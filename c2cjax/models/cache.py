@@ -76,6 +76,14 @@ class KVCache:
     t = jnp.arange(self.max_len, dtype=jnp.int32)
     return t[None, :] - self.start[:, None]
 
+  def pad_to(self, max_len: int) -> "KVCache":
+    """The same cache with ``max_len`` slots (extra empty slots at the end)."""
+    extra = max_len - self.max_len
+    if extra < 0:
+      raise ValueError(f"cannot shrink a cache of {self.max_len} slots to {max_len}")
+    widths = [(0, 0)] * 3 + [(0, extra), (0, 0)]
+    return self.replace(k=jnp.pad(self.k, widths), v=jnp.pad(self.v, widths))
+
   def layer(self, i: int) -> tuple[jax.Array, jax.Array]:
     """Keys and values of layer ``i`` in HF layout, ``[B, K, T, H]`` each."""
     return self.k[i], self.v[i]
