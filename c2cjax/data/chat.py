@@ -1,0 +1,207 @@
+"""Chat records -> receiver token ids, C2C masks and aligned sharer ids.
+
+A training example is a conversation whose last message is the assistant's response.
+As in the C2C reference code, the prompt is every message before it rendered with the
+generation prompt, and the response is the rest of the full rendering (its content,
+end-of-turn token and what the template puts after it). Per receiver token ``t``:
+
+  loss_mask[t] = 1: token t is a target (a response token). The logits at t - 1
+    predict it; the trainer does the shift.
+  fuse_mask[t] = 1: the sharer's cache entry is fused at t. C2C fuses the prompt
+    except its last token (that one is fed when decoding starts), so this is
+    ``t < num_prompt_tokens - 1``.
+
+Both come from character offsets: the full conversation is rendered once and
+tokenised with offsets, and tokens starting at or after the prompt's length in
+characters are response tokens. Templates whose prompt is not a prefix of the
+conversation fall back to the last occurrence of the response's content.
+"""
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from c2cjax import align
+
+ROLES = {"system": "system", "user": "user", "assistant": "assistant",
+         "human": "user", "gpt": "assistant"}
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def instruction_to_messages(instruction: str, input: str = "", response: str = "",  # pylint: disable=redefined-builtin
+                            system: str = "") -> list[dict[str, str]]:
+  """Alpaca / GPTeacher fields -> messages (``input`` joined to the instruction by a newline)."""
+  instruction, input = _text(instruction).strip(), _text(input).strip()
+  user = f"{instruction}\n{input}" if input else instruction
+  messages = [{"role": "system", "content": _text(system)}] if system else []
+  return messages + [{"role": "user", "content": user},
+                     {"role": "assistant", "content": _text(response)}]
+
+
+def to_messages(record: Mapping[str, Any], drop_system: bool = False) -> list[dict[str, str]]:
+  """Normalises a chat record to ``[{"role", "content"}, ...]``.
+
+  Accepted records:
+    ``{"messages": [{"role", "content"}, ...]}``, also the TFDS decoding of it
+      (``{"messages": {"role": [...], "content": [...]}}``, bytes or str);
+    OpenHermes-2.5: ``{"conversations": [{"from": "system"|"human"|"gpt", "value"}]}``;
+    instruction data: ``{"instruction", "input", "response" | "output"}``.
+
+  Args:
+    record: one record.
+    drop_system: drop system messages (the C2C reference does for OpenHermes).
+
+  Returns:
+    The messages with roles system / user / assistant.
+  """
+  if "messages" in record:
+    msgs = record["messages"]
+    if isinstance(msgs, Mapping):  # TFDS Sequence-of-dict decoding
+      msgs = [{"role": r, "content": c} for r, c in zip(msgs["role"], msgs["content"])]
+    pairs = [(m["role"], m["content"]) for m in msgs]
+  elif "conversations" in record:
+    pairs = [(m["from"], m["value"]) for m in record["conversations"]]
+  elif "instruction" in record:
+    response = record.get("response", record.get("output"))
+    if response is None:
+      raise ValueError(f"instruction record without 'response' or 'output': {sorted(record)}")
+    pairs = [(m["role"], m["content"]) for m in instruction_to_messages(
+        record["instruction"], record.get("input", ""), response, record.get("system", ""))]
+  else:
+    raise ValueError(f"unrecognised chat record with keys {sorted(record)}; expected "
+                     "'messages', 'conversations' or 'instruction'")
+  out = []
+  for role, content in pairs:
+    role = _text(role)
+    if role not in ROLES:
+      raise ValueError(f"unknown chat role {role!r}; expected one of {sorted(ROLES)}")
+    if drop_system and ROLES[role] == "system":
+      continue
+    out.append({"role": ROLES[role], "content": _text(content)})
+  return out
+
+
+def require_chat_template(tokenizer) -> None:
+  """Raises a ValueError naming the problem if ``tokenizer`` has no chat template."""
+  if not getattr(tokenizer, "chat_template", None):
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    raise ValueError(
+        f"tokenizer {name!r} has no chat template, so chat messages cannot be rendered "
+        "(base models such as the Gemma-3-270M GGUF have none); use an instruct model's "
+        "tokenizer or set tokenizer.chat_template")
+
+
+def render(tokenizer, messages: Sequence[Mapping[str, str]],
+           add_generation_prompt: bool) -> str:
+  """The chat template's text; ``enable_thinking=False`` where the template reads it."""
+  require_chat_template(tokenizer)
+  kwargs = {"enable_thinking": False} if "enable_thinking" in tokenizer.chat_template else {}
+  return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                       add_generation_prompt=add_generation_prompt, **kwargs)
+
+
+def encode_prompt(tokenizer, messages: Sequence[Mapping[str, str]]) -> list[int]:
+  """Messages -> prompt ids ending in the assistant's generation prompt."""
+  text = render(tokenizer, messages, add_generation_prompt=True)
+  return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _token_starts(offsets: np.ndarray) -> np.ndarray:
+  """Token start chars [T]; tokens without a span start where the text so far ends."""
+  empty = offsets[:, 1] <= offsets[:, 0]
+  ends_so_far = np.maximum.accumulate(offsets[:, 1]) if len(offsets) else offsets[:, 1]
+  return np.where(empty, ends_so_far, offsets[:, 0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ChatEncoder:
+  """Encodes conversations for the receiver, with sharer ids aligned to its tokens.
+
+  Attributes:
+    tokenizer: the receiver's HF fast tokenizer (must have a chat template).
+    max_len: training examples are cut to this many tokens.
+    aligners: one :class:`c2cjax.align.TokenAligner` per sharer, each with this
+      receiver tokenizer; none: no ``sharer_ids``.
+  """
+  tokenizer: Any
+  max_len: int
+  aligners: tuple[align.TokenAligner, ...] = ()
+
+  def __post_init__(self):
+    require_chat_template(self.tokenizer)
+    if self.max_len < 2:
+      raise ValueError(f"max_len must be >= 2, got {self.max_len}")
+    object.__setattr__(self, "aligners", tuple(self.aligners))
+
+  @property
+  def pad_ids(self) -> dict[str, Any]:
+    """Pad value per id field: receiver pad (else EOS, else 0) and each sharer's."""
+    tok = self.tokenizer
+    rec = next((int(t) for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
+    sharers = tuple(a.sharer_pad_id for a in self.aligners)
+    return {"receiver_ids": rec, "sharer_ids": sharers[0] if len(sharers) == 1 else sharers}
+
+  def split(self, messages: Sequence[Mapping[str, str]]) -> tuple[str, int]:
+    """The full rendered conversation and the prompt's length in characters."""
+    if not messages or messages[-1]["role"] != "assistant":
+      raise ValueError("a training conversation must end with an assistant message")
+    full = render(self.tokenizer, messages, add_generation_prompt=False)
+    prompt = render(self.tokenizer, messages[:-1], add_generation_prompt=True)
+    if full.startswith(prompt):
+      return full, len(prompt)
+    content = messages[-1]["content"]
+    pos = full.rfind(content) if content else -1
+    if pos < 0:
+      raise ValueError("cannot locate the response in the rendered chat template")
+    return full, pos
+
+  def _sharer_ids(self, text: str, ids: np.ndarray, offsets: np.ndarray, n: int):
+    out = tuple(a.sharer_ids_for(text, ids, offsets)[:n] for a in self.aligners)
+    return out[0] if len(out) == 1 else out
+
+  def __call__(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any] | None:
+    """One training example, or None when no response token survives truncation.
+
+    Returns:
+      ``receiver_ids [L] int32``, ``attention_mask``, ``loss_mask``, ``fuse_mask``
+      ``[L] int32`` and, with aligners, ``sharer_ids [L] int32`` (a tuple of them for
+      several sharers); ``L <= max_len``.
+    """
+    text, prompt_chars = self.split(messages)
+    ids, offsets = align.encode(self.tokenizer, text)
+    is_response = _token_starts(offsets) >= prompt_chars
+    num_prompt = int(np.argmax(is_response)) if is_response.any() else len(ids)
+    n = min(len(ids), self.max_len)
+    if num_prompt >= n:
+      return None
+    example = {
+        "receiver_ids": ids[:n],
+        "attention_mask": np.ones(n, np.int32),
+        "loss_mask": is_response[:n].astype(np.int32),
+        "fuse_mask": (np.arange(n) < num_prompt - 1).astype(np.int32),
+    }
+    if self.aligners:
+      example["sharer_ids"] = self._sharer_ids(text, ids, offsets, n)
+    return example
+
+  def prompt(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """A generation prompt (ends in the assistant's generation prompt; not truncated).
+
+    Returns:
+      ``receiver_ids``, ``attention_mask``, ``fuse_mask`` (all but the last token)
+      ``[P] int32`` and, with aligners, ``sharer_ids``.
+    """
+    text = render(self.tokenizer, messages, add_generation_prompt=True)
+    ids, offsets = align.encode(self.tokenizer, text)
+    if not len(ids):
+      raise ValueError("empty prompt")
+    n = len(ids)
+    example = {"receiver_ids": ids, "attention_mask": np.ones(n, np.int32),
+               "fuse_mask": (np.arange(n) < n - 1).astype(np.int32)}
+    if self.aligners:
+      example["sharer_ids"] = self._sharer_ids(text, ids, offsets, n)
+    return example

@@ -1,0 +1,118 @@
+"""Device mesh and logical-axis sharding rules for LLM params, fuser params and batches.
+
+Mesh axes: ``data`` (pure data parallel), ``fsdp`` (data parallel + sharded params) and
+``tensor`` (heads / mlp / vocab split). Any axis size may be -1 for "the rest of the
+devices". A dimension that a mesh axis does not divide (e.g. 3 KV heads on a tensor axis
+of 2) is replicated on that axis instead of failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical axis name (see c2cjax.models.layers) -> mesh axis.
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+def maybe_initialize_distributed():
+  """``jax.distributed.initialize()`` on multi-host runs (TPU pods, SLURM, ...)."""
+  import os
+  if any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+                                   "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID")):
+    try:
+      jax.distributed.initialize()
+    except RuntimeError as e:  # already initialised, or single host
+      logging.info("jax.distributed.initialize skipped: %s", e)
+
+
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over ``AXES`` from sizes such as ``{"data": -1, "fsdp": 1, "tensor": 1}``."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = [int(shape.get(a, 1)) for a in AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(AXES, sizes))}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices are not divisible by the fixed mesh axes "
+                       f"{dict(zip(AXES, sizes))}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, "
+                     f"{len(devices)} available")
+  return Mesh(np.asarray(devices).reshape(sizes), AXES)
+
+
+def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh, what: str) -> P:
+  """Drops mesh axes from dims they do not divide (replicates there instead)."""
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[a] for a in names)
+    if names and dim % size:
+      logging.warning("%s: dim %d is not divisible by mesh axes %s (size %d); replicating it",
+                      what, dim, names, size)
+      out.append(None)
+    else:
+      out.append(axes)
+  return P(*out)
+
+
+def llm_shardings(lm, mesh: Mesh, rules=LOGICAL_RULES):
+  """NamedShardings for an :class:`c2cjax.models.LM`'s params, from its logical axes."""
+  abstract = jax.eval_shape(lm.init_params, jax.random.PRNGKey(0))
+  logical = nn.get_partition_spec(abstract)
+  shapes = jax.tree.map(lambda x: x.value.shape if hasattr(x, "value") else x.shape, abstract,
+                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  mesh_specs = nn.logical_to_mesh(logical, rules)
+  return jax.tree.map(
+      lambda spec, shape: NamedSharding(mesh, _fit(spec, shape, mesh, "LLM param")),
+      mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def fuser_shardings(params, mesh: Mesh):
+  """Fuser leaves: the largest dim that ``fsdp`` divides is sharded over it (FSDP)."""
+  n = mesh.shape["fsdp"]
+
+  def one(x):
+    spec = [None] * x.ndim
+    if n > 1 and x.ndim:
+      for d in sorted(range(x.ndim), key=lambda d: -x.shape[d]):
+        if x.shape[d] % n == 0:
+          spec[d] = "fsdp"
+          break
+    return NamedSharding(mesh, P(*spec))
+
+  return jax.tree.map(one, params)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis over the data-parallel axes."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)

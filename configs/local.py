@@ -1,0 +1,45 @@
+"""The embedded default that runs offline on 2 CPU cores in about an hour.
+
+Receiver SmolLM2-135M-Instruct, sharer Gemma-3-270M (base), both from their PyPI GGUF
+packages; the instruction data shipped with the package (GPTeacher + Alpaca demo).
+``get_config("short")`` is a few-minute smoke run:
+
+  python -m c2cjax.train --config configs/local.py          # ~1 hour
+  python -m c2cjax.train --config configs/local.py:short    # smoke run
+"""
+
+from c2cjax.defaults import train_config
+
+
+def get_config(variant: str = "full"):
+  c = train_config()
+  c.receiver = "offline:smollm2"
+  c.sharers = ("offline:gemma3",)
+  c.llm_dtype = "float32"  # bf16 matmuls are slow on CPU
+  c.workdir = "runs/local"
+  c.fuser.hidden_dim = 256
+  c.fuser.intermediate_dim = 256
+  c.data.source = "offline_instruct/all"
+  c.data.max_len = 256
+  c.data.bucket_lengths = (128,)
+  c.data.max_examples = 0  # all shipped examples
+  c.data.heldout_fraction = 0.01
+  c.per_device_batch_size = 8
+  c.global_batch_size = 8
+  c.max_steps = 600
+  c.fuser.anneal_steps = 300
+  c.log_every = 5
+  c.eval_every = 200
+  c.eval_batch_size = 8
+  c.eval_batches = 16
+  c.checkpoint_every = 100
+  if variant == "short":
+    c.workdir = "runs/local_short"
+    c.max_steps = 20
+    c.fuser.anneal_steps = 10
+    c.eval_every = 10
+    c.eval_batches = 2
+    c.checkpoint_every = 10
+  elif variant != "full":
+    raise ValueError(f"unknown variant {variant!r} (full, short)")
+  return c
