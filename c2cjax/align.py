@@ -127,10 +127,14 @@ class TokenAligner:
     receiver: the receiver's HF fast tokenizer.
     sharer: the sharer's HF fast tokenizer.
     strategy: ``"first"`` or ``"longest"``.
+    bos_first: when the sharer's tokenizer starts every text with its BOS (Gemma, Llama),
+      the sharer id at position 0 is that BOS: such models expect it (an attention
+      sink), and position 0 of a chat prompt is a template token of the receiver anyway.
   """
   receiver: Any
   sharer: Any
   strategy: Strategy = "first"
+  bos_first: bool = True
 
   def __post_init__(self):
     if self.strategy not in STRATEGIES:
@@ -175,6 +179,15 @@ class TokenAligner:
       if r is not None and s is not None:
         table[int(r)] = int(s)
     return table
+
+  @functools.cached_property
+  def _sharer_bos(self) -> int | None:
+    """The sharer's BOS id if its tokenizer adds one by default, else None."""
+    bos = self.sharer.bos_token_id
+    if bos is None:
+      return None
+    ids = self.sharer("a", add_special_tokens=True)["input_ids"]
+    return int(bos) if ids and ids[0] == bos else None
 
   def special_id(self, receiver_id: int) -> int:
     """The sharer id for a receiver token that has no character span."""
@@ -226,4 +239,7 @@ class TokenAligner:
     sharer_ids[~found] = [self.special_id(t) for t in receiver_ids[~found]]
     sharer_offsets = np.zeros((len(receiver_ids), 2), np.int32)
     sharer_offsets[found] = s_offs[idx[found]]
+    if self.bos_first and self._sharer_bos is not None and len(sharer_ids):
+      sharer_ids[0] = self._sharer_bos
+      sharer_offsets[0] = 0
     return Alignment(receiver_ids, sharer_ids, receiver_offsets, sharer_offsets)

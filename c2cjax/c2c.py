@@ -109,13 +109,13 @@ class C2C:
     """
     b, s = tokens.shape
     r = self.receiver
-    _, rcache = r.module_apply(rparams, tokens, r.init_cache(b, s), mask)
+    rcache = r.module_prefill(rparams, tokens, r.init_cache(b, s), mask)
     if not active:
       return rcache
     caches = []
     for i in active:  # a handful of sharers, each its own model: not a layer loop
       sh = self.sharers[i]
-      _, c = sh.module_apply(sparams[i], sharer_tokens[i], sh.init_cache(b, s), mask)
+      c = sh.module_prefill(sparams[i], sharer_tokens[i], sh.init_cache(b, s), mask)
       caches.append(c)
     token_mask = fuse_mask.astype(bool) & mask.astype(bool)
     return fuse_lib.fuse(

@@ -143,7 +143,7 @@ def _real_texts(smol):
 def test_real_alignment_covers(real, direction, strategy):
   smol, gemma = real
   rec, sh = (smol, gemma) if direction == "smol->gemma" else (gemma, smol)
-  aligner = align.TokenAligner(rec, sh, strategy)
+  aligner = align.TokenAligner(rec, sh, strategy, bos_first=False)
   for text in _real_texts(smol):
     out = aligner.align(text)
     assert len(out.sharer_ids) == len(out.receiver_ids) > 0
@@ -163,8 +163,8 @@ def test_real_alignment_covers(real, direction, strategy):
 def test_real_strategies_differ(real):
   smol, gemma = real
   text = "<|im_start|>user\nHello  world<|im_end|>\n"
-  first = align.TokenAligner(smol, gemma, "first").align(text)
-  longest = align.TokenAligner(smol, gemma, "longest").align(text)
+  first = align.TokenAligner(smol, gemma, "first", bos_first=False).align(text)
+  longest = align.TokenAligner(smol, gemma, "longest", bos_first=False).align(text)
   rec = smol.convert_ids_to_tokens(first.receiver_ids.tolist())
   pairs = dict(zip(rec, zip(gemma.convert_ids_to_tokens(first.sharer_ids.tolist()),
                             gemma.convert_ids_to_tokens(longest.sharer_ids.tolist()))))
@@ -188,3 +188,13 @@ def test_real_identity_and_specials(real):
   assert out.receiver_ids[0] == gemma.bos_token_id
   assert out.sharer_ids[0] == smol.bos_token_id
   assert smol.convert_ids_to_tokens(out.sharer_ids[1:].tolist()) == ["Hi", "Ġthere"]
+
+
+@pytest.mark.realweights
+def test_sharer_bos_at_position_zero(real):
+  smol, gemma = real
+  text = _real_texts(smol)[0]
+  out = align.TokenAligner(smol, gemma).align(text)
+  plain = align.TokenAligner(smol, gemma, bos_first=False).align(text)
+  assert out.sharer_ids[0] == gemma.bos_token_id != plain.sharer_ids[0]
+  np.testing.assert_array_equal(out.sharer_ids[1:], plain.sharer_ids[1:])

@@ -313,3 +313,23 @@ def test_real_chatml_masks(real, tmp_path):
   assert batches and all(b["receiver_ids"].shape in {(8, 128), (8, 256)} for b in batches)
   assert all(b["sharer_ids"].shape == b["receiver_ids"].shape for b in batches)
   assert all((b["loss_mask"].sum(1) > 0).all() for b in batches)
+
+
+def test_multiprocess_workers_cover_and_resume(toks, encoder):
+  rec, _ = toks
+  # Workers take slices of the records (another order) and batch them separately.
+  cfg = _config(worker_count=2, drop_remainder=False)
+  it = iter(pipeline.make_dataset(RECORDS, encoder, cfg))
+  try:
+    batches = [next(it) for _ in range(3)]
+    state = it.get_state()
+    batches += list(it)
+  finally:
+    it.close()
+  assert sorted(i for b in batches for i in _record_ids(rec, b)) == list(range(N_RECORDS))
+  resumed = iter(pipeline.make_dataset(RECORDS, encoder, cfg))
+  try:
+    resumed.set_state(state)
+    _equal(next(resumed), batches[3])
+  finally:
+    resumed.close()

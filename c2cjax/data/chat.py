@@ -32,11 +32,15 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def instruction_to_messages(instruction: str, input: str = "", response: str = "",  # pylint: disable=redefined-builtin
+def instruction_to_messages(instruction: str, context: str = "", response: str = "",
                             system: str = "") -> list[dict[str, str]]:
-  """Alpaca / GPTeacher fields -> messages (``input`` joined to the instruction by a newline)."""
-  instruction, input = _text(instruction).strip(), _text(input).strip()
-  user = f"{instruction}\n{input}" if input else instruction
+  """Alpaca / GPTeacher fields -> messages.
+
+  The user turn is ``instruction``, plus a newline and the record's ``input``
+  (``context`` here) when that is non-empty, as LLaMA-Factory joins them.
+  """
+  instruction, context = _text(instruction).strip(), _text(context).strip()
+  user = f"{instruction}\n{context}" if context else instruction
   messages = [{"role": "system", "content": _text(system)}] if system else []
   return messages + [{"role": "user", "content": user},
                      {"role": "assistant", "content": _text(response)}]

@@ -130,7 +130,9 @@ class PipelineConfig:
     even_shards: drop the last ``len % shard_count`` records so hosts get equal shares.
     read_threads: threads that read and encode records.
     read_buffer_size: records encoded ahead per host.
-    worker_count: > 0: batches are made in that many processes (``mp_prefetch``).
+    worker_count: > 0: batches are made in that many processes (``mp_prefetch``);
+      each worker batches its own slice of the records, so the order differs from
+      in-process (still fixed by the seed) and each drops its own remainder.
     prefetch_batches: batches prepared ahead in a thread (when worker_count == 0).
   """
   batch_size: int

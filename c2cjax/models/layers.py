@@ -175,7 +175,9 @@ class Block(nn.Module):
 class Decoder(nn.Module):
   """Embeddings, scanned blocks, final norm and LM head.
 
-  ``__call__(tokens [B, S], cache, attention_mask=None, keep=None) -> (logits [B, S, V], cache)``
+  ``__call__(tokens [B, S], cache, attention_mask=None, keep=None) -> (logits [B, S, V], cache)``;
+  ``return_hidden`` gives the final normed hidden states instead of logits (a cache-only
+  prefill skips the LM head), ``last_only`` keeps only the last position.
   """
 
   cfg: ModelConfig
@@ -185,7 +187,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, cache: KVCache, attention_mask=None, keep=None,
-               return_hidden: bool = False):
+               return_hidden: bool = False, last_only: bool = False):
     c = self.cfg
     b, s = tokens.shape
     embed = _param(self, "embed", (c.vocab_size, c.hidden_size), ("vocab", "embed"), self.dtype)
@@ -226,6 +228,8 @@ class Decoder(nn.Module):
     x, (k_all, v_all) = blocks(x, xs, shared)
     cache = cache.replace(k=k_all, v=v_all, end=end)
 
+    if last_only:  # prefill for generation: only the last position's logits are needed
+      x = x[:, -1:]
     x = RMSNorm(c.rms_eps, c.norm_offset, self.dtype, name="final_norm")(x)
     if return_hidden:
       return x, cache

@@ -81,9 +81,16 @@ class LM:
       self.check_room(cache, tokens.shape[1])
     return self._apply(params, tokens, cache, attention_mask, keep, return_hidden)
 
-  def module_apply(self, params, tokens, cache, attention_mask=None, keep=None):
+  def module_apply(self, params, tokens, cache, attention_mask=None, keep=None, *,
+                   last_only: bool = False):
     """Un-jitted forward, for use inside a caller's own ``jax.jit`` (C2C, training)."""
-    return self.module.apply({"params": params}, tokens, cache, attention_mask, keep)
+    return self.module.apply({"params": params}, tokens, cache, attention_mask, keep,
+                             last_only=last_only)
+
+  def module_prefill(self, params, tokens, cache, attention_mask=None) -> KVCache:
+    """Un-jitted cache-only prefill (skips the LM head)."""
+    return self.module.apply({"params": params}, tokens, cache, attention_mask,
+                             return_hidden=True)[1]
 
   @staticmethod
   def check_room(cache: KVCache, n: int):
@@ -96,7 +103,7 @@ class LM:
   # --- generation ---------------------------------------------------------------------------
   def _generate_impl(self, params, tokens, mask, rng, cfg: sampling.SamplingConfig, max_len: int):
     cache = self.init_cache(tokens.shape[0], max_len)
-    logits, cache = self.module.apply({"params": params}, tokens, cache, mask)
+    logits, cache = self.module.apply({"params": params}, tokens, cache, mask, last_only=True)
     seen = (sampling.seen_tokens(tokens, mask, self.config.vocab_size)
             if cfg.repetition_penalty != 1.0 else None)
     step = lambda tok, cache: self.module.apply({"params": params}, tok, cache)
