@@ -233,7 +233,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   rng = jax.random.PRNGKey(cfg.seed)
   c2c = build_c2c(cfg, jax.random.fold_in(rng, 1))
   hosts = jax.process_count()
-  _, num_train = build_data(cfg, c2c, 1, heldout=False, seed=cfg.data.seed)
+  data, num_train = build_data(cfg, c2c, cfg.global_batch_size // hosts, heldout=False,
+                               seed=cfg.data.seed)
   sizes = compute_sizes(cfg, mesh, num_train)
   tx, schedule = make_optimizer(cfg, sizes.total_steps)
 
@@ -259,8 +260,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   eval_step = jax.jit(make_eval_step(c2c), in_shardings=(f_sh, r_sh, s_sh, flat_sh),
                       out_shardings=rep)
 
-  data, _ = build_data(cfg, c2c, cfg.global_batch_size // hosts, heldout=False,
-                       seed=cfg.data.seed)
   it = iter(data)
   mngr = ocp.CheckpointManager(
       workdir / "checkpoints",
@@ -314,12 +313,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
       mngr.close()
       log_file.close()
       return {"stopped_at": step}
-    batch = _to_global(next(it), micro_sh, sizes.accum)
-    state, m = train_step(state, rparams, sparams, batch)
+    host_batch = next(it)
+    tok_since += float(np.sum(host_batch["attention_mask"])) * hosts
+    state, m = train_step(state, rparams, sparams, _to_global(host_batch, micro_sh, sizes.accum))
     step += 1
     if step % cfg.log_every == 0 or step == sizes.total_steps:
       m = jax.device_get(m)
-      tok_since += float(m["tokens"])
       now = time.perf_counter()
       metrics = {"train/loss": float(m["loss"]), "train/lr": float(schedule(step - 1)),
                  "train/grad_norm": float(m["grad_norm"]),

@@ -1,0 +1,65 @@
+"""Generates from the receiver alone, the sharer alone and C2C on the same prompts.
+
+    python -m c2cjax.demo [--fuser runs/local/fuser] [--receiver offline:smollm2]
+                          [--sharer offline:gemma3] [--max_new_tokens 48]
+
+Without ``--fuser`` (or when it does not exist yet) a fresh fuser is used: its gates are
+closed at initialisation, so C2C then answers exactly like the receiver alone.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+from absl import app, flags
+
+FLAGS = flags.DEFINE_string("fuser", "runs/local/fuser", "trained fuser directory")
+RECEIVER = flags.DEFINE_string("receiver", "offline:smollm2", "receiver model spec")
+SHARER = flags.DEFINE_string("sharer", "offline:gemma3", "sharer model spec")
+MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "tokens to generate")
+
+PROMPTS = (
+    "What is the boiling point of water at sea level, in Celsius?",
+    "Give one reason why the sky looks blue.",
+    "Write a Python function that returns the square of a number.",
+)
+
+
+def main(argv):
+  del argv
+  import jax
+
+  from c2cjax.c2c import C2C, Fuser
+  from c2cjax.models.load import resolve
+
+  receiver, sharer = resolve(RECEIVER.value), resolve(SHARER.value)
+  path = pathlib.Path(FLAGS.value)
+  if path.is_dir():
+    fuser, note = Fuser.load(path), f"trained fuser from {path}"
+  else:
+    fuser = Fuser.init(receiver, sharer, jax.random.PRNGKey(0))
+    note = f"no fuser at {path}: fresh fuser (closed gates: C2C == receiver alone)"
+  c2c = C2C(receiver, [sharer], [fuser.pruned()])
+  print(f"receiver {receiver}\nsharer   {sharer}\n{note}\n")
+  systems = {
+      "receiver": lambda: receiver.generate(list(PROMPTS), max_new_tokens=MAX_NEW.value,
+                                            chat=True),
+      "sharer": lambda: sharer.generate(
+          [f"Question: {p}\nAnswer:" for p in PROMPTS] if not sharer.tokenizer.chat_template else
+          [[{"role": "user", "content": p}] for p in PROMPTS],
+          max_new_tokens=MAX_NEW.value),
+      "c2c": lambda: c2c.generate(list(PROMPTS), max_new_tokens=MAX_NEW.value),
+  }
+  for name, run in systems.items():
+    run()  # compile
+    t = time.perf_counter()
+    outs = run()
+    dt = time.perf_counter() - t
+    print(f"=== {name} ({dt:.2f} s for {len(PROMPTS)} prompts, batched)")
+    for p, o in zip(PROMPTS, outs):
+      print(f"Q: {p}\nA: {o.strip()}\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
