@@ -135,3 +135,16 @@ def test_cache_is_a_pytree():
   moved = jax.tree.map(lambda x: x + 1, cache)
   assert isinstance(moved, KVCache) and int(moved.end) == 1
   assert jnp.all(cache.valid_mask() == False)  # noqa: E712
+
+
+def test_unscanned_layout_matches_scanned(pair):
+  kind, hf, lm = pair
+  flat = lm.with_layout(scan_layers=False, remat=True)
+  assert "layers_0" in flat.params and "layers" not in flat.params
+  ids = _tokens(2, 10, seed=6)
+  a, ca = lm.apply(lm.params, ids, lm.init_cache(2, 12))
+  b, cb = flat.apply(flat.params, ids, flat.init_cache(2, 12))
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ca.k), np.asarray(cb.k), atol=1e-5)
+  back = flat.with_layout(scan_layers=True)
+  jax.tree.map(np.testing.assert_array_equal, back.params, lm.params)

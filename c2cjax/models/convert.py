@@ -99,3 +99,22 @@ def params_from_hf(cfg: ModelConfig, state: Mapping[str, np.ndarray], norms: Map
   if not cfg.tie_embeddings:
     params["lm_head"] = get("lm_head.weight", (v, d)).T.astype(dtype)
   return params
+
+
+def unstack_layers(params: dict, num_layers: int) -> dict:
+  """Stacked ``layers`` subtree -> ``layers_0 .. layers_{L-1}`` (``scan_layers=False``)."""
+  import jax
+  out = {k: v for k, v in params.items() if k != "layers"}
+  for i in range(num_layers):
+    out[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["layers"])
+  return out
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+  """Inverse of :func:`unstack_layers`."""
+  import jax
+  import jax.numpy as jnp
+  out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+  out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                               *[params[f"layers_{i}"] for i in range(num_layers)])
+  return out

@@ -183,7 +183,7 @@ class Decoder(nn.Module):
   cfg: ModelConfig
   dtype: Dtype = jnp.float32
   remat: bool = False
-  scan_unroll: int | bool = 1
+  scan_layers: bool = True
 
   @nn.compact
   def __call__(self, tokens, cache: KVCache, attention_mask=None, keep=None,
@@ -216,16 +216,26 @@ class Decoder(nn.Module):
     rope_local = (rope_tables(c.local_rope.inv_freq(c.head_dim), q_pos)
                   if c.local_rope is not None else rope_global)
 
-    block = Block
-    if self.remat:
-      block = nn.remat(Block, prevent_cse=False)
-    blocks = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast), length=c.num_layers, unroll=self.scan_unroll,
-        metadata_params={nn.PARTITION_NAME: "layers"})(c, self.dtype, name="layers")
+    block = nn.remat(Block, prevent_cse=not self.scan_layers) if self.remat else Block
     xs = (jnp.asarray(c.local_flags), cache.k, cache.v)
     shared = (rope_global, rope_local, mask_global, mask_local, write_at, keep)
-    x, (k_all, v_all) = blocks(x, xs, shared)
+    if self.scan_layers:  # one compiled block; params stacked on a leading "layers" axis
+      blocks = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(0, nn.broadcast), length=c.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(c, self.dtype, name="layers")
+      x, (k_all, v_all) = blocks(x, xs, shared)
+    else:
+      # Unrolled layers with separate params (MaxText's scan_layers=False): on CPU, XLA
+      # copies each layer's slice out of stacked weights, so batch-1 decode, which is
+      # bound by reading the weights, runs faster this way.
+      ks, vs = [], []
+      for i in range(c.num_layers):
+        x, (k_i, v_i) = block(c, self.dtype, name=f"layers_{i}")(
+            x, jax.tree.map(lambda a: a[i], xs), shared)
+        ks.append(k_i)
+        vs.append(v_i)
+      k_all, v_all = jnp.stack(ks), jnp.stack(vs)
     cache = cache.replace(k=k_all, v=v_all, end=end)
 
     if last_only:  # prefill for generation: only the last position's logits are needed

@@ -30,16 +30,30 @@ class LM:
   """
 
   def __init__(self, config: ModelConfig, params: Any, tokenizer=None, dtype=jnp.float32,
-               source: str | None = None, remat: bool = False):
+               source: str | None = None, remat: bool = False, scan_layers: bool = True):
+    """``params`` must match ``scan_layers`` (stacked ``layers`` vs ``layers_{i}``);
+    see :meth:`with_layout`."""
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
     self.dtype = dtype
     self.source = source
-    self.module = Decoder(config, dtype=dtype, remat=remat)
+    self.remat, self.scan_layers = remat, scan_layers
+    self.module = Decoder(config, dtype=dtype, remat=remat, scan_layers=scan_layers)
     self._apply = jax.jit(self._apply_impl, static_argnames=("return_hidden",),
                           donate_argnames=("cache",))
     self._generate = jax.jit(self._generate_impl, static_argnames=("cfg", "max_len"))
+
+  def with_layout(self, *, scan_layers: bool | None = None, remat: bool | None = None) -> "LM":
+    """The same model with stacked (scanned) or per-layer params, and/or remat."""
+    from c2cjax.models.convert import stack_layers, unstack_layers
+    scan = self.scan_layers if scan_layers is None else scan_layers
+    params = self.params
+    if params is not None and scan != self.scan_layers:
+      n = self.config.num_layers
+      params = stack_layers(params, n) if scan else unstack_layers(params, n)
+    return LM(self.config, params, self.tokenizer, self.dtype, self.source,
+              self.remat if remat is None else remat, scan)
 
   def __repr__(self):
     return f"LM({self.config.arch}, layers={self.config.num_layers}, source={self.source!r})"
