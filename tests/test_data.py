@@ -280,15 +280,7 @@ def test_iterator_orbax_checkpoint(toks, encoder, tmp_path):
 # -------------------------------------------------------------- real tokenizers
 
 
-@pytest.fixture(scope="module")
-def real():
-  from c2cjax import offline
-  try:
-    smol = offline.load_tokenizer(offline.smollm2_gguf())
-    gemma = offline.load_tokenizer(offline.gemma3_gguf())
-  except offline.MissingOfflinePackage as e:
-    pytest.skip(str(e))
-  return smol, gemma
+# the `real` fixture (SmolLM2 and Gemma 3 tokenizers) lives in conftest.py
 
 
 @pytest.mark.realweights
