@@ -1,0 +1,124 @@
+"""Per-query latency of receiver alone vs C2C vs text-to-text (T2T), batch 1.
+
+    python benchmarks/c2c_latency.py [--fuser runs/local/fuser] [--questions 20]
+        [--answer 32] [--background 64]
+
+Offline pair: receiver SmolLM2-135M-Instruct, sharer Gemma-3-270M (PyPI GGUFs, fp32).
+Same ARC-Challenge questions and budgets for every system, greedy with EOS ignored so every
+run generates exactly the same number of tokens:
+  receiver  MCQ chat prompt -> ``--answer`` new tokens.
+  c2c       the same prompt, fused prefill (receiver + sharer + fuser), ``--answer`` tokens.
+  t2t       the sharer writes ``--background`` tokens of background, then the receiver
+            answers the MCQ prompt with it (``--answer`` tokens).
+A query's time is its wall time end to end on the host: tokenisation (and token alignment
+for C2C), prefill, decode and detokenisation. Prompts are left-padded to multiples of 32
+tokens so shapes repeat; a warm-up pass over every query first compiles every shape, so the
+timed pass excludes compilation. Systems run interleaved per query. The prefill alone
+(receiver vs fused C2C prefill, logits of the last prompt token) is timed too, to show
+where C2C's extra time goes.
+Without ``--fuser``, a freshly initialised fuser of the paper's sizes (hidden 1024,
+intermediate 1024, 3 layers) with every gate forced open is used, so the fusion cost is
+really paid (its answers mean nothing; only the time is measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--fuser", default=None, help="fuser checkpoint (default: fresh, gates open)")
+  ap.add_argument("--questions", type=int, default=20)
+  ap.add_argument("--answer", type=int, default=32, help="answer tokens per query")
+  ap.add_argument("--background", type=int, default=64, help="T2T background tokens")
+  args = ap.parse_args()
+
+  from c2cjax import eval as ev, load_model, offline
+  from c2cjax.c2c import C2C, Fuser
+  from c2cjax.evaluation import (background_prompt, load_arc_challenge, mcq_prompt,
+                                 t2t_receiver_prompt)
+
+  receiver = load_model(offline.smollm2_gguf())
+  sharer = load_model(offline.gemma3_gguf())
+  if args.fuser:
+    fuser, fuser_note = ev.load_fusers(args.fuser)[0], f"checkpoint {args.fuser}"
+  else:
+    fuser = ev.open_gates(Fuser.init(receiver, sharer, jax.random.PRNGKey(0)))
+    fuser_note = "fresh init, gates forced open"
+  fc = fuser.config
+  fuser_note += (f" (hidden {fc.hidden_dim}, intermediate {fc.intermediate_dim}, "
+                 f"{fc.num_layers} layers, {len(fuser.layer_map)} layer pairs, "
+                 f"{sum(x.size for x in jax.tree.leaves(fuser.params)) / 1e6:.1f}M params)")
+  solo, writer = ev.Solo(receiver), ev.Solo(sharer)
+  fused = ev.Fused(C2C(receiver, [sharer], [fuser]))
+  rtok, stok = receiver.tokenizer, sharer.tokenizer
+  questions = load_arc_challenge(limit=args.questions, seed=0)
+  buckets = tuple(range(32, 4097, 32))
+
+  def answer(model, text):
+    ids = model.encode(text, special=False)
+    batch = ev.pad_left([ids], ev.bucket(len(ids[0]), buckets), 1)
+    out, lengths = model.generate(*batch, args.answer, eos_ids=())
+    model.decode(np.asarray(out), np.asarray(lengths))
+    return len(ids[0])
+
+  def t2t(q):
+    ids = writer.encode(background_prompt(q, stok), special=not stok.chat_template)
+    batch = ev.pad_left([ids], ev.bucket(len(ids[0]), buckets), 1)
+    out, lengths = writer.generate(*batch, args.background, eos_ids=())
+    background = writer.decode(np.asarray(out), np.asarray(lengths))[0]
+    return answer(solo, t2t_receiver_prompt(q, background, rtok))
+
+  def prefill(model, q):
+    ids = model.encode(mcq_prompt(q, rtok), special=False)
+    batch = ev.pad_left([ids], ev.bucket(len(ids[0]), buckets), 1)
+    np.asarray(model.prefill(*batch, max_len=batch[0].shape[1])[0])
+
+  systems = {"receiver": lambda q: answer(solo, mcq_prompt(q, rtok)),
+             "c2c": lambda q: answer(fused, mcq_prompt(q, rtok)),
+             "t2t": t2t,
+             "receiver prefill": lambda q: prefill(solo, q),
+             "c2c prefill": lambda q: prefill(fused, q)}
+  start = time.perf_counter()
+  prompt_lens = [systems["receiver"](q) for q in questions]  # warm-up pass: compiles
+  for q in questions:
+    for name in list(systems)[1:]:
+      systems[name](q)
+  warmup_s = time.perf_counter() - start
+  times = {name: [] for name in systems}
+  for q in questions:
+    for name, fn in systems.items():
+      t = time.perf_counter()
+      fn(q)
+      times[name].append(1e3 * (time.perf_counter() - t))
+
+  ms = {k: np.array(v) for k, v in times.items()}
+  print(f"date: {datetime.date.today().isoformat()}")
+  print(f"machine: {platform.machine()} {platform.processor() or ''}".rstrip() +
+        f", {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}")
+  print("receiver SmolLM2-135M-Instruct, sharer Gemma-3-270M (GGUF dequantised to fp32)")
+  print(f"fuser: {fuser_note}")
+  print(f"{len(questions)} ARC-Challenge questions (seed 0), batch 1, prompt "
+        f"{np.mean(prompt_lens):.0f} tokens mean (padded to multiples of 32); answer "
+        f"{args.answer} tokens, T2T background {args.background} tokens; greedy, EOS ignored")
+  print(f"warm-up pass (compilation, excluded): {warmup_s:.0f} s\n")
+  print(f"| {'system':<16} | {'mean ms':>8} | {'p50 ms':>8} |")
+  print(f"|{'-' * 18}|---------:|---------:|")
+  for name, v in ms.items():
+    print(f"| {name:<16} | {v.mean():>8.1f} | {np.median(v):>8.1f} |")
+  for a, b, goal in (("c2c", "receiver", "<= 1.15"), ("t2t", "c2c", ">= 2")):
+    print(f"\n{a.upper()}/{b}: {ms[a].mean() / ms[b].mean():.2f} (mean), "
+          f"{np.median(ms[a]) / np.median(ms[b]):.2f} (p50); goal {goal}", end="")
+  print()
+
+
+if __name__ == "__main__":
+  main()

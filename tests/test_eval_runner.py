@@ -1,0 +1,204 @@
+"""The evaluation runner on tiny random models with a tiny character tokenizer."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from c2cjax import eval as ev
+from c2cjax.c2c import C2C, Fuser
+from c2cjax.evaluation import PromptConfig, Question, cloze_prompt, mcq_prompt
+from c2cjax.models.tiny import tiny_lm
+
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<|im_start|>", "<|im_end|>", "<unk>")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def char_tokenizer(reverse: bool = False, chat: bool = True):
+  """Characters as tokens (" A".." E" merged into one), ChatML specials, offsets."""
+  from tokenizers import Tokenizer, decoders, models
+  from transformers import PreTrainedTokenizerFast
+
+  chars = "\n" + "".join(chr(i) for i in range(32, 127))
+  vocab = {t: i for i, t in enumerate(SPECIALS)}
+  vocab.update({c: len(vocab) + i for i, c in enumerate(chars[::-1] if reverse else chars)})
+  merges = [(" ", x) for x in "ABCDE"]
+  vocab.update({a + b: len(vocab) + i for i, (a, b) in enumerate(merges)})
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+  tok.decoder = decoders.Fuse()
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
+                                 eos_token="<eos>", unk_token="<unk>",
+                                 extra_special_tokens=["<|im_start|>", "<|im_end|>"])
+  if chat:
+    fast.chat_template = CHATML
+  return fast
+
+
+QUESTIONS = [
+    Question("t/anatomy/0", "t", "anatomy", "bio", "Which bone is in the arm?",
+             ("femur", "humerus", "tibia", "skull"), 1),
+    Question("t/anatomy/1", "t", "anatomy", "bio", "How many hearts?", ("one", "two", "three"), 0),
+    Question("t/astronomy/0", "t", "astronomy", "phys", "Closest star to Earth?",
+             ("Sirius", "the Sun", "Vega", "Polaris", "Rigel"), 1),
+    Question("t/astronomy/1", "t", "astronomy", "phys", "What orbits the Earth?",
+             ("the Moon", "Mars", "a comet with a very long name", "Io"), 0),
+    Question("t/astronomy/2", "t", "astronomy", "phys", "Red planet?",
+             ("Venus", "Mars", "Earth", "Saturn"), 1),
+]
+
+PROMPTS = PromptConfig(
+    mcq="{question}\n{options}\nReply with {letters}.",
+    background="Q: {question}\n{options}\nHelp:",
+    context="Notes: {background}\n{prompt}", plain_mcq="Q: {question}\n{options}\nAnswer:",
+    plain_background="Q: {question}\n{options}\nNotes:", plain_context="{background}\n{prompt}")
+# One bucket each: every batch of a kind has one shape (compiles dominate this test's time).
+SETTINGS = ev.Settings(batch_size=2, cloze_batch_size=2, buckets=(160,),
+                       continuation_buckets=(32,), max_new_tokens=4, background_tokens=4,
+                       warmup=False, progress=False, prompts=PROMPTS)
+METHODS = ("logits", "cloze", "generate")
+
+
+@pytest.fixture(scope="module")
+def models():
+  rtok, stok = char_tokenizer(), char_tokenizer(reverse=True, chat=False)
+  r, s = tiny_lm("qwen3", rtok, seed=0), tiny_lm("gemma3", stok, seed=1)
+  fuser = lambda seed: Fuser.init(r, s, jax.random.PRNGKey(seed), hidden_dim=32,
+                                  intermediate_dim=48)
+  return dict(r=r, s=s, open1=ev.open_gates(fuser(3)), open2=ev.open_gates(fuser(4)),
+              closed=ev.open_gates(fuser(3), -1.0))
+
+
+@pytest.fixture(scope="module")
+def run(models):
+  """Every system under every method, once (compiling dominates this file's time)."""
+  m = models
+  receiver, sharer = ev.Solo(m["r"]), ev.Solo(m["s"])
+  systems = [ev.System("receiver", receiver), ev.System("sharer", sharer),
+             ev.System("t2t", receiver, writer=sharer),
+             ev.System("c2c", ev.Fused(C2C(m["r"], [m["s"]], [m["open1"]]))),
+             # two sharers (the same model, two fusers): the multi-sharer path
+             ev.System("c2c_multi", ev.Fused(C2C(m["r"], [m["s"], m["s"]],
+                                                 [m["open1"], m["open2"]])))]
+  evaluator = ev.Evaluator(SETTINGS)
+  preds = [p for s in systems for p in evaluator.evaluate(s, QUESTIONS, METHODS)]
+  return systems, preds
+
+
+def _by(preds, system, method):
+  return {p.question_id: p for p in preds if p.system == system and p.method == method}
+
+
+def test_every_system_and_method_runs_and_writes_reports(run, tmp_path):
+  _, preds = run
+  names = ("receiver", "sharer", "t2t", "c2c", "c2c_multi")
+  for name in names:
+    for method in ("logits", "cloze", "cloze_norm", "generate"):
+      got = _by(preds, name, method)
+      assert sorted(got) == sorted(q.id for q in QUESTIONS), (name, method)
+      for q in QUESTIONS:
+        p = got[q.id]
+        bg = _by(preds, "t2t", "logits")[q.id].tokens_generated if name == "t2t" else 0
+        assert p.time_s > 0 and p.answer == q.answer and 0 <= bg <= 4
+        if method == "generate":
+          assert 1 <= p.tokens_generated - bg <= 4
+          assert p.pred is None or 0 <= p.pred < len(q.choices)
+        else:  # no tokens of its own; T2T's are the background's
+          assert len(p.scores) == len(q.choices) and p.pred == int(np.argmax(p.scores))
+          assert p.tokens_generated == bg and (bg > 0) == (name == "t2t")
+  # open gates: C2C and T2T really see something the receiver alone does not
+  for other in ("c2c", "c2c_multi", "t2t"):
+    a, b = _by(preds, "receiver", "cloze"), _by(preds, other, "cloze")
+    scores = lambda d: np.concatenate([d[q.id].scores for q in QUESTIONS])
+    assert not np.allclose(scores(a), scores(b), atol=1e-4), other
+
+  paths = ev.write_outputs(preds, {"t": QUESTIONS}, tmp_path)
+  summary = json.loads(paths["cloze_norm.json"].read_text())
+  assert summary["systems"] == list(names)
+  assert summary["results"]["t"]["c2c"]["overall"]["n"] == len(QUESTIONS)
+  assert paths["generate.chart"].stat().st_size > 0
+  lines = paths["predictions"].read_text().splitlines()
+  assert len(lines) == len(preds) and json.loads(lines[0])["system"] == "receiver"
+
+
+def test_same_inputs_twice_give_the_same_predictions(run):
+  systems, preds = run
+  evaluator = ev.Evaluator(SETTINGS)  # fresh: no cached backgrounds
+  again = [p for s in systems for p in evaluator.evaluate(s, QUESTIONS, METHODS)]
+  strip = lambda ps: [dataclasses.replace(p, time_s=0.0) for p in ps]
+  assert strip(again) == strip(preds)
+
+
+def test_c2c_with_closed_gates_equals_the_receiver_exactly(models, run):
+  _, preds = run
+  c2c = ev.System("c2c", ev.Fused(C2C(models["r"], [models["s"]], [models["closed"]])))
+  fused = ev.Evaluator(SETTINGS).evaluate(c2c, QUESTIONS, ("logits", "cloze"))
+  for method in ("logits", "cloze", "cloze_norm"):
+    alone, closed = _by(preds, "receiver", method), _by(fused, "c2c", method)
+    for q in QUESTIONS:
+      assert closed[q.id].scores == alone[q.id].scores
+      assert closed[q.id].pred == alone[q.id].pred
+
+
+def _cloze_ids(tok, q):
+  ctx, options = cloze_prompt(q, PROMPTS)
+  ids = tok(ctx)["input_ids"]
+  return ctx, ids, [tok(ctx + o)["input_ids"][len(ids):] for o in options]
+
+
+def _continuation_logprob(steps, cont):
+  """Sum of log p(cont[t]) for steps[t] [V], the logits that predict cont[t]."""
+  lp = jax.nn.log_softmax(np.asarray(steps, np.float64), axis=-1)
+  return float(sum(lp[t, c] for t, c in enumerate(cont)))
+
+
+def _right_padded_forward(lm, ids, width):
+  """Logits [len(ids), V] of one unpadded sequence (right padding is causally invisible)."""
+  tokens = np.zeros((1, width), np.int32)
+  tokens[0, :len(ids)] = ids
+  logits, _ = lm.apply(lm.params, tokens)
+  return np.asarray(logits)[0, :len(ids)]
+
+
+def test_scores_equal_a_direct_per_option_forward(models, run):
+  r, s = models["r"], models["s"]
+  _, preds = run
+  tok = r.tokenizer
+  c2c = C2C(r, [s], [models["open1"]])
+  letter_ids = ev.letter_token_ids(tok, 5)
+  assert letter_ids[0] == [tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids(" A")]
+  for n, q in enumerate(QUESTIONS):
+    ctx, ids, conts = _cloze_ids(tok, q)
+    want, want_c2c = [], []
+    for cont in conts:  # one full forward of context + option per option
+      logits = _right_padded_forward(r, ids + cont, 96)
+      want.append(_continuation_logprob(logits[len(ids) - 1:-1], cont))
+      if n < 2:  # C2C: the context fused alone, then the option on its cache
+        sharer = c2c.aligners[0].align(ctx, True).sharer_ids
+        last, cache = c2c.prefill(np.array([ids]), np.ones((1, len(ids)), np.int32),
+                                  (sharer[None],), max_len=96)
+        step_in = np.zeros((1, 32), np.int32)  # right-padded: causally invisible
+        step_in[0, :len(cont) - 1] = cont[:-1]
+        rest, _ = r.apply(r.params, step_in, cache)
+        steps = np.concatenate([np.asarray(last)[:, None], np.asarray(rest)], axis=1)[0]
+        want_c2c.append(_continuation_logprob(steps[:len(cont)], cont))
+    tol = dict(rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(_by(preds, "receiver", "cloze")[q.id].scores, want, **tol)
+    norm = np.array(want) / np.array([len(o) for o in cloze_prompt(q, PROMPTS)[1]])
+    np.testing.assert_allclose(_by(preds, "receiver", "cloze_norm")[q.id].scores, norm, **tol)
+    if want_c2c:
+      np.testing.assert_allclose(_by(preds, "c2c", "cloze")[q.id].scores, want_c2c, **tol)
+    last = _right_padded_forward(r, tok(mcq_prompt(q, tok, PROMPTS),
+                                        add_special_tokens=False)["input_ids"], 160)[-1]
+    letters = [max(last[i] for i in letter_ids[k]) for k in range(len(q.choices))]
+    np.testing.assert_allclose(_by(preds, "receiver", "logits")[q.id].scores, letters, **tol)
+
+
+def test_bucket_and_letter_ids():
+  assert [ev.bucket(n, (8, 16)) for n in (1, 8, 9, 16, 17, 33)] == [8, 8, 16, 16, 32, 48]
+  tok = char_tokenizer()
+  assert ev.letter_token_ids(tok, 3)[2] == [tok.convert_tokens_to_ids("C"),
+                                            tok.convert_tokens_to_ids(" C")]
+  assert len(ev.letter_token_ids(tok, 6)[5]) == 1  # " F" is two tokens: skipped
