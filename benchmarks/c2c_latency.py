@@ -49,7 +49,8 @@ def main():
   receiver = load_model(offline.smollm2_gguf())
   sharer = load_model(offline.gemma3_gguf())
   if args.fuser:
-    fuser, fuser_note = ev.load_fusers(args.fuser)[0], f"checkpoint {args.fuser}"
+    fuser = ev.load_fusers(args.fuser)[0]  # closed-gate pairs pruned: identity at inference
+    fuser_note = f"checkpoint {args.fuser}, closed-gate pairs pruned"
   else:
     fuser = ev.open_gates(Fuser.init(receiver, sharer, jax.random.PRNGKey(0)))
     fuser_note = "fresh init, gates forced open"

@@ -497,6 +497,7 @@ def default_config():
   c.prompts.system = config_dict.placeholder(str)
   return c
 
+
 def open_gates(fuser: Fuser, logit: float = 1.0) -> Fuser:
   """The same fuser with every key/value gate open (smoke runs, latency: the cost is paid)."""
   params = dict(fuser.params)
@@ -505,12 +506,17 @@ def open_gates(fuser: Fuser, logit: float = 1.0) -> Fuser:
   return Fuser(params, fuser.config, fuser.layer_map)
 
 
-def load_fusers(path) -> list[Fuser]:
-  """The fuser(s) of a ``fuse.save`` checkpoint (several for a multi-sharer run)."""
+def load_fusers(path, prune: bool = True) -> list[Fuser]:
+  """The fuser(s) of a ``fuse.save`` checkpoint (several for a multi-sharer run).
+
+  ``prune`` drops layer pairs whose gates are both closed: with inference's hard gates they
+  are the identity, so answers are unchanged and C2C prefill gets cheaper.
+  """
   params, config, layer_map, _ = fuse_lib.load(path)
-  if isinstance(config, tuple):
-    return [Fuser(p, c, m) for p, c, m in zip(params, config, layer_map)]
-  return [Fuser(params, config, layer_map)]
+  if not isinstance(config, tuple):
+    params, config, layer_map = (params,), (config,), (layer_map,)
+  fusers = [Fuser(p, c, m) for p, c, m in zip(params, config, layer_map)]
+  return [f.pruned() for f in fusers] if prune else fusers
 
 
 def _split(value) -> list[str]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from c2cjax import eval as ev
+from c2cjax import fuse as fuse_lib
 from c2cjax.c2c import C2C, Fuser
 from c2cjax.evaluation import PromptConfig, Question, cloze_prompt, mcq_prompt
 from c2cjax.models.tiny import tiny_lm
@@ -164,7 +165,11 @@ def _right_padded_forward(lm, ids, width):
 
 def test_scores_equal_a_direct_per_option_forward(models, run):
   r, s = models["r"], models["s"]
-  _, preds = run
+  systems, preds = run
+  # one question alone: a batch of one (no repeated rows), same scores as in a batch
+  alone = ev.Evaluator(SETTINGS).evaluate(systems[0], QUESTIONS[-1:], ("logits",))
+  np.testing.assert_allclose(alone[0].scores, _by(preds, "receiver", "logits")[
+      QUESTIONS[-1].id].scores, rtol=1e-5, atol=1e-4)
   tok = r.tokenizer
   c2c = C2C(r, [s], [models["open1"]])
   letter_ids = ev.letter_token_ids(tok, 5)
@@ -202,3 +207,16 @@ def test_bucket_and_letter_ids():
   assert ev.letter_token_ids(tok, 3)[2] == [tok.convert_tokens_to_ids("C"),
                                             tok.convert_tokens_to_ids(" C")]
   assert len(ev.letter_token_ids(tok, 6)[5]) == 1  # " F" is two tokens: skipped
+
+
+def test_load_fusers_prunes_closed_pairs(models, tmp_path):
+  f = models["open1"]
+  params = dict(f.params)
+  for k in ("key_gate_logit", "value_gate_logit"):
+    params[k] = params[k].at[0].set(-1.0)
+  fuse_lib.save(tmp_path / "fuser", params, f.config, f.layer_map)
+  (full,) = ev.load_fusers(tmp_path / "fuser", prune=False)
+  (pruned,) = ev.load_fusers(tmp_path / "fuser")
+  assert full.layer_map == f.layer_map
+  assert pruned.layer_map.receiver == f.layer_map.receiver[1:]
+  np.testing.assert_array_equal(pruned.params["key_gate_logit"], params["key_gate_logit"][1:])
