@@ -1,0 +1,610 @@
+"""C2C training-step throughput and memory: c2cjax (jit) vs a plain PyTorch step.
+
+    python benchmarks/train_step.py [--batch 4] [--seq 128] [--accum 1] [--steps 10]
+    python benchmarks/train_step.py --check    # same loss/grad norm in both, then exit
+
+The local pair of ``configs/local.py`` (receiver SmolLM2-135M-Instruct, sharer
+Gemma-3-270M, both fp32 from the same GGUF files; fuser sizes, layer map and optimizer
+from the config) on a synthetic batch of fixed shape ``[A, B, T]``: random ids in each
+vocabulary, ``fuse_mask`` on the first half of every row, ``loss_mask`` on the second.
+
+One step, in both frameworks (the computation of ``c2cjax.train.c2c_nll`` and
+``make_train_step``):
+
+  pass 1  receiver and sharer cache-only prefill over the whole sequence (frozen, no
+          grad), fuse the ``fuse_mask`` slots of every mapped receiver layer (train
+          mode: Gumbel-sigmoid gates, dropout);
+  pass 2  receiver over the whole sequence on that cache, keeping the fused slots (fresh
+          keys/values elsewhere), next-token NLL on the ``loss_mask`` tokens;
+  then    gradient of the fuser params only (summed over the ``A`` micro-batches, divided
+          by the number of target tokens), global-norm clip, AdamW.
+
+The PyTorch side is eager ``transformers`` models (``AutoModelForCausalLM.from_pretrained(
+dir, gguf_file=...)``) with a compact ``nn.Module`` fuser of the same sizes; pass 2 keeps
+the fused slots through a ``DynamicCache`` subclass whose ``update`` substitutes the pass-1
+(fused) keys/values at those slots before attention -- the same computation as c2cjax's
+``keep``, not a cheaper variant. Each framework runs in its own child process (so peak
+RSS is its own); compile/warm-up is timed separately, then the median of ``--steps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_RESULT = "RESULT "
+
+
+# --- shared helpers (no framework imports) ------------------------------------------------
+def _status_kib(field: str) -> int | None:
+  try:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+      if line.startswith(field + ":"):
+        return int(line.split()[1])
+  except OSError:
+    pass
+  return None
+
+
+class PeakRSS:
+  """Process RSS and its high-water mark, resettable where Linux allows it.
+
+  Writing ``5`` to ``/proc/self/clear_refs`` resets the peak (VmHWM, which also backs
+  ``getrusage(...).ru_maxrss``), so a phase's peak can be measured on its own. Without
+  that, ``ru_maxrss`` is the peak since process start.
+  """
+
+  def __init__(self):
+    try:
+      pathlib.Path("/proc/self/clear_refs").write_text("5")
+      self.resettable = _status_kib("VmHWM") is not None
+    except OSError:
+      self.resettable = False
+
+  def reset(self):
+    if self.resettable:
+      pathlib.Path("/proc/self/clear_refs").write_text("5")
+
+  @staticmethod
+  def rss_mib() -> float:
+    kib = _status_kib("VmRSS")
+    return kib / 1024 if kib is not None else float("nan")
+
+  def peak_mib(self) -> float:
+    import resource  # pylint: disable=import-outside-toplevel
+    hwm = _status_kib("VmHWM") if self.resettable else None
+    if hwm is None:
+      hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return hwm / 1024
+
+
+def synthetic_batch(spec: dict, receiver_vocab: int, sharer_vocab: int):
+  """NumPy ``[A, B, T]`` int32 batch; same ids in both frameworks (fixed seed)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  a, b, t = spec["accum"], spec["batch"], spec["seq"]
+  rng = np.random.default_rng(spec["seed"])
+  pos = np.arange(t)
+  ones = np.ones((a, b, t), np.int32)
+  return {
+      "receiver_ids": rng.integers(0, receiver_vocab, (a, b, t), dtype=np.int32),
+      "sharer_ids": rng.integers(0, sharer_vocab, (a, b, t), dtype=np.int32),
+      "attention_mask": ones,
+      "fuse_mask": ones * (pos < t // 2).astype(np.int32),
+      "loss_mask": ones * (pos >= t // 2).astype(np.int32),
+  }
+
+
+def _timed_steps(run_step, n: int, mem: PeakRSS) -> tuple[list[float], dict]:
+  """Times ``n`` calls of ``run_step()`` (each blocks until done) and their memory."""
+  rss_before = mem.rss_mib()
+  mem.reset()
+  times = []
+  for _ in range(n):
+    t = time.perf_counter()
+    run_step()
+    times.append(time.perf_counter() - t)
+  peak = mem.peak_mib()
+  return times, {"rss_before_timed_mib": rss_before, "peak_timed_mib": peak,
+                 "peak_timed_delta_mib": peak - rss_before}
+
+
+# --- JAX side -----------------------------------------------------------------------------
+def _load_config(path: pathlib.Path):
+  spec = importlib.util.spec_from_file_location("bench_train_config", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def run_jax(spec: dict) -> dict:
+  """The jitted ``c2cjax.train`` step on the synthetic batch."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from c2cjax import train  # pylint: disable=import-outside-toplevel
+
+  mem = PeakRSS()
+  t0 = time.perf_counter()
+  cfg = _load_config(pathlib.Path(spec["config"]))
+  rng = jax.random.PRNGKey(cfg.seed)
+  c2c = train.build_c2c(cfg, jax.random.fold_in(rng, 1))
+  tx, _ = train.make_optimizer(cfg, cfg.max_steps)
+  fparams = tuple(f.params for f in c2c.fusers)
+  state = train.TrainState(step=jnp.int32(0), params=fparams, opt_state=tx.init(fparams),
+                           rng=jax.random.fold_in(rng, 2))
+  rparams = c2c.receiver.params
+  sparams = tuple(s.params for s in c2c.sharers)
+  batch_np = synthetic_batch(spec, c2c.receiver.config.vocab_size,
+                             c2c.sharers[0].config.vocab_size)
+  batch = jax.tree.map(jnp.asarray, batch_np)
+  jax.block_until_ready((state, rparams, sparams, batch))
+  load_s = time.perf_counter() - t0
+  rss_loaded = mem.rss_mib()
+
+  mem.reset()
+  t0 = time.perf_counter()
+  step = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,))
+  compiled = step.lower(state, rparams, sparams, batch).compile()
+  compile_s = time.perf_counter() - t0
+
+  def run_step():
+    nonlocal state
+    state, metrics = compiled(state, rparams, sparams, batch)
+    jax.block_until_ready((state, metrics))
+    return metrics
+
+  t0 = time.perf_counter()
+  for _ in range(spec["warmup"]):
+    metrics = run_step()
+  warmup_s = (time.perf_counter() - t0) / max(spec["warmup"], 1)
+  peak_warm = mem.peak_mib()
+  times, timed = _timed_steps(run_step, spec["steps"], mem)
+  metrics = jax.device_get(run_step())
+  dev = jax.devices()[0]
+  stats = dev.memory_stats()
+  n_fuser = sum(x.size for x in jax.tree.leaves(fparams))
+  lm = c2c.fusers[0].layer_map
+  return {
+      "framework": "jax", "version": jax.__version__, "device": str(dev.platform),
+      "device_memory_stats": None if stats is None else {
+          k: stats[k] for k in ("peak_bytes_in_use", "bytes_in_use") if k in stats},
+      "load_s": load_s, "compile_s": compile_s, "first_steps_s": warmup_s,
+      "step_times_s": times, "rss_loaded_mib": rss_loaded,
+      "peak_compile_warmup_mib": peak_warm, **timed,
+      "peak_rss_resettable": mem.resettable,
+      "loss": float(metrics["loss"]), "targets": float(metrics["tokens"]),
+      "fuser_params": int(n_fuser), "layer_map": lm.pairs(),
+      "vocab": [c2c.receiver.config.vocab_size, c2c.sharers[0].config.vocab_size],
+  }
+
+
+# --- PyTorch side -------------------------------------------------------------------------
+def _torch_modules():
+  """The PyTorch fuser modules (defined lazily so the parent never imports torch)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from torch import nn  # pylint: disable=import-outside-toplevel
+  from transformers import DynamicCache  # pylint: disable=import-outside-toplevel
+
+  class Block(nn.Module):
+    """``x + Dropout(W2(GELU(W1(RMSNorm(x)))))``, bias-free linears, exact GELU."""
+
+    def __init__(self, hidden: int, width: int, dropout: float):
+      super().__init__()
+      self.norm = nn.RMSNorm(hidden, eps=1e-6)
+      self.w1 = nn.Linear(hidden, width, bias=False)
+      self.w2 = nn.Linear(width, hidden, bias=False)
+      self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+      return x + self.drop(self.w2(nn.functional.gelu(self.w1(self.norm(x)))))
+
+  class Stack(nn.Module):
+
+    def __init__(self, n: int, hidden: int, width: int, dropout: float):
+      super().__init__()
+      self.blocks = nn.ModuleList(Block(hidden, width, dropout) for _ in range(n))
+
+    def forward(self, x):
+      for blk in self.blocks:
+        x = blk(x)
+      return x
+
+  class FuserLayer(nn.Module):
+    """One receiver layer's fuser (C2CProjector naming, as ``c2cjax.fuse`` imports it)."""
+
+    def __init__(self, ks: int, hs: int, kr: int, hr: int, hidden: int, inter: int,
+                 num_layers: int, dropout: float):
+      super().__init__()
+      self.kr, self.hr = kr, hr
+      for p in ("key", "value"):
+        setattr(self, f"{p}_in", nn.Linear(ks * hs + kr * hr, hidden))
+        setattr(self, f"{p}_mlp1", Stack(1, hidden, inter, dropout))
+        setattr(self, f"{p}_proj_mlp2", Stack(num_layers - 2, hidden, inter, dropout))
+        setattr(self, f"{p}_proj_out", nn.Linear(hidden, kr * hr))
+        setattr(self, f"{p}_scalar_mlp2", Stack(1, hidden, hidden, dropout))
+        setattr(self, f"{p}_scalar_head", nn.Linear(hidden, kr))
+        setattr(self, f"{p}_gate_logit", nn.Parameter(torch.zeros(())))
+
+    def _branch(self, p: str, s, r, tau):
+      b, _, t, _ = r.shape
+      r_tok = r.transpose(1, 2)  # [B, T, Kr, Hr]
+      x = torch.cat([s.transpose(1, 2).reshape(b, t, -1), r_tok.reshape(b, t, -1)], -1)
+      h = getattr(self, f"{p}_mlp1")(getattr(self, f"{p}_in")(x))
+      proj = getattr(self, f"{p}_proj_out")(getattr(self, f"{p}_proj_mlp2")(h))
+      w = getattr(self, f"{p}_scalar_head")(getattr(self, f"{p}_scalar_mlp2")(h))
+      logit = getattr(self, f"{p}_gate_logit")
+      if self.training:  # one standard Gumbel per row, head and token
+        u = torch.rand(b, t, self.kr).clamp_(torch.finfo(r.dtype).tiny, 1.0)
+        gate = torch.sigmoid((logit - torch.log(-torch.log(u))) / tau)
+      else:
+        gate = (logit > 0).to(r.dtype)
+      scale = (gate * torch.sigmoid(w))[..., None]  # [B, T, Kr, 1]
+      out = r_tok + scale * proj.reshape(b, t, self.kr, self.hr)
+      return out.transpose(1, 2)
+
+    def forward(self, sk, sv, rk, rv, tau=1.0):
+      return self._branch("key", sk, rk, tau), self._branch("value", sv, rv, tau)
+
+  class KeepCache(DynamicCache):
+    """Empty cache whose ``update`` keeps given keys/values at the ``keep`` slots.
+
+    The receiver's pass 2 over the whole sequence then attends to the fused entries at
+    those slots and to fresh ones elsewhere, as ``keep`` does in c2cjax.
+    """
+
+    def __init__(self, keys, values, keep):
+      super().__init__()
+      self._kept = (keys, values)
+      self._keep = keep  # [B, 1, T, 1] bool
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+      key_states = torch.where(self._keep, self._kept[0][layer_idx], key_states)
+      value_states = torch.where(self._keep, self._kept[1][layer_idx], value_states)
+      return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+  return FuserLayer, KeepCache
+
+
+def last_aligned(num_receiver: int, num_sharer: int) -> list[tuple[int, int]]:
+  """Mirror of ``c2cjax.fuse.last_aligned`` (checked equal by ``--check``)."""
+  offset = num_sharer - num_receiver
+  return [(t, t + offset) for t in range(num_receiver) if 0 <= t + offset < num_sharer]
+
+
+def temperature(f: dict, step: int) -> float:
+  """``c2cjax.fuse.temperature``: geometric annealing of the gate temperature."""
+  frac = min(step, f["anneal_steps"]) / f["anneal_steps"]
+  return f["initial_temperature"] * (f["final_temperature"] / f["initial_temperature"]) ** frac
+
+
+class TorchC2C:
+  """Frozen transformers receiver/sharer + trainable PyTorch fusers, one C2C step."""
+
+  def __init__(self, spec: dict):
+    import torch  # pylint: disable=import-outside-toplevel
+    from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
+
+    self.torch = torch
+    FuserLayer, self.KeepCache = _torch_modules()  # pylint: disable=invalid-name
+    torch.manual_seed(spec["seed"])
+
+    def load(path):
+      path = pathlib.Path(path)
+      m = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                               dtype=torch.float32)
+      return m.eval().requires_grad_(False)
+
+    self.receiver, self.sharer = load(spec["receiver_gguf"]), load(spec["sharer_gguf"])
+    rc = self.receiver.config.get_text_config()
+    sc = self.sharer.config.get_text_config()
+    head = lambda c: getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    self.pairs = last_aligned(rc.num_hidden_layers, sc.num_hidden_layers)
+    f = spec["fuser"]
+    self.fuser_cfg = f
+    self.fusers = torch.nn.ModuleList(
+        FuserLayer(sc.num_key_value_heads, head(sc), rc.num_key_value_heads, head(rc),
+                   f["hidden_dim"], f["intermediate_dim"], f["num_layers"], f["dropout"])
+        for _ in self.pairs)
+    o = spec["optimizer"]
+    self.grad_clip = o["grad_clip"]
+    # Constant lr: c2cjax's warm-up/decay schedule only changes one scalar per step.
+    self.opt = torch.optim.AdamW(self.fusers.parameters(), lr=o["lr"], betas=(o["b1"], o["b2"]),
+                                 weight_decay=o["weight_decay"])
+    self.vocab = [rc.vocab_size, sc.vocab_size]
+    self.step_count = 0
+
+  def prefill(self, model, ids):
+    """Cache-only prefill (base model, no LM head); per-layer keys and values lists."""
+    with self.torch.no_grad():
+      cache = model.model(input_ids=ids, use_cache=True).cache
+    return [l.keys for l in cache.layers], [l.values for l in cache.layers]
+
+  def nll(self, ids, sids, fuse_mask, loss_mask, tau):
+    """Summed NLL over the target tokens and their count (``c2c_nll``)."""
+    torch = self.torch
+    rk, rv = self.prefill(self.receiver, ids)
+    sk, sv = self.prefill(self.sharer, sids)
+    keep = fuse_mask[:, None, :, None]
+    fk, fv = list(rk), list(rv)
+    for fuser, (ri, si) in zip(self.fusers, self.pairs):
+      k, v = fuser(sk[si], sv[si], rk[ri], rv[ri], tau)
+      fk[ri] = torch.where(keep, k, rk[ri])
+      fv[ri] = torch.where(keep, v, rv[ri])
+    cache = self.KeepCache(fk, fv, keep)
+    logits = self.receiver(input_ids=ids, cache=cache, use_cache=True).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -torch.gather(logp, -1, ids[:, 1:, None].long())[..., 0]
+    w = loss_mask[:, 1:].float()
+    return (nll * w).sum(), w.sum()
+
+  def train_step(self, batch) -> dict:
+    """One optimizer step over the ``A`` micro-batches of ``batch`` (torch tensors)."""
+    torch = self.torch
+    self.fusers.train()
+    self.opt.zero_grad(set_to_none=True)
+    tau = temperature(self.fuser_cfg, self.step_count)
+    total, count = 0.0, 0.0
+    for a in range(batch["receiver_ids"].shape[0]):
+      fuse_mask = (batch["fuse_mask"][a] * batch["attention_mask"][a]).bool()
+      s, n = self.nll(batch["receiver_ids"][a], batch["sharer_ids"][a], fuse_mask,
+                      batch["loss_mask"][a], tau)
+      s.backward()
+      total, count = total + s.detach(), count + n
+    denom = max(float(count), 1.0)
+    for p in self.fusers.parameters():
+      if p.grad is not None:
+        p.grad.div_(denom)
+    grad_norm = torch.nn.utils.clip_grad_norm_(self.fusers.parameters(), self.grad_clip)
+    self.opt.step()
+    self.step_count += 1
+    return {"loss": float(total) / denom, "tokens": float(count),
+            "grad_norm": float(grad_norm)}
+
+
+def _torch_batch(batch_np):
+  import torch  # pylint: disable=import-outside-toplevel
+  return {k: torch.from_numpy(v).long() if k.endswith("ids") else torch.from_numpy(v)
+          for k, v in batch_np.items()}
+
+
+def run_torch(spec: dict) -> dict:
+  """The eager PyTorch step on the same synthetic batch."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  torch.set_num_threads(os.cpu_count())
+  mem = PeakRSS()
+  t0 = time.perf_counter()
+  model = TorchC2C(spec)
+  batch = _torch_batch(synthetic_batch(spec, *model.vocab))
+  load_s = time.perf_counter() - t0
+  rss_loaded = mem.rss_mib()
+  mem.reset()
+  t0 = time.perf_counter()
+  for _ in range(spec["warmup"]):
+    model.train_step(batch)
+  warmup_s = (time.perf_counter() - t0) / max(spec["warmup"], 1)
+  peak_warm = mem.peak_mib()
+  times, timed = _timed_steps(lambda: model.train_step(batch), spec["steps"], mem)
+  metrics = model.train_step(batch)
+  return {
+      "framework": "torch", "version": torch.__version__, "threads": torch.get_num_threads(),
+      "load_s": load_s, "compile_s": 0.0, "first_steps_s": warmup_s,
+      "step_times_s": times, "rss_loaded_mib": rss_loaded,
+      "peak_compile_warmup_mib": peak_warm, **timed, "peak_rss_resettable": mem.resettable,
+      "loss": metrics["loss"], "targets": metrics["tokens"],
+      "fuser_params": sum(p.numel() for p in model.fusers.parameters()),
+      "layer_map": model.pairs, "vocab": model.vocab,
+  }
+
+
+# --- parity check (both frameworks in one process) ----------------------------------------
+def run_check(spec: dict) -> None:
+  """Same fuser weights in both: loss and fuser grad norm agree in eval mode.
+
+  Gates are hard in eval mode, so the gate logits are set to +1 (open) for a
+  non-trivial check; dropout is off; no optimizer step.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from c2cjax import fuse as fuse_lib, train  # pylint: disable=import-outside-toplevel
+
+  torch.set_num_threads(os.cpu_count())
+  cfg = _load_config(pathlib.Path(spec["config"]))
+  c2c = train.build_c2c(cfg, jax.random.PRNGKey(0))
+  tm = TorchC2C(spec)
+  lm = c2c.fusers[0].layer_map
+  assert tm.pairs == lm.pairs(), (tm.pairs, lm.pairs())
+  with torch.no_grad():
+    for f in tm.fusers:
+      f.key_gate_logit.fill_(1.0)
+      f.value_gate_logit.fill_(1.0)
+  fcfg = c2c.fusers[0].config
+  per_layer = [fuse_lib.params_from_state_dict(
+      {k: v.detach().numpy() for k, v in f.state_dict().items()}, fcfg) for f in tm.fusers]
+  fparams = (jax.tree.map(lambda *x: jnp.stack(x), *per_layer),)
+  batch_np = synthetic_batch(spec, *tm.vocab)
+  mb = jax.tree.map(lambda x: jnp.asarray(x[0]), batch_np)
+
+  def f(p):
+    return train.c2c_nll(c2c, p, c2c.receiver.params, tuple(s.params for s in c2c.sharers),
+                         mb, train=False)
+
+  (s, n), g = jax.value_and_grad(f, has_aux=True)(fparams)
+  jax_loss, jax_gn = float(s / n), float(optax.global_norm(g)) / float(n)
+  tm.fusers.eval()
+  tb = _torch_batch(batch_np)
+  ts, tn = tm.nll(tb["receiver_ids"][0], tb["sharer_ids"][0], tb["fuse_mask"][0].bool(),
+                  tb["loss_mask"][0], 1.0)
+  ts.backward()
+  # Sum of squares in float64: a float32 norm over 20M entries is off by ~0.2%.
+  sq = sum(p.grad.double().square().sum() for p in tm.fusers.parameters()
+           if p.grad is not None)
+  torch_loss = (ts / tn).item()
+  torch_gn = math.sqrt(float(sq)) / tn.item()
+  print(f"eval-mode loss: jax {jax_loss:.6f} torch {torch_loss:.6f}; fuser grad norm: "
+        f"jax {jax_gn:.6e} torch {torch_gn:.6e}")
+  ok = (math.isclose(jax_loss, torch_loss, rel_tol=1e-3)
+        and math.isclose(jax_gn, torch_gn, rel_tol=1e-3))
+  print("parity check", "passed" if ok else "FAILED")
+  if not ok:
+    sys.exit(1)
+
+
+# --- driver -------------------------------------------------------------------------------
+def _spec(args) -> dict:
+  """Everything a child needs, resolved in the parent (children need no config import)."""
+  sys.path.insert(0, str(ROOT))
+  from c2cjax import offline  # pylint: disable=import-outside-toplevel
+  cfg = _load_config(pathlib.Path(args.config))
+  if tuple(cfg.sharers) != ("offline:gemma3",) or cfg.receiver != "offline:smollm2":
+    raise SystemExit(f"{args.config} is not the local pair (receiver {cfg.receiver}, "
+                     f"sharers {tuple(cfg.sharers)}); the PyTorch side loads those GGUFs")
+  if cfg.layer_map != "last_aligned" or cfg.self_fusion or cfg.llm_dtype != "float32":
+    raise SystemExit("the PyTorch side implements last_aligned, one sharer, float32 only")
+  return {
+      "config": str(pathlib.Path(args.config).resolve()), "seed": args.seed,
+      "accum": args.accum, "batch": args.batch, "seq": args.seq, "steps": args.steps,
+      "warmup": args.warmup, "receiver_gguf": str(offline.smollm2_gguf()),
+      "sharer_gguf": str(offline.gemma3_gguf()), "fuser": dict(cfg.fuser),
+      "optimizer": dict(cfg.optimizer),
+  }
+
+
+def _child(framework: str, spec: dict) -> dict:
+  cmd = [sys.executable, __file__, "--_child", framework, "--_spec", json.dumps(spec)]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith(_RESULT)]
+  if proc.returncode or not lines:  # progress bars and warnings only shown on failure
+    raise SystemExit(f"{framework} child failed (exit {proc.returncode}):\n"
+                     f"{proc.stdout}\n{proc.stderr[-5000:]}")
+  return json.loads(lines[-1][len(_RESULT):])
+
+
+def _cpu_name() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _loadavg() -> str:
+  try:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+  except OSError:
+    return "n/a"
+
+
+def report(spec: dict, results: dict[str, dict]) -> None:
+  a, b, t = spec["accum"], spec["batch"], spec["seq"]
+  seen = a * b * t
+  v = lambda name: (importlib.metadata.version(name)
+                    if importlib.util.find_spec(name) else "absent")
+  print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+  print(f"machine: {_cpu_name()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM; "
+        f"load average before run {spec['loadavg']}")
+  print(f"versions: python {platform.python_version()}, jax {v('jax')}, flax {v('flax')}, "
+        f"torch {v('torch')}, transformers {v('transformers')}")
+  f = spec["fuser"]
+  any_r = next(iter(results.values()))
+  print(f"pair: receiver {pathlib.Path(spec['receiver_gguf']).name} <- sharer "
+        f"{pathlib.Path(spec['sharer_gguf']).name}, fp32; fuser hidden {f['hidden_dim']}, "
+        f"intermediate {f['intermediate_dim']}, {f['num_layers']} layers, "
+        f"{len(any_r['layer_map'])} fused receiver layers "
+        f"({any_r['layer_map'][0][0]}..{any_r['layer_map'][-1][0]}), "
+        f"{any_r['fuser_params'] / 1e6:.2f}M trainable params")
+  print(f"batch: A={a} x B={b} x T={t} = {seen} tokens/step (fuse first {t // 2}, "
+        f"loss on the rest: {int(any_r['targets'])} targets/step); "
+        f"{spec['warmup']} warm-up + median of {spec['steps']} steps")
+  print("pass 2 (both): receiver over the whole sequence, fused slots kept (same work)")
+  rows = {}
+  for name, r in results.items():
+    med = statistics.median(r["step_times_s"])
+    rows[name] = {"step": med, "tok": seen / med, "tgt": r["targets"] / med, **r}
+  hdr = (f"{'':>8} {'step s':>8} {'min..max':>13} {'tok/s':>8} {'target/s':>9} "
+         f"{'compile s':>9} {'warm-up s':>10} {'RSS load':>9} {'peak warm':>9} "
+         f"{'peak step':>9} {'- load':>7} {'- pre':>6}")
+  print(hdr)
+  for name, r in rows.items():
+    ts = r["step_times_s"]
+    print(f"{name:>8} {r['step']:>8.3f} {min(ts):>6.2f}..{max(ts):<6.2f} {r['tok']:>8.0f} "
+          f"{r['tgt']:>9.0f} {r['compile_s']:>9.1f} {r['first_steps_s']:>10.2f} "
+          f"{r['rss_loaded_mib']:>8.0f}M {r['peak_compile_warmup_mib']:>8.0f}M "
+          f"{r['peak_timed_mib']:>8.0f}M {r['peak_timed_mib'] - r['rss_loaded_mib']:>6.0f}M "
+          f"{r['peak_timed_delta_mib']:>5.0f}M")
+  print("(warm-up s: mean of the untimed steps after compile; "
+        "RSS in MiB: after loading models + batch; peak during compile + warm-up; peak "
+        "during the timed steps; that peak minus RSS after loading; minus RSS just before "
+        "the timed steps -- the last depends on what the allocator kept from warm-up)")
+  for name, r in rows.items():
+    stats = r.get("device_memory_stats")
+    if name == "jax":
+      print(f"jax device memory_stats(): {stats if stats else 'None on CPU -> RSS only'}")
+    print(f"{name} loss after the timed steps: {r['loss']:.4f}")
+  if not all(r["peak_rss_resettable"] for r in rows.values()):
+    print("note: /proc/self/clear_refs unavailable: peaks are ru_maxrss since process start")
+  if "jax" in rows and "torch" in rows:
+    j, p = rows["jax"], rows["torch"]
+    peak = j["peak_timed_mib"] / p["peak_timed_mib"]
+    over = lambda r: r["peak_timed_mib"] - r["rss_loaded_mib"]
+    print(f"JAX/PyTorch: throughput x{j['tok'] / p['tok']:.2f}, step time "
+          f"x{j['step'] / p['step']:.2f}, peak RSS (timed) x{peak:.2f}, "
+          f"peak RSS above the loaded models x{over(j) / max(over(p), 1e-9):.2f}")
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--config", default=str(ROOT / "configs" / "local.py"))
+  ap.add_argument("--accum", type=int, default=1, help="A: micro-batches per step")
+  ap.add_argument("--batch", type=int, default=4, help="B: rows per micro-batch")
+  ap.add_argument("--seq", type=int, default=128, help="T: tokens per row")
+  ap.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+  ap.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--frameworks", nargs="+", default=["jax", "torch"],
+                  choices=["jax", "torch"])
+  ap.add_argument("--json", help="also write the spec and raw per-framework results here")
+  ap.add_argument("--check", action="store_true",
+                  help="only check that both compute the same loss and gradient")
+  ap.add_argument("--_child", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  ap.add_argument("--_spec", help=argparse.SUPPRESS)
+  args = ap.parse_args()
+
+  if args._child:  # pylint: disable=protected-access
+    spec = json.loads(args._spec)  # pylint: disable=protected-access
+    out = run_jax(spec) if args._child == "jax" else run_torch(spec)
+    print(_RESULT + json.dumps(out), flush=True)
+    return
+  if args.seq < 4 or args.seq % 2:
+    raise SystemExit("--seq must be even and >= 4")
+  spec = _spec(args)
+  spec["loadavg"] = _loadavg()
+  if args.check:
+    run_check(spec)
+    return
+  results = {fw: _child(fw, spec) for fw in args.frameworks}
+  report(spec, results)
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps({"spec": spec, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+  main()
