@@ -193,6 +193,53 @@ class TokenAligner:
     """The sharer id for a receiver token that has no character span."""
     return self._special_map.get(int(receiver_id), self._special_default)
 
+  @functools.cached_property
+  def _vocab_map(self) -> np.ndarray:
+    if self.identity:
+      return np.arange(len(self.receiver), dtype=np.int32)
+    n = len(self.receiver)
+    texts = self.receiver.batch_decode([[i] for i in range(n)])
+    enc = self.sharer(texts, add_special_tokens=False,
+                      return_offsets_mapping=self.strategy == "longest")
+    out = np.empty(n, np.int32)
+    for i, ids in enumerate(enc["input_ids"]):
+      if not ids:  # empty text (or dropped by the sharer's normaliser)
+        out[i] = self.special_id(i)
+      elif self.strategy == "first":
+        out[i] = ids[0]
+      else:
+        offs = np.asarray(enc["offset_mapping"][i], np.int64).reshape(-1, 2)
+        out[i] = ids[int(np.argmax(offs[:, 1] - offs[:, 0]))]  # ties: the earlier one
+    special = sorted(set(int(t) for t in self.receiver.all_special_ids))
+    out[special] = [self.special_id(t) for t in special]
+    return out
+
+  def vocab_map(self, size: int | None = None) -> np.ndarray:
+    """Context-free receiver -> sharer id map ``[size]`` int32 (host side, cached).
+
+    Each receiver token's text (the decoding of that one id) is tokenised alone by the
+    sharer, without special tokens, and the strategy picks one of its tokens: the first
+    (``"first"``) or the one covering most characters (``"longest"``). Receiver specials
+    map by role, else by string, else to the fallback (:meth:`special_id`), as do tokens
+    whose text the sharer encodes to nothing. This approximates the in-context alignment
+    of :meth:`align` (which sees the whole text: merges across token boundaries, leading
+    spaces) and serves where text arrives one token at a time, e.g. the generated tokens
+    of C2C with ``fuse_response``. Identity when both tokenizers are the same.
+
+    Args:
+      size: length of the map (the receiver model's vocabulary, which may exceed the
+        tokenizer's); ids past the tokenizer map to the fallback. Default: the
+        tokenizer's length.
+    """
+    base = self._vocab_map
+    size = len(base) if size is None else int(size)
+    if size <= len(base):
+      return base[:size].copy()
+    fill = size - len(base)
+    tail = (np.arange(len(base), size, dtype=np.int32) if self.identity
+            else np.full(fill, self._special_default, np.int32))
+    return np.concatenate([base, tail])
+
   def sharer_ids_for(self, text: str, receiver_ids: np.ndarray,
                      receiver_offsets: np.ndarray) -> np.ndarray:
     """Sharer ids [T] int32 aligned to a receiver encoding of ``text``."""

@@ -8,6 +8,11 @@ Data path (one compiled program per shape, no host syncs between the sections)::
 
 Sharer ids are aligned 1:1 with the receiver's tokens (``c2cjax.align``), so every cache
 has the same slot layout and the fuser only sees caches, a layer map and a token mask.
+
+Options (static, off by default): ``fuse_last`` prefills all P prompt tokens, fuses the
+last one too and reruns it on the fused cache keeping the fused slots; ``fuse_response``
+keeps the sharers (and a receiver-alone cache) stepping on the generated tokens inside
+the decode loop and fuses each new token's slot before the receiver reads it.
 """
 
 from __future__ import annotations
@@ -69,10 +74,28 @@ class C2C:
     fusers: one :class:`Fuser` per sharer.
     mode: with several sharers, "parallel" or "sequential" fusion (see ``c2cjax.fuse``).
     alignment: "first" or "longest" token alignment for sharers with another tokenizer.
+    vocab_maps: optional, one per sharer: None or a [V_receiver] int map from receiver ids
+      to that sharer's ids, used for the generated tokens with ``fuse_response``. None
+      (the default) takes :meth:`c2cjax.align.TokenAligner.vocab_map` of the two
+      tokenizers (identity for the same tokenizer); models without tokenizers need it.
+
+  Generation options (``generate``, ``generate_ids``, ``prefill``):
+    fuse_last: also fuse the last prompt token. Receiver and sharers prefill all P prompt
+      tokens; the last token is then rerun on the fused cache keeping the fused slots,
+      so it reads its own fused keys/values (``train.c2c_nll``'s two-pass scheme).
+    fuse_response: the sharers also run on every generated token and its slot is fused
+      before the receiver reads it: per token, the receiver-alone cache and each sharer
+      cache write the slot, that one slot is fused into the receiver's fused cache, and
+      the receiver reruns the token on it keeping the slot. Every fused slot thus fuses
+      the receiver-alone keys/values, as on the prompt and in training with a
+      ``fuse_mask`` over the response. Costs per token a second receiver pass (no LM
+      head), one pass per sharer and one fuser slot, and the memory of one more receiver
+      cache and the sharer caches (``max_len`` slots each).
   """
 
   def __init__(self, receiver: LM, sharers: Sequence[LM], fusers: Sequence[Fuser], *,
-               mode: str = "parallel", alignment: str = "first", max_len: int = 4096):
+               mode: str = "parallel", alignment: str = "first", max_len: int = 4096,
+               vocab_maps: Sequence[Any] | None = None):
     if len(sharers) != len(fusers):
       raise ValueError(f"{len(sharers)} sharers but {len(fusers)} fusers")
     if not sharers:
@@ -90,12 +113,17 @@ class C2C:
         if receiver.tokenizer is not None and s.tokenizer is not None else None
         for s in self.sharers)
     self.max_len = max_len
-    self._generate = jax.jit(self._generate_impl, static_argnames=("cfg", "max_len", "active"))
-    self._prefill = jax.jit(self._prefill_impl, static_argnames=("active", "max_len"))
+    self._given_maps = self._check_vocab_maps(vocab_maps)
+    self._maps: dict[int, Any] = {}
+    self._generate = jax.jit(self._generate_impl, static_argnames=(
+        "cfg", "max_len", "active", "fuse_last", "fuse_response"))
+    self._prefill = jax.jit(self._prefill_impl, static_argnames=(
+        "active", "max_len", "fuse_last", "fuse_response"))
 
   # --- pure pieces (call inside jit) ------------------------------------------------------
   def fused_cache(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, fuse_mask,
-                  active: tuple[int, ...], *, train=False, rng=None, step=0) -> KVCache:
+                  active: tuple[int, ...], *, train=False, rng=None, step=0,
+                  return_caches: bool = False):
     """Receiver cache of ``tokens [B, S]`` fused from the ``active`` sharers.
 
     Args:
@@ -104,29 +132,40 @@ class C2C:
       sharer_tokens: tuple over all sharers of [B, S] aligned sharer ids.
       fuse_mask: [B, S] slots to fuse (masked by ``mask`` too).
       active: which sharers take part (static).
+      return_caches: also return the unfused receiver cache and the active sharers' caches.
     Returns:
-      the fused receiver cache with S slots.
+      the fused receiver cache with S slots; with ``return_caches``, ``(fused, receiver
+      cache, tuple of sharer caches)``.
     """
     b, s = tokens.shape
     r = self.receiver
     rcache = r.module_prefill(rparams, tokens, r.init_cache(b, s), mask)
     if not active:
-      return rcache
+      return (rcache, rcache, ()) if return_caches else rcache
     caches = []
     for i in active:  # a handful of sharers, each its own model: not a layer loop
       sh = self.sharers[i]
       c = sh.module_prefill(sparams[i], sharer_tokens[i], sh.init_cache(b, s), mask)
       caches.append(c)
     token_mask = fuse_mask.astype(bool) & mask.astype(bool)
+    fused = self._fuse(fparams, rcache, tuple(caches), token_mask, active, train=train,
+                       rng=rng, step=step)
+    return (fused, rcache, tuple(caches)) if return_caches else fused
+
+  def _fuse(self, fparams, rcache, caches, token_mask, active, **kw) -> KVCache:
+    """``fuse_lib.fuse`` with the ``active`` sharers' fusers; ``caches`` are theirs."""
     return fuse_lib.fuse(
-        tuple(fparams[i] for i in active), rcache, tuple(caches),
+        tuple(fparams[i] for i in active), rcache, caches,
         tuple(self.fusers[i].layer_map for i in active), token_mask,
-        config=tuple(self.fusers[i].config for i in active), train=train, rng=rng, step=step,
-        mode=self.mode)
+        config=tuple(self.fusers[i].config for i in active), mode=self.mode, **kw)
 
   def _prefill_impl(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, active,
-                    max_len):
-    """Fused cache of all prompt tokens but the last, then the last token on it."""
+                    max_len, fuse_last=False, fuse_response=False):
+    """Fused cache of all prompt tokens but the last, then the last token on it (with an
+    option set: :meth:`_prefill_all`)."""
+    if fuse_last or fuse_response:
+      return self._prefill_all(rparams, sparams, fparams, tokens, mask, sharer_tokens,
+                               active, max_len, fuse_last, fuse_response)
     fuse_mask = jnp.ones_like(mask)
     cache = self.fused_cache(rparams, sparams, fparams, tokens[:, :-1], mask[:, :-1],
                              tuple(t[:, :-1] for t in sharer_tokens),
@@ -135,13 +174,77 @@ class C2C:
     logits, cache = self.receiver.module_apply(rparams, tokens[:, -1:], cache)
     return logits[:, -1], cache
 
+  def _prefill_all(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, active,
+                   max_len, fuse_last, fuse_response):
+    """Prefill on all P prompt tokens, fuse them (the last one only with ``fuse_last``),
+    then rerun the last token on the fused cache, keeping the fused slots (``keep``): at
+    every layer its query reads fused keys/values, its own slot included when fused.
+    ``train.c2c_nll``'s two-pass scheme.
+
+    Returns:
+      logits [B, V] and the fused receiver cache (``max_len`` slots); with
+      ``fuse_response`` the decode state ``(fused cache, unfused receiver cache, active
+      sharers' caches)``, all with ``max_len`` slots and ``end = P``.
+    """
+    p = tokens.shape[1]
+    real = mask.astype(bool)
+    fuse_mask = real if fuse_last else real & (jnp.arange(p) < p - 1)[None]
+    fused, clean, caches = self.fused_cache(rparams, sparams, fparams, tokens, mask,
+                                            sharer_tokens, fuse_mask, active,
+                                            return_caches=True)
+    keep = jnp.pad(fuse_mask, ((0, 0), (0, max_len - p)))  # [B, max_len]
+    fused = fused.pad_to(max_len)
+    logits, fused = self.receiver.module_apply(rparams, tokens[:, -1:],
+                                               fused.replace(end=fused.end - 1), keep=keep)
+    if not fuse_response:
+      return logits[:, -1], fused
+    return logits[:, -1], (fused, clean.pad_to(max_len),
+                           tuple(c.pad_to(max_len) for c in caches))
+
+  def _response_step(self, rparams, sparams, fparams, active, vocab_maps):
+    """Decode step that fuses every generated token's slot (``fuse_response``).
+
+    ``step(tok [B, 1], (fused, clean, sharer caches))``, all caches at ``end = e``:
+    the unfused receiver (its own, receiver-alone cache) and each active sharer (on its
+    id for ``tok``: ``vocab_maps[i][tok]``, or ``tok`` when None) write slot ``e``;
+    that one slot is fused (cost per token, not per cache length) and written into the
+    fused cache; then the receiver runs ``tok`` on the fused cache keeping slot ``e``,
+    so its query reads its own fused keys/values, and returns logits [B, 1, V].
+    """
+    r = self.receiver
+
+    def slot(cache: KVCache, e) -> KVCache:  # [L, B, K, 1, H] view of slot e
+      take = lambda x: jax.lax.dynamic_slice_in_dim(x, e, 1, axis=3)
+      return cache.replace(k=take(cache.k), v=take(cache.v))
+
+    def step(tok, state):
+      fused, clean, caches = state
+      e = clean.end
+      clean = r.module_prefill(rparams, tok, clean)
+      caches = tuple(
+          self.sharers[i].module_prefill(
+              sparams[i], tok if vocab_maps[i] is None else jnp.take(vocab_maps[i], tok), c)
+          for i, c in zip(active, caches))
+      new = self._fuse(fparams, slot(clean, e), tuple(slot(c, e) for c in caches),
+                       jnp.ones(tok.shape, bool), active)
+      put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), e, axis=3)
+      fused = fused.replace(k=put(fused.k, new.k), v=put(fused.v, new.v))
+      keep = jnp.broadcast_to(jnp.arange(fused.max_len) == e, (tok.shape[0], fused.max_len))
+      logits, fused = r.module_apply(rparams, tok, fused, keep=keep)
+      return logits, (fused, clean, caches)
+
+    return step
+
   def _generate_impl(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, rng, cfg,
-                     max_len, active):
+                     max_len, active, vocab_maps=None, fuse_last=False, fuse_response=False):
     logits, cache = self._prefill_impl(rparams, sparams, fparams, tokens, mask, sharer_tokens,
-                                       active, max_len)
+                                       active, max_len, fuse_last, fuse_response)
     seen = (sampling.seen_tokens(tokens, mask, self.receiver.config.vocab_size)
             if cfg.repetition_penalty != 1.0 else None)
-    step = lambda tok, cache: self.receiver.module_apply(rparams, tok, cache)
+    if fuse_response:
+      step = self._response_step(rparams, sparams, fparams, active, vocab_maps)
+    else:
+      step = lambda tok, cache: self.receiver.module_apply(rparams, tok, cache)
     out, lengths, _ = sampling.decode(step, cache, logits, rng, cfg, seen)
     return out, lengths
 
@@ -177,6 +280,53 @@ class C2C:
         sharer[j][i, width - m:] = sids[j]
     return tokens, mask, tuple(sharer)
 
+  def _check_vocab_maps(self, maps) -> tuple:
+    n, vr = len(self.sharers), self.receiver.config.vocab_size
+    if maps is None:
+      return (None,) * n
+    if len(maps) != n:
+      raise ValueError(f"{len(maps)} vocab maps for {n} sharers")
+    out = []
+    for i, m in enumerate(maps):
+      if m is not None:
+        m = np.asarray(m)
+        vs = self.sharers[i].config.vocab_size
+        if m.shape != (vr,) or not np.issubdtype(m.dtype, np.integer):
+          raise ValueError(f"vocab map {i} must be [{vr}] ints (receiver vocab), got "
+                           f"{m.dtype}{list(m.shape)}")
+        if m.size and (m.min() < 0 or m.max() >= vs):
+          raise ValueError(f"vocab map {i} has ids outside sharer {i}'s vocabulary [0, {vs})")
+        m = jnp.asarray(m, jnp.int32)
+      out.append(m)
+    return tuple(out)
+
+  def _vocab_map(self, i: int):
+    """[V_receiver] int32 map of receiver ids to sharer ``i``'s ids, or None (identity)."""
+    if self._given_maps[i] is not None:
+      return self._given_maps[i]
+    if i not in self._maps:
+      a = self.aligners[i]
+      if a is None:
+        raise ValueError(
+            f"fuse_response needs sharer {i}'s id for every generated receiver token: give "
+            "the receiver and the sharer tokenizers, or pass vocab_maps to C2C")
+      vr, vs = self.receiver.config.vocab_size, self.sharers[i].config.vocab_size
+      if a.identity and vr <= vs:
+        self._maps[i] = None
+      else:  # ids past the sharer's vocabulary (model padding rows) take the fallback
+        m = a.vocab_map(vr)
+        self._maps[i] = jnp.asarray(np.where(m < vs, m, a.special_id(-1)), jnp.int32)
+    return self._maps[i]
+
+  def _options(self, active, fuse_last, fuse_response):
+    """Static flags (off without sharers: nothing to fuse) and the vocab maps."""
+    if not active:
+      return False, False, None
+    fuse_last, fuse_response = bool(fuse_last), bool(fuse_response)
+    maps = (tuple(self._vocab_map(i) if i in active else None
+                  for i in range(len(self.sharers))) if fuse_response else None)
+    return fuse_last, fuse_response, maps
+
   def _active(self, sharers) -> tuple[int, ...]:
     if sharers is None:
       return tuple(range(len(self.sharers)))
@@ -185,24 +335,34 @@ class C2C:
       raise ValueError(f"sharer indices {sharers} out of range for {len(self.sharers)} sharers")
     return active
 
-  def prefill(self, tokens, mask, sharer_tokens, *, sharers=None, max_len=None):
-    """Logits [B, V] after the prompt and the fused receiver cache (``max_len`` slots)."""
+  def prefill(self, tokens, mask, sharer_tokens, *, sharers=None, max_len=None,
+              fuse_last: bool = False, fuse_response: bool = False):
+    """Logits [B, V] after the prompt and the fused receiver cache (``max_len`` slots).
+
+    With ``fuse_response`` the cache is the decode state ``(fused receiver cache,
+    receiver-alone cache, tuple of the active sharers' caches)`` (see :class:`C2C`).
+    """
     max_len = max_len or tokens.shape[1]
     if tokens.shape[1] > max_len:
       raise ValueError(f"prompt of {tokens.shape[1]} tokens is longer than the cache ({max_len})")
+    active = self._active(sharers)
+    on = bool(active)  # nothing to fuse without sharers: the default program
     return self._prefill(*self.params, jnp.asarray(tokens), jnp.asarray(mask),
-                         tuple(jnp.asarray(t) for t in sharer_tokens), self._active(sharers),
-                         max_len)
+                         tuple(jnp.asarray(t) for t in sharer_tokens), active, max_len,
+                         bool(fuse_last) and on, bool(fuse_response) and on)
 
   def generate(self, prompts: Sequence, *, max_new_tokens: int = 32, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                seed: int = 0, sharers: Sequence[int] | None = None, max_len: int | None = None,
-               eos_ids: Sequence[int] | None = None, return_tokens: bool = False):
+               eos_ids: Sequence[int] | None = None, return_tokens: bool = False,
+               fuse_last: bool = False, fuse_response: bool = False):
     """C2C generation for a batch of chat prompts.
 
     Args:
       prompts: chat message lists, or strings taken as one user message.
       sharers: indices of the sharers to use for this request (default: all).
+      fuse_last, fuse_response: also fuse the last prompt token / the generated tokens
+        (see :class:`C2C`); off by default, as in the paper.
     Returns:
       decoded strings (or ``(tokens [B, N], lengths [B])`` with ``return_tokens``).
     """
@@ -210,7 +370,8 @@ class C2C:
     out, lengths, cfg = self.generate_ids(
         tokens, mask, sharer_tokens, max_new_tokens=max_new_tokens, temperature=temperature,
         top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-        sharers=sharers, max_len=max_len, eos_ids=eos_ids)
+        sharers=sharers, max_len=max_len, eos_ids=eos_ids, fuse_last=fuse_last,
+        fuse_response=fuse_response)
     if return_tokens:
       return out, lengths
     return self.receiver.decode_texts(out, lengths, cfg)
@@ -218,7 +379,8 @@ class C2C:
   def generate_ids(self, tokens, mask, sharer_tokens, *, max_new_tokens: int = 32,
                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                    repetition_penalty: float = 1.0, seed: int = 0, sharers=None,
-                   max_len: int | None = None, eos_ids=None):
+                   max_len: int | None = None, eos_ids=None, fuse_last: bool = False,
+                   fuse_response: bool = False):
     """Token-level :meth:`generate`: left-padded ``tokens``/``mask`` [B, P] and one
     aligned [B, P] id array per sharer. Returns tokens [B, N], lengths [B], the config."""
     if tokens.shape[1] < 2:
@@ -232,9 +394,13 @@ class C2C:
     need = tokens.shape[1] + max_new_tokens - 1
     max_len = max_len or need
     if need > max_len:
+      also = " (with fuse_response the sharer caches too)" if fuse_response else ""
       raise ValueError(f"prompt of {tokens.shape[1]} tokens (padded) + {max_new_tokens} new "
-                       f"tokens is longer than the cache (max_len={max_len})")
+                       f"tokens is longer than the cache{also} (max_len={max_len})")
+    active = self._active(sharers)
+    fuse_last, fuse_response, maps = self._options(active, fuse_last, fuse_response)
     out, lengths = self._generate(*self.params, jnp.asarray(tokens), jnp.asarray(mask),
                                   tuple(jnp.asarray(t) for t in sharer_tokens),
-                                  jax.random.PRNGKey(seed), cfg, max_len, self._active(sharers))
+                                  jax.random.PRNGKey(seed), cfg, max_len, active, maps,
+                                  fuse_last, fuse_response)
     return np.asarray(out), np.asarray(lengths), cfg

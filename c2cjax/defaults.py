@@ -20,6 +20,8 @@ def train_config() -> ml_collections.ConfigDict:
   c.layer_map = "last_aligned"
   c.alignment = "first"
   c.fusion_mode = "parallel"
+  c.fuse_last = False  # training fuse_mask also covers the last prompt token
+  c.fuse_response = False  # ... and the response (C2C generation options of these names)
 
   c.data = ml_collections.ConfigDict(dict(
       source="open_hermes25", data_dir="", manual_dir="", max_examples=500_000,

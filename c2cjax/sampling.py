@@ -9,7 +9,7 @@ with the host until it returns.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +71,7 @@ def sample(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig, seen: jax.Arr
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-StepFn = Callable[[jax.Array, KVCache], tuple[jax.Array, KVCache]]
+StepFn = Callable[[jax.Array, Any], tuple[jax.Array, Any]]  # cache: KVCache or a pytree
 
 
 def decode(step: StepFn, cache: KVCache, logits: jax.Array, rng: jax.Array, cfg: SamplingConfig,
@@ -80,7 +80,8 @@ def decode(step: StepFn, cache: KVCache, logits: jax.Array, rng: jax.Array, cfg:
 
   Args:
     step: ``(tokens [B, 1], cache) -> (logits [B, 1, V], cache)``, the model on its cache.
-    cache: the cache after the prompt.
+    cache: the cache after the prompt: a KVCache or any pytree ``step`` threads through
+      (C2C's ``fuse_response`` carries its fused, receiver-alone and sharer caches).
     logits: [B, V] logits of the last prompt token.
     rng: PRNG key (unused when greedy).
     cfg: sampling settings (static).

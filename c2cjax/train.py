@@ -164,7 +164,9 @@ def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int):
                                              seed=cfg.data.split_seed)
   aligners = tuple(align.TokenAligner(c2c.receiver.tokenizer, s.tokenizer, cfg.alignment)
                    for s in c2c.sharers)
-  encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, aligners)
+  encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, aligners,
+                             fuse_last=cfg.get("fuse_last", False),
+                             fuse_response=cfg.get("fuse_response", False))
   pcfg = pipeline.PipelineConfig(
       batch_size=batch_size, bucket_lengths=tuple(cfg.data.bucket_lengths), seed=seed,
       shuffle=not heldout, num_epochs=1 if heldout else None, drop_remainder=not heldout,

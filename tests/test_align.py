@@ -190,3 +190,32 @@ def test_sharer_bos_at_position_zero(real):
   plain = align.TokenAligner(smol, gemma, bos_first=False).align(text)
   assert out.sharer_ids[0] == gemma.bos_token_id != plain.sharer_ids[0]
   np.testing.assert_array_equal(out.sharer_ids[1:], plain.sharer_ids[1:])
+
+
+@pytest.mark.realweights
+def test_real_vocab_map(real):
+  smol, gemma = real
+  maps = {s: align.TokenAligner(smol, gemma, s).vocab_map() for s in align.STRATEGIES}
+  for strategy, m in maps.items():
+    assert m.shape == (len(smol),) and m.dtype == np.int32
+    assert 0 <= m.min() and m.max() < len(gemma)
+    assert m[smol.eos_token_id] == gemma.eos_token_id
+    assert m[smol.bos_token_id] == gemma.bos_token_id
+    for word in [" hello", " world", " Paris", "Hello", " the", " computer", "ing", "\n"]:
+      (rid,) = smol(word, add_special_tokens=False)["input_ids"]
+      text = gemma.decode([int(m[rid])])
+      assert text and (word.startswith(text) if strategy == "first" else text in word), (
+          strategy, word, text)
+  # a word the sharer splits: "first" takes its first piece, "longest" its longest
+  differ = np.flatnonzero(maps["first"] != maps["longest"])
+  assert len(differ) > 0
+  rid = int(differ[0])
+  pieces = gemma(smol.decode([rid]), add_special_tokens=False)["input_ids"]
+  assert maps["first"][rid] == pieces[0] and maps["longest"][rid] in pieces
+  # sized to a model vocabulary past the tokenizer's; identity for one tokenizer
+  aligner = align.TokenAligner(smol, gemma)
+  big = aligner.vocab_map(len(smol) + 3)
+  np.testing.assert_array_equal(big[:len(smol)], maps["first"])
+  assert (big[len(smol):] == aligner.special_id(-1)).all()
+  np.testing.assert_array_equal(align.TokenAligner(smol, smol).vocab_map(),
+                                np.arange(len(smol)))

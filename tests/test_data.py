@@ -75,6 +75,17 @@ def test_masks_hand_checked(toks, encoder):
   assert {k: v.dtype for k, v in ex.items()} == dict.fromkeys(ex, np.int32)
 
 
+def test_fuse_mask_options(toks):
+  rec, _ = toks
+  last = chat.ChatEncoder(rec, max_len=24, fuse_last=True)
+  both = chat.ChatEncoder(rec, max_len=24, fuse_last=True, fuse_response=True)
+  np.testing.assert_array_equal(last(CONV)["fuse_mask"], [1] * 7 + [0] * 3)
+  np.testing.assert_array_equal(both(CONV)["fuse_mask"], [1] * 10)
+  resp = chat.ChatEncoder(rec, max_len=24, fuse_response=True)(CONV)["fuse_mask"]
+  np.testing.assert_array_equal(resp, [1] * 6 + [0] + [1] * 3)
+  np.testing.assert_array_equal(last.prompt(CONV[:1])["fuse_mask"], [1] * 7)
+
+
 def test_multi_turn_and_truncation(toks):
   rec, sh = toks
   conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},

@@ -9,7 +9,8 @@ end-of-turn token and what the template puts after it). Per receiver token ``t``
     predict it; the trainer does the shift.
   fuse_mask[t] = 1: the sharer's cache entry is fused at t. C2C fuses the prompt
     except its last token (that one is fed when decoding starts), so this is
-    ``t < num_prompt_tokens - 1``.
+    ``t < num_prompt_tokens - 1``; ``fuse_last`` adds the last prompt token and
+    ``fuse_response`` the response tokens (C2C generation's options of the same names).
 
 Both come from character offsets: the full conversation is rendered once and
 tokenised with offsets, and tokens starting at or after the prompt's length in
@@ -130,10 +131,14 @@ class ChatEncoder:
     max_len: training examples are cut to this many tokens.
     aligners: one :class:`c2cjax.align.TokenAligner` per sharer, each with this
       receiver tokenizer; none: no ``sharer_ids``.
+    fuse_last: ``fuse_mask`` also covers the last prompt token.
+    fuse_response: ``fuse_mask`` also covers the response tokens.
   """
   tokenizer: Any
   max_len: int
   aligners: tuple[align.TokenAligner, ...] = ()
+  fuse_last: bool = False
+  fuse_response: bool = False
 
   def __post_init__(self):
     require_chat_template(self.tokenizer)
@@ -163,6 +168,14 @@ class ChatEncoder:
       raise ValueError("cannot locate the response in the rendered chat template")
     return full, pos
 
+  def _fuse_mask(self, n: int, num_prompt: int) -> np.ndarray:
+    """[n] int32: the prompt but its last token, plus what the options add."""
+    t = np.arange(n)
+    fuse = t < num_prompt - (0 if self.fuse_last else 1)
+    if self.fuse_response:
+      fuse |= t >= num_prompt
+    return fuse.astype(np.int32)
+
   def _sharer_ids(self, text: str, ids: np.ndarray, offsets: np.ndarray, n: int):
     out = tuple(a.sharer_ids_for(text, ids, offsets)[:n] for a in self.aligners)
     return out[0] if len(out) == 1 else out
@@ -186,7 +199,7 @@ class ChatEncoder:
         "receiver_ids": ids[:n],
         "attention_mask": np.ones(n, np.int32),
         "loss_mask": is_response[:n].astype(np.int32),
-        "fuse_mask": (np.arange(n) < num_prompt - 1).astype(np.int32),
+        "fuse_mask": self._fuse_mask(n, num_prompt),
     }
     if self.aligners:
       example["sharer_ids"] = self._sharer_ids(text, ids, offsets, n)
@@ -196,8 +209,8 @@ class ChatEncoder:
     """A generation prompt (ends in the assistant's generation prompt; not truncated).
 
     Returns:
-      ``receiver_ids``, ``attention_mask``, ``fuse_mask`` (all but the last token)
-      ``[P] int32`` and, with aligners, ``sharer_ids``.
+      ``receiver_ids``, ``attention_mask``, ``fuse_mask`` (all but the last token; all
+      with ``fuse_last``) ``[P] int32`` and, with aligners, ``sharer_ids``.
     """
     text = render(self.tokenizer, messages, add_generation_prompt=True)
     ids, offsets = align.encode(self.tokenizer, text)
@@ -205,7 +218,7 @@ class ChatEncoder:
       raise ValueError("empty prompt")
     n = len(ids)
     example = {"receiver_ids": ids, "attention_mask": np.ones(n, np.int32),
-               "fuse_mask": (np.arange(n) < n - 1).astype(np.int32)}
+               "fuse_mask": self._fuse_mask(n, n)}
     if self.aligners:
       example["sharer_ids"] = self._sharer_ids(text, ids, offsets, n)
     return example
