@@ -112,3 +112,17 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
   assert {s for s, _ in got} == set(ref)
   for s, loss in got:
     assert loss == pytest.approx(ref[s], rel=1e-6, abs=1e-6), (s, loss, ref[s])
+
+
+def test_paper_pair_configs():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("pairs", ROOT / "configs" / "pairs.py")
+  pairs = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(pairs)
+  base = train_config()
+  for name, sharers in pairs.SHARERS.items():
+    c = pairs.get_config(name)
+    assert tuple(c.sharers) == sharers and c.receiver == base.receiver
+    assert c.optimizer.lr == base.optimizer.lr and c.workdir.endswith(name)
+  with pytest.raises(ValueError, match="unknown pair"):
+    pairs.get_config("nope")
