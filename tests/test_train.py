@@ -126,3 +126,30 @@ def test_paper_pair_configs():
     assert c.optimizer.lr == base.optimizer.lr and c.workdir.endswith(name)
   with pytest.raises(ValueError, match="unknown pair"):
     pairs.get_config("nope")
+
+
+def test_fuse_response_training_masks_and_loss(tmp_path):
+  """``--config.fuse_last/fuse_response`` reach the batches, and the loss reads them."""
+  _needs_offline_tokenizers()
+  from c2cjax.eval import open_gates
+  from c2cjax.train import build_c2c, build_data, c2c_nll
+  losses, masks = {}, {}
+  for flags in ((False, False), (True, True)):
+    cfg = tiny_cfg()
+    cfg.data.data_dir = str(tmp_path / "tfds")
+    cfg.fuse_last, cfg.fuse_response = flags
+    c2c = build_c2c(cfg, jax.random.PRNGKey(0))
+    ds, _ = build_data(cfg, c2c, 2, heldout=True, seed=0)
+    batch = next(iter(ds))
+    masks[flags] = batch
+    fuser = open_gates(c2c.fusers[0])
+    batch = jax.tree.map(jnp.asarray, batch)
+    total, count = c2c_nll(c2c, (fuser.params,), c2c.receiver.params,
+                           (c2c.sharers[0].params,), batch, train=False)
+    losses[flags] = float(total / count)
+  plain, full = masks[(False, False)], masks[(True, True)]
+  real = plain["attention_mask"].astype(bool)
+  assert not (plain["fuse_mask"].astype(bool) & plain["loss_mask"].astype(bool)).any()
+  # fuse_last + fuse_response: every real token is fused.
+  np.testing.assert_array_equal(full["fuse_mask"].astype(bool), real)
+  assert np.isfinite(losses[(True, True)]) and losses[(True, True)] != losses[(False, False)]
