@@ -2,7 +2,7 @@
 # One command on a fresh machine: install, train the offline pair's fuser
 # (SmolLM2-135M-Instruct receiver, Gemma-3-270M sharer, shipped instruction data),
 # then compare C2C with the receiver alone on a short generation.
-#   bash launch/local.sh                 # ~1 hour on 2 CPU cores
+#   bash launch/local.sh                 # ~11 min of training on 2 idle CPU cores
 #   VARIANT=short bash launch/local.sh   # a few minutes (smoke run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
