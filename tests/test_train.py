@@ -29,13 +29,17 @@ def _needs_offline_tokenizers():
     pytest.skip(str(e))
 
 
-def tiny_cfg():
-  from ml_collections import config_flags  # noqa: F401  (configs use ml_collections)
+def _config_module(name: str):
+  """``configs/<name>.py`` as a module (configs are files, not a package)."""
   import importlib.util
-  spec = importlib.util.spec_from_file_location("tiny_cfg", ROOT / "configs" / "tiny.py")
+  spec = importlib.util.spec_from_file_location(f"{name}_cfg", ROOT / "configs" / f"{name}.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config()
+  return mod
+
+
+def tiny_cfg():
+  return _config_module("tiny").get_config()
 
 
 def test_sharded_step_equals_single_device():
@@ -115,10 +119,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_paper_pair_configs():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("pairs", ROOT / "configs" / "pairs.py")
-  pairs = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(pairs)
+  pairs = _config_module("pairs")
   base = train_config()
   for name, sharers in pairs.SHARERS.items():
     c = pairs.get_config(name)
