@@ -40,6 +40,12 @@ batching); only times vary.
 Outputs in ``{output_dir}/{name}/``: per method ``{method}.json|.md|_accuracy.png`` (via
 ``report.write_report``) and ``{method}_records.jsonl``, all predictions with scores and
 replies in ``predictions.jsonl``, and the config in ``config.json``.
+
+Long runs in parts: ``--config.shard=k/n`` evaluates every n-th question from the k-th (per
+benchmark, after ``limit`` and ``subjects``), e.g. one shard per host or per session; then
+``--config.merge=dir1,dir2,...`` (their ``{output_dir}/{name}`` folders) writes the reports of
+all their predictions into this run's folder, without loading a model. Merging checks that
+the parts ran the same models, fusers and prompts, and that no question is counted twice.
 """
 
 from __future__ import annotations
@@ -481,6 +487,8 @@ def default_config():
   c.subjects = ""  # for mmlu_redux / ceval; empty: all
   c.limit = config_dict.placeholder(int)  # questions per benchmark (seeded); None: all
   c.ceval_path = config_dict.placeholder(str)  # C-Eval directory; None: the HF hub
+  c.shard = ""  # "k/n": every n-th question from the k-th (per benchmark); empty: all
+  c.merge = ""  # comma-separated output folders of shards: merge their reports, run nothing
   c.methods = "logits"  # logits, cloze, generate
   c.systems = "receiver,sharer,t2t,c2c"  # + c2c_multi with several sharers
 
@@ -598,9 +606,24 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
           for s in systems]
 
 
+def parse_shard(shard: str | None) -> tuple[int, int]:
+  """``"k/n"`` -> (k, n) with 0 <= k < n; empty -> (0, 1)."""
+  if not shard:
+    return 0, 1
+  try:
+    k, n = (int(x) for x in str(shard).split("/"))
+  except ValueError:
+    k = n = -1
+  if not 0 <= k < n:
+    raise ValueError(f"shard must be 'k/n' with 0 <= k < n (e.g. '0/4'), got {shard!r}")
+  return k, n
+
+
 def load_questions(config, log: Callable[[str], None] = print) -> dict[str, list[Question]]:
-  """Benchmark name -> questions (limit, seed; subjects for multi-subject benchmarks)."""
+  """Benchmark name -> questions (limit, seed; subjects for multi-subject benchmarks;
+  ``shard``)."""
   subjects = _split(config.subjects) or None
+  k, n = parse_shard(config.get("shard"))
   out = {}
   for name in _split(config.benchmarks):
     kw = dict(limit=config.limit, seed=config.seed)
@@ -617,34 +640,100 @@ def load_questions(config, log: Callable[[str], None] = print) -> dict[str, list
         log(f"C-Eval unavailable ({e}); set --config.ceval_path: skipped")
       continue
     out[name] = datasets.load_benchmark(name, **kw)
-  return out
+  return {name: qs[k::n] for name, qs in out.items()}
+
+
+def _write_reports(records: dict[str, list[report.Record]], prediction_lines: Sequence[str],
+                   out_dir) -> dict[str, pathlib.Path]:
+  """Per method its report and records, and ``predictions.jsonl`` (JSON lines) in ``out_dir``."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths = {}
+  for method, recs in records.items():
+    paths.update({f"{method}.{k}": v for k, v in
+                  report.write_report(recs, out, name=method).items()})
+    paths[f"{method}.records"] = out / f"{method}_records.jsonl"
+    report.save_records(recs, paths[f"{method}.records"])
+  paths["predictions"] = out / "predictions.jsonl"
+  paths["predictions"].write_text("".join(prediction_lines), encoding="utf-8")
+  return paths
 
 
 def write_outputs(predictions: Sequence[Prediction], questions: dict[str, list[Question]],
                   out_dir, config=None) -> dict[str, pathlib.Path]:
   """Reports per method, records, predictions and the config under ``out_dir``."""
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
   by_id = {q.id: q for qs in questions.values() for q in qs}
-  paths = {}
-  for method in dict.fromkeys(p.method for p in predictions):
-    records = [p.record(by_id[p.question_id]) for p in predictions if p.method == method]
-    paths.update({f"{method}.{k}": v for k, v in
-                  report.write_report(records, out, name=method).items()})
-    paths[f"{method}.records"] = out / f"{method}_records.jsonl"
-    report.save_records(records, paths[f"{method}.records"])
-  paths["predictions"] = out / "predictions.jsonl"
-  with open(paths["predictions"], "w", encoding="utf-8") as f:
-    for p in predictions:
-      f.write(json.dumps(dataclasses.asdict(p), ensure_ascii=False) + "\n")
+  records: dict[str, list[report.Record]] = {}
+  for p in predictions:
+    records.setdefault(p.method, []).append(p.record(by_id[p.question_id]))
+  lines = [json.dumps(dataclasses.asdict(p), ensure_ascii=False) + "\n" for p in predictions]
+  paths = _write_reports(records, lines, out_dir)
+  out = pathlib.Path(out_dir)
   if config is not None:
     paths["config"] = out / "config.json"
     paths["config"].write_text(config.to_json_best_effort(indent=2) + "\n")
   return paths
 
 
+# Config fields that may differ between the parts of one merged evaluation.
+_PART_FIELDS = ("name", "output_dir", "benchmarks", "subjects", "limit", "shard", "merge",
+                "systems", "methods", "batch_size", "cloze_batch_size", "warmup", "progress",
+                "ceval_path")
+
+
+def merge(parts: Sequence[str | pathlib.Path], out_dir) -> dict[str, pathlib.Path]:
+  """Reports of all predictions of several runs' output folders (shards), in ``out_dir``.
+
+  Raises:
+    FileNotFoundError: a folder without ``config.json`` / ``predictions.jsonl``.
+    ValueError: parts with different models, fusers or prompts (the field is named), or a
+      (benchmark, system, method, question) present in two parts.
+  """
+  if not parts:
+    raise ValueError("merge needs at least one output folder")
+  configs, predictions, records = [], [], {}
+  seen: dict[tuple, pathlib.Path] = {}
+  for part in map(pathlib.Path, parts):
+    for f in ("config.json", "predictions.jsonl"):
+      if not (part / f).is_file():
+        raise FileNotFoundError(f"{part / f} not found: is {part} an evaluation's output "
+                                "folder ({output_dir}/{name})?")
+    config = json.loads((part / "config.json").read_text())
+    if configs:
+      first, first_path = configs[0]
+      for key in sorted(set(first) | set(config)):
+        if key not in _PART_FIELDS and first.get(key) != config.get(key):
+          raise ValueError(f"cannot merge {part} with {first_path}: their runs differ in "
+                           f"{key!r} ({config.get(key)!r} vs {first.get(key)!r})")
+    configs.append((config, part))
+    with open(part / "predictions.jsonl", encoding="utf-8") as f:
+      predictions += [line.rstrip("\n") + "\n" for line in f if line.strip()]
+    for file in sorted(part.glob("*_records.jsonl")):
+      method = file.name[:-len("_records.jsonl")]
+      for r in report.load_records(file):
+        key = (r.benchmark, r.system, method, r.question_id)
+        if key in seen:
+          raise ValueError(f"{key} is in both {seen[key]} and {part}: overlapping parts")
+        seen[key] = part
+        records.setdefault(method, []).append(r)
+  paths = _write_reports(records, predictions, out_dir)
+  # The first part's config, naming the parts, so a merged folder can be merged again.
+  config = dict(configs[0][0], shard="", merge=",".join(str(p) for _, p in configs))
+  paths["config"] = pathlib.Path(out_dir) / "config.json"
+  paths["config"].write_text(json.dumps(config, indent=2) + "\n")
+  return paths
+
+
 def run(config, log: Callable[[str], None] = print) -> dict[str, pathlib.Path]:
-  """Loads everything ``config`` names, evaluates and writes ``{output_dir}/{name}/``."""
+  """Loads everything ``config`` names, evaluates and writes ``{output_dir}/{name}/``
+  (with ``config.merge``: only merges those folders' reports there)."""
+  out_dir = pathlib.Path(config.output_dir) / config.name
+  if config.get("merge"):
+    paths = merge(_split(config.merge), out_dir)
+    for key in (k for k in paths if k.endswith(".markdown")):
+      log(f"\n# {key[:-len('.markdown')]}\n\n" + paths[key].read_text())
+    log(f"merged reports in {out_dir}")
+    return paths
   methods = _split(config.methods)
   if set(methods) - set(METHODS):
     raise ValueError(f"unknown methods {methods}; choose from {METHODS}")
@@ -656,7 +745,6 @@ def run(config, log: Callable[[str], None] = print) -> dict[str, pathlib.Path]:
     for system in systems:
       log(f"{bench}: {system.name} on {len(qs)} questions ({', '.join(methods)})")
       predictions += evaluator.evaluate(system, qs, methods)
-  out_dir = pathlib.Path(config.output_dir) / config.name
   paths = write_outputs(predictions, questions, out_dir, config)
   for method in dict.fromkeys(p.method for p in predictions):
     log(f"\n# {method}\n\n" + paths[f"{method}.markdown"].read_text())

@@ -220,3 +220,44 @@ def test_load_fusers_prunes_closed_pairs(models, tmp_path):
   assert full.layer_map == f.layer_map
   assert pruned.layer_map.receiver == f.layer_map.receiver[1:]
   np.testing.assert_array_equal(pruned.params["key_gate_logit"], params["key_gate_logit"][1:])
+
+
+def test_shards_partition_the_questions():
+  config = ev.default_config()
+  config.benchmarks, config.limit = "arc_challenge", 10
+  whole = ev.load_questions(config)["arc_challenge"]
+  parts = []
+  for k in range(3):
+    config.shard = f"{k}/3"
+    parts += ev.load_questions(config)["arc_challenge"]
+  assert len(parts) == 10 and sorted(q.id for q in parts) == sorted(q.id for q in whole)
+  for bad in ("3/3", "1", "a/b", "-1/2"):
+    with pytest.raises(ValueError, match="shard must be 'k/n'"):
+      ev.parse_shard(bad)
+
+
+def test_merged_shards_give_the_whole_run_reports(run, tmp_path):
+  _, preds = run
+  config = ev.default_config()
+  questions = {"t": QUESTIONS}
+  whole = ev.write_outputs(preds, questions, tmp_path / "whole", config)
+  halves = ({q.id for q in QUESTIONS[:2]}, {q.id for q in QUESTIONS[2:]})
+  for i, ids in enumerate(halves):
+    config.shard = f"{i}/2"
+    ev.write_outputs([p for p in preds if p.question_id in ids], questions,
+                     tmp_path / f"part{i}", config)
+  merged = ev.merge([tmp_path / "part0", tmp_path / "part1"], tmp_path / "merged")
+  for key in ("logits.json", "cloze_norm.markdown", "generate.json"):
+    assert merged[key].read_text() == whole[key].read_text(), key
+  assert sorted(merged["predictions"].read_text().splitlines()) == sorted(
+      whole["predictions"].read_text().splitlines())
+  # a merged folder merges again; overlapping or different runs are refused by name
+  ev.merge([tmp_path / "merged"], tmp_path / "again")
+  with pytest.raises(ValueError, match="overlapping parts"):
+    ev.merge([tmp_path / "part0", tmp_path / "whole"], tmp_path / "bad")
+  config.receiver = "another/model"
+  ev.write_outputs(preds[:1], questions, tmp_path / "other", config)
+  with pytest.raises(ValueError, match="differ in 'receiver'"):
+    ev.merge([tmp_path / "part0", tmp_path / "other"], tmp_path / "bad")
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    ev.merge([tmp_path / "nothing"], tmp_path / "bad")
