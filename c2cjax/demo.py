@@ -32,7 +32,9 @@ def main(argv):
 
   from c2cjax.c2c import C2C, Fuser
   from c2cjax.models.load import resolve
+  from c2cjax.runtime import enable_compilation_cache
 
+  enable_compilation_cache()  # a second demo run loads its compiled programs
   receiver, sharer = resolve(RECEIVER.value), resolve(SHARER.value)
   path = pathlib.Path(FLAGS.value)
   if path.is_dir():

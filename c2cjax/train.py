@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from c2cjax import align, fuse as fuse_lib, sharding
 from c2cjax.c2c import C2C, Fuser
 from c2cjax.models.load import resolve
+from c2cjax.runtime import enable_compilation_cache
 
 Batch = dict[str, Any]
 
@@ -370,6 +371,7 @@ def main(argv):
   from absl import flags, logging as absl_logging
   cfg = flags.FLAGS.config
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
+  enable_compilation_cache()  # a resumed run loads its compiled step
   out = train_and_evaluate(cfg, flags.FLAGS.workdir)
   print(json.dumps(out, indent=2))
 

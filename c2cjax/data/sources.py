@@ -28,8 +28,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from c2cjax import offline
 from c2cjax.data import chat
+from c2cjax.runtime import cache_root
 
 OPENHERMES_REPO = "teknium/OpenHermes-2.5"
 OPENHERMES_FILE = "openhermes2_5.json"
@@ -43,7 +43,7 @@ INSTRUCT_FILES = {
 
 def default_data_dir() -> pathlib.Path:
   """``$C2CJAX_CACHE/tfds`` (default ``~/.cache/c2cjax/tfds``)."""
-  return offline.cache_dir() / "tfds"
+  return cache_root() / "tfds"
 
 
 def instruct_file(name: str) -> pathlib.Path:

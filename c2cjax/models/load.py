@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from c2cjax.models import gemma, llama, qwen
+from c2cjax.runtime import cache_root
 from c2cjax.models.config import ModelConfig
 from c2cjax.models.convert import params_from_hf
 from c2cjax.models.model import LM
@@ -23,10 +24,6 @@ from c2cjax.models.model import LM
 _ARCHS = {t: m for m in (llama, qwen, gemma) for t in m.MODEL_TYPES}
 SUPPORTED_MODEL_TYPES = tuple(sorted(_ARCHS))
 _CACHE_VERSION = "1"
-
-
-def cache_root() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("C2CJAX_CACHE", "~/.cache/c2cjax")).expanduser()
 
 
 def arch_module(model_type: str):

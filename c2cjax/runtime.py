@@ -1,0 +1,59 @@
+"""Process-wide settings for c2cjax's command-line programs: the cache folder and XLA's
+persistent compilation cache.
+
+``cache_root()`` is ``$C2CJAX_CACHE`` (default ``~/.cache/c2cjax``): converted params,
+assembled GGUF files, tokenizers, TFDS data and compiled programs live under it.
+
+``enable_compilation_cache()`` turns on JAX's persistent compilation cache, so a second run
+of the same shapes (a resumed training run, the next shard of an evaluation, a demo run
+twice) loads its programs instead of compiling them. The CLIs (``c2cjax.train``,
+``c2cjax.eval``, ``c2cjax.demo``) call it; library code never changes global JAX config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import platform
+
+import jax
+
+
+def cache_root() -> pathlib.Path:
+  """``$C2CJAX_CACHE`` or ``~/.cache/c2cjax``."""
+  return pathlib.Path(os.environ.get("C2CJAX_CACHE", "~/.cache/c2cjax")).expanduser()
+
+
+def _machine_id() -> str:
+  """A short hash of the CPU (architecture and feature flags): XLA:CPU entries are native
+  code for the host's CPU, so a cache folder shared between different machines (a network
+  home) must not mix them."""
+  flags = ""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+  except OSError:
+    pass
+  return hashlib.sha256((platform.machine() + flags).encode()).hexdigest()[:12]
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None,
+                             min_compile_time_s: float = 0.5) -> pathlib.Path | None:
+  """Turns on JAX's persistent compilation cache; returns its folder (None: turned off).
+
+  Order: ``path``; else a folder the user set (``JAX_COMPILATION_CACHE_DIR`` or
+  ``jax.config``), left as it is; else ``cache_root()/xla/<cpu id>``.
+  ``C2CJAX_COMPILATION_CACHE=0`` turns it off. Programs that compile in under
+  ``min_compile_time_s`` are not stored.
+  """
+  if os.environ.get("C2CJAX_COMPILATION_CACHE", "1").lower() in ("0", "false", "off", "no"):
+    return None
+  current = jax.config.jax_compilation_cache_dir
+  if path is None and current:
+    return pathlib.Path(current)
+  folder = pathlib.Path(path) if path is not None else cache_root() / "xla" / _machine_id()
+  folder.mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(folder))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_s)
+  return folder

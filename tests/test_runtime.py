@@ -1,0 +1,39 @@
+"""The cache folder and the persistent compilation cache the CLIs turn on."""
+
+import os
+import subprocess
+import sys
+
+from c2cjax import runtime
+
+SCRIPT = """
+import jax, jax.numpy as jnp
+from c2cjax.runtime import enable_compilation_cache
+folder = enable_compilation_cache(min_compile_time_s=0)
+print(folder)
+jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()
+"""
+
+
+def _run(env):
+  out = subprocess.run([sys.executable, "-c", SCRIPT], env={**os.environ, **env},
+                       capture_output=True, text=True, check=True, timeout=300)
+  return out.stdout.strip().splitlines()[-1]
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+  monkeypatch.setenv("C2CJAX_CACHE", str(tmp_path))
+  assert runtime.cache_root() == tmp_path
+  monkeypatch.delenv("C2CJAX_CACHE")
+  assert runtime.cache_root() == runtime.pathlib.Path("~/.cache/c2cjax").expanduser()
+
+
+def test_compiled_programs_are_stored_per_machine_and_can_be_turned_off(tmp_path):
+  env = {"C2CJAX_CACHE": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": ""}
+  folder = _run(env)
+  assert folder.startswith(str(tmp_path / "xla")) and os.listdir(folder), folder
+  n = len(os.listdir(folder))
+  assert _run(env) == folder and len(os.listdir(folder)) == n  # loaded, not stored again
+  assert _run({**env, "C2CJAX_COMPILATION_CACHE": "0"}) == "None"
+  own = tmp_path / "mine"
+  assert _run({**env, "JAX_COMPILATION_CACHE_DIR": str(own)}) == str(own)
