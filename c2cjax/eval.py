@@ -70,6 +70,7 @@ from c2cjax.evaluation.datasets import Question
 from c2cjax.evaluation.parse import parse_answer
 from c2cjax.models.cache import KVCache
 from c2cjax.models.model import LM
+from c2cjax.runtime import enable_compilation_cache
 
 SYSTEMS = ("receiver", "sharer", "t2t", "c2c", "c2c_multi")
 METHODS = ("logits", "cloze", "generate")
@@ -668,9 +669,8 @@ def write_outputs(predictions: Sequence[Prediction], questions: dict[str, list[Q
     records.setdefault(p.method, []).append(p.record(by_id[p.question_id]))
   lines = [json.dumps(dataclasses.asdict(p), ensure_ascii=False) + "\n" for p in predictions]
   paths = _write_reports(records, lines, out_dir)
-  out = pathlib.Path(out_dir)
   if config is not None:
-    paths["config"] = out / "config.json"
+    paths["config"] = pathlib.Path(out_dir) / "config.json"
     paths["config"].write_text(config.to_json_best_effort(indent=2) + "\n")
   return paths
 
@@ -724,14 +724,18 @@ def merge(parts: Sequence[str | pathlib.Path], out_dir) -> dict[str, pathlib.Pat
   return paths
 
 
+def _log_reports(paths: dict[str, pathlib.Path], log: Callable[[str], None]) -> None:
+  for key in (k for k in paths if k.endswith(".markdown")):
+    log(f"\n# {key[:-len('.markdown')]}\n\n" + paths[key].read_text())
+
+
 def run(config, log: Callable[[str], None] = print) -> dict[str, pathlib.Path]:
   """Loads everything ``config`` names, evaluates and writes ``{output_dir}/{name}/``
   (with ``config.merge``: only merges those folders' reports there)."""
   out_dir = pathlib.Path(config.output_dir) / config.name
   if config.get("merge"):
     paths = merge(_split(config.merge), out_dir)
-    for key in (k for k in paths if k.endswith(".markdown")):
-      log(f"\n# {key[:-len('.markdown')]}\n\n" + paths[key].read_text())
+    _log_reports(paths, log)
     log(f"merged reports in {out_dir}")
     return paths
   methods = _split(config.methods)
@@ -746,8 +750,7 @@ def run(config, log: Callable[[str], None] = print) -> dict[str, pathlib.Path]:
       log(f"{bench}: {system.name} on {len(qs)} questions ({', '.join(methods)})")
       predictions += evaluator.evaluate(system, qs, methods)
   paths = write_outputs(predictions, questions, out_dir, config)
-  for method in dict.fromkeys(p.method for p in predictions):
-    log(f"\n# {method}\n\n" + paths[f"{method}.markdown"].read_text())
+  _log_reports(paths, log)
   log(f"reports in {out_dir}")
   return paths
 
@@ -756,7 +759,6 @@ def main(argv):
   del argv
   from absl import flags, logging as absl_logging  # pylint: disable=import-outside-toplevel
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file at INFO
-  from c2cjax.runtime import enable_compilation_cache  # pylint: disable=import-outside-toplevel
   enable_compilation_cache()  # the next shard or run loads its compiled shapes
   run(flags.FLAGS.config)
 
