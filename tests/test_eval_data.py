@@ -324,6 +324,34 @@ def test_markdown_table():
   assert "| category | receiver | c2c |" in md and "| Y | 0.0 (0.0-65.8) | - |" in md
 
 
+def test_mcnemar_exact_reference_values():
+  assert report.mcnemar_exact(10, 0) == pytest.approx(2 / 1024)
+  assert report.mcnemar_exact(5, 5) == 1.0 and report.mcnemar_exact(0, 0) == 1.0
+  assert report.mcnemar_exact(3, 7) == pytest.approx(0.34375)  # 2 * P(X <= 3), X ~ B(10, .5)
+  p = report.mcnemar_exact(600, 400)  # no underflow at large n; chi-square gives ~2.5e-10
+  assert 1e-11 < p < 1e-8
+
+
+def test_paired_comparison_joins_questions_by_id():
+  def rec(system, qid, correct):
+    return Record(system, "b", "s", "c", correct, True, 1.0, 0, question_id=qid)
+  base = [True, True, False, False, True, False]
+  other = [True, False, True, True, True, True]
+  records = ([rec("receiver", f"q{i}", c) for i, c in enumerate(base)] +
+             [rec("c2c", f"q{i}", c) for i, c in enumerate(other)] +
+             [rec("c2c", "only-c2c", True)])  # no receiver answer: not paired
+  s = report.summarize(records)
+  p = s["paired"]["results"]["b"]["c2c"]
+  assert (p["n"], p["wins"], p["losses"]) == (6, 3, 1)
+  assert p["diff"] == pytest.approx(2 / 6, abs=1e-6) and p["p"] == pytest.approx(0.625)
+  assert "receiver" not in s["paired"]["results"]["b"]
+  md = report.markdown(s)
+  assert "Paired against receiver" in md and "| c2c | 6 | +33.3 | 3 | 1 | 0.62 |" in md
+  # Records without question ids (the toy ones) are not paired, and no table is written.
+  toy = report.summarize(_toy_records())
+  assert toy["paired"]["results"] == {} and "Paired" not in report.markdown(toy)
+
+
 def test_write_report_files_are_deterministic(tmp_path):
   a = report.write_report(_toy_records(), tmp_path / "a")
   b = report.write_report(_toy_records(), tmp_path / "b")

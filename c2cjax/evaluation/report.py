@@ -5,6 +5,10 @@ Statistics, per (benchmark, system) overall, per category and per subject:
     count as wrong and are also reported as `unparsable_rate`.
   * time per query: mean, p50, p95 (numpy's default linear interpolation), total.
   * tokens generated: mean and total.
+  * paired against the receiver (per benchmark, every other system, on the questions both
+    answered, joined by `question_id`): accuracy difference, the discordant counts (only the
+    system right / only the receiver right) and the exact two-sided McNemar p-value. Paired
+    on the same questions, this separates systems that the per-system intervals cannot.
 
 Ordering: benchmarks and systems in order of first appearance in the records, categories and
 subjects sorted; floats rounded to 6 decimals. The same records give byte-identical JSON and
@@ -24,6 +28,8 @@ import numpy as np
 
 Z95 = 1.959963984540054
 CI_METHOD = "Wilson score interval, 95% (z=1.96)"
+BASELINE = "receiver"
+PAIRED_TEST = "exact McNemar, two-sided"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +113,46 @@ def summarize(records: Iterable[Record]) -> dict[str, Any]:
           "by_subject": {x: stats([r for r in group if r.subject == x])
                          for x in sorted({r.subject for r in group})},
       }
+  paired = {b: p for b in benchmarks
+            if (p := _paired(BASELINE, [r for r in records if r.benchmark == b]))}
   return {"ci_method": CI_METHOD, "percentiles": "numpy linear interpolation",
-          "benchmarks": benchmarks, "systems": systems, "results": results}
+          "benchmarks": benchmarks, "systems": systems, "results": results,
+          "paired": {"baseline": BASELINE, "test": PAIRED_TEST, "results": paired}}
+
+
+def mcnemar_exact(wins: int, losses: int) -> float:
+  """Two-sided exact McNemar p-value: the discordant pairs under Binomial(n, 1/2)."""
+  n, k = wins + losses, min(wins, losses)
+  if n == 0:
+    return 1.0
+  # Integer arithmetic: exact for any n (a float 0.5**n underflows past n ~ 1,000).
+  return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def _paired(baseline: str, records: Sequence[Record]) -> dict[str, Any]:
+  """Each system against `baseline` on the questions both answered (empty without ids)."""
+  by_system: dict[str, dict[str, bool]] = {}
+  for r in records:
+    if not r.question_id:
+      return {}
+    by_system.setdefault(r.system, {})[r.question_id] = r.correct
+  base = by_system.get(baseline)
+  out = {}
+  for s, answers in by_system.items():
+    common = [q for q in answers if base is not None and s != baseline and q in base]
+    if not common:
+      continue
+    wins = sum(answers[q] and not base[q] for q in common)
+    losses = sum(base[q] and not answers[q] for q in common)
+    out[s] = {"n": len(common), "diff": round((wins - losses) / len(common), 6),
+              "wins": wins, "losses": losses,
+              "p": float(f"{mcnemar_exact(wins, losses):.3g}")}  # 3 significant digits
+  return out
 
 
 def markdown(summary: dict[str, Any]) -> str:
-  """Markdown tables: per benchmark an overall table, then category and subject accuracy."""
+  """Markdown tables: per benchmark an overall table, category and subject accuracy, then
+  the paired comparison against the receiver (when the records carry question ids)."""
   lines = [f"Accuracy in %, 95% CI: {summary['ci_method']}. Time per query in seconds.", ""]
   for b, by_system in summary["results"].items():
     lines += [f"## {b}", "",
@@ -136,6 +176,15 @@ def markdown(summary: dict[str, Any]) -> str:
       for k in keys:
         cells = [_pct(res[level][k]) if k in res[level] else "-" for res in by_system.values()]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    paired = summary.get("paired", {}).get("results", {}).get(b)
+    if paired:
+      base = summary["paired"]["baseline"]
+      lines += ["", f"Paired against {base}, same questions ({summary['paired']['test']}):", "",
+                f"| system | n | difference (points) | only system right | only {base} right "
+                "| p |", "|---|---:|---:|---:|---:|---:|"]
+      for s, p in paired.items():
+        lines.append(f"| {s} | {p['n']} | {100 * p['diff']:+.1f} | {p['wins']} "
+                     f"| {p['losses']} | {p['p']:.2g} |")
     lines.append("")
   return "\n".join(lines)
 
