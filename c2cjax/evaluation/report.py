@@ -125,7 +125,7 @@ def mcnemar_exact(wins: int, losses: int) -> float:
   n, k = wins + losses, min(wins, losses)
   if n == 0:
     return 1.0
-  # Integer arithmetic: exact for any n (a float 0.5**n underflows past n ~ 1,000).
+  # Integer arithmetic: exact for any n (float binomial terms overflow past n ~ 1,000).
   return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
@@ -136,10 +136,12 @@ def _paired(baseline: str, records: Sequence[Record]) -> dict[str, Any]:
     if not r.question_id:
       return {}
     by_system.setdefault(r.system, {})[r.question_id] = r.correct
-  base = by_system.get(baseline)
+  base = by_system.pop(baseline, None)
+  if base is None:
+    return {}
   out = {}
   for s, answers in by_system.items():
-    common = [q for q in answers if base is not None and s != baseline and q in base]
+    common = [q for q in answers if q in base]
     if not common:
       continue
     wins = sum(answers[q] and not base[q] for q in common)
