@@ -66,10 +66,9 @@ def main():
     return sharer.module_prefill(params, stoks, sharer.init_cache(b, s), mask)
 
   @jax.jit
-  def caches_jit(rparams, sparams, tokens, mask, stoks):
+  def receiver_cache_jit(params, tokens, mask):  # the fuser's input, not a timed part
     b, s = tokens.shape
-    rc = receiver.module_prefill(rparams, tokens, receiver.init_cache(b, s), mask)
-    return rc, sharer.module_prefill(sparams, stoks, sharer.init_cache(b, s), mask)
+    return receiver.module_prefill(params, tokens, receiver.init_cache(b, s), mask)
 
   @jax.jit
   def fuse_jit(fparams, rcache, scache, mask):
@@ -78,7 +77,7 @@ def main():
   inputs = []
   for tokens, mask, (stoks,) in batches:
     t, m, s = jnp.asarray(tokens[:, :-1]), jnp.asarray(mask[:, :-1]), jnp.asarray(stoks[:, :-1])
-    rc, sc = caches_jit(rparams, sparams[0], t, m, s)
+    rc, sc = receiver_cache_jit(rparams, t, m), sharer_jit(sparams[0], s, m)
     inputs.append((t, m, s, rc, sc))
   parts = {
       "receiver": lambda b, x: receiver_part(*b),
