@@ -33,6 +33,49 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+# Activations and caches: logical names of their dims -> mesh axes (see ``constrain``).
+# Batch over the data-parallel axes, heads over ``tensor``; sequence, hidden and head_dim
+# replicated (``embed`` is not reused: it shards params over ``fsdp``, which activations
+# already use for their batch).
+ACTIVATION_RULES: dict[str, Any] = {
+    "act_batch": BATCH_AXES,
+    "act_length": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_kv_heads": "tensor",
+    "act_group": None,
+    "act_head_dim": None,
+    "act_vocab": "tensor",
+    "act_layers": None,
+}
+HIDDEN = ("act_batch", "act_length", "act_embed")  # [B, S, D]
+LOGITS = ("act_batch", "act_length", "act_vocab")  # [B, S, V]
+HEADS_OUT = ("act_batch", "act_length", "act_heads", "act_head_dim")  # [B, S, N, H]
+GROUPED_QUERIES = ("act_batch", "act_length", "act_kv_heads", "act_group", "act_head_dim")
+CACHE_LAYER = ("act_batch", "act_kv_heads", "act_length", "act_head_dim")  # [B, K, T, H]
+CACHE = ("act_layers",) + CACHE_LAYER  # KVCache.k / .v [L, B, K, T, H]
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """``with_sharding_constraint`` of ``x`` by logical dim names, under ``jax.set_mesh``.
+
+  Without a mesh in context (single device, or a caller that did not set one) this is
+  the identity, so models stay callable anywhere. Mesh axes that do not divide their dim
+  (e.g. 1 KV head on a tensor axis of 2) are dropped for that dim (replicated).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or len(names) != x.ndim:
+    return x
+  spec = []
+  for dim, name in zip(x.shape, names):
+    axes = ACTIVATION_RULES.get(name) if name else None
+    names_ = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    names_ = tuple(a for a in names_ if a in mesh.shape)
+    size = math.prod(mesh.shape[a] for a in names_)
+    spec.append(names_ if names_ and dim % size == 0 else None)
+  return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
 def maybe_initialize_distributed():
   """``jax.distributed.initialize()`` on multi-host runs (TPU pods, SLURM, ...)."""
   import os

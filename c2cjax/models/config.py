@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from c2cjax.models.attention import check_implementation
+
 
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
@@ -89,8 +91,15 @@ class ModelConfig:
   bos_token_id: int | None = None
   eos_token_ids: tuple[int, ...] = ()
   pad_token_id: int | None = None
+  # Attention kernel (c2cjax.models.attention): auto | einsum | chunked | cudnn; key block
+  # of the chunked kernel. Not from HF: set with dataclasses.replace.
+  attention: str = "auto"
+  attention_block: int = 512
 
   def __post_init__(self):
+    check_implementation(self.attention)
+    if self.attention_block < 1:
+      raise ValueError(f"attention_block must be positive, got {self.attention_block}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")

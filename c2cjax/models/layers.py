@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from c2cjax import sharding
+from c2cjax.models import attention
 from c2cjax.models.cache import KVCache
 from c2cjax.models.config import ModelConfig
 
 Dtype = Any
-_NEG_INF = -2.3819763e38  # large negative that stays finite in bf16 / fp32
 
 
 def _param(module: nn.Module, name: str, shape, axes, dtype, init=nn.initializers.normal(0.02)):
@@ -112,14 +113,13 @@ class Attention(nn.Module):
       new_v = jnp.where(keep[:, None, :, None], v_cache, new_v)
 
     b, s = x.shape[:2]
-    qg = q.reshape(b, s, k, n // k, h)
-    logits = jnp.einsum("bskgh,bkth->bkgst", qg, new_k.astype(q.dtype),
-                        preferred_element_type=jnp.float32) * c.scale
-    if c.attn_softcap:
-      logits = jnp.tanh(logits / c.attn_softcap) * c.attn_softcap
-    logits = jnp.where(mask[:, None, None], logits, _NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgst,bkth->bskgh", probs, new_v.astype(q.dtype)).reshape(b, s, n, h)
+    new_k = sharding.constrain(new_k, sharding.CACHE_LAYER)
+    new_v = sharding.constrain(new_v, sharding.CACHE_LAYER)
+    qg = sharding.constrain(q.reshape(b, s, k, n // k, h), sharding.GROUPED_QUERIES)
+    with jax.named_scope("attend"):
+      out = attention.attend(qg, new_k, new_v, mask, scale=c.scale, softcap=c.attn_softcap,
+                             implementation=c.attention, block=c.attention_block)
+    out = sharding.constrain(out, sharding.HEADS_OUT)
     return jnp.einsum("bsnh,nhd->bsd", out, wo), new_k, new_v
 
 

@@ -1,0 +1,137 @@
+"""Attention kernels for :class:`c2cjax.models.layers.Attention`: einsum (reference),
+chunked (flash-style online softmax over key blocks) and cuDNN.
+
+All take grouped queries ``q [B, S, K, G, H]``, the layer's cache ``k, v [B, K, T, H]``
+(HF layout) and a ``mask [B, S, T]`` (True: may attend), and return ``[B, S, K * G, H]``
+in the query dtype. Axis letters as in ``layers.py``; ``C`` is a key block.
+
+``einsum`` materialises the ``[B, K, G, S, T]`` fp32 logits: fastest for decode (S = 1)
+and short sequences, the reference in tests. ``chunked`` scans over key blocks of
+``block`` slots with a running max and sum (FlashAttention's online softmax), so only
+``[B, K, G, S, C]`` logits live at a time; under ``jax.grad`` the block body is
+rematerialised, so the backward pass does not keep every block's probabilities either.
+``cudnn`` is ``jax.nn.dot_product_attention(implementation="cudnn")`` (fused
+flash attention on NVIDIA GPUs, bf16/fp16 only, no soft cap); where cuDNN refuses the
+shapes it falls back to ``chunked``. ``auto`` picks: einsum for decode and sequences of
+at most one block, cuDNN on GPUs where it applies, else chunked.
+
+Fully masked query rows (left padding) get a uniform average in every kernel, as the
+einsum reference does; their outputs only ever feed padding slots.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -2.3819763e38  # large negative that stays finite in bf16 / fp32
+IMPLEMENTATIONS = ("auto", "einsum", "chunked", "cudnn")
+
+
+def check_implementation(name: str) -> str:
+  if name not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {name!r}; choose from {IMPLEMENTATIONS}")
+  return name
+
+
+def _softcap(logits, cap):
+  return jnp.tanh(logits / cap) * cap if cap else logits
+
+
+def einsum_attention(q, k, v, mask, *, scale: float, softcap: float | None = None):
+  """Reference: full ``[B, K, G, S, T]`` fp32 logits, probabilities in the query dtype."""
+  b, s, kh, g, h = q.shape
+  logits = jnp.einsum("bskgh,bkth->bkgst", q, k.astype(q.dtype),
+                      preferred_element_type=jnp.float32) * scale
+  logits = _softcap(logits, softcap)
+  logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+  out = jnp.einsum("bkgst,bkth->bskgh", probs, v.astype(q.dtype))
+  return out.reshape(b, s, kh * g, h)
+
+
+def chunked_attention(q, k, v, mask, *, scale: float, softcap: float | None = None,
+                      block: int = 512):
+  """Online softmax over key blocks of ``block`` slots (fp32 running max/sum/output)."""
+  b, s, kh, g, h = q.shape
+  t = k.shape[2]
+  nb = -(-t // block)
+  pad = nb * block - t
+  if pad:  # padded slots are masked out
+    k = jnp.pad(k, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    v = jnp.pad(v, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad)))
+  kb = k.reshape(b, kh, nb, block, h).transpose(2, 0, 1, 3, 4)  # [nb, B, K, C, H]
+  vb = v.reshape(b, kh, nb, block, h).transpose(2, 0, 1, 3, 4)
+  mb = mask.reshape(b, s, nb, block).transpose(2, 0, 1, 3)  # [nb, B, S, C]
+
+  @jax.checkpoint  # the backward pass recomputes a block's probabilities, never stores all
+  def body(carry, xs):
+    m, l, acc = carry  # [B, K, G, S], [B, K, G, S], [B, K, G, S, H] fp32
+    kc, vc, mc = xs
+    logits = jnp.einsum("bskgh,bkch->bkgsc", q, kc.astype(q.dtype),
+                        preferred_element_type=jnp.float32) * scale
+    logits = _softcap(logits, softcap)
+    logits = jnp.where(mc[:, None, None], logits, NEG_INF)
+    m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+    p = jnp.exp(logits - m_new[..., None])
+    corr = jnp.exp(m - m_new)
+    l = l * corr + jnp.sum(p, axis=-1)
+    pv = jnp.einsum("bkgsc,bkch->bkgsh", p, vc.astype(jnp.float32))
+    return (m_new, l, acc * corr[..., None] + pv), None
+
+  init = (jnp.full((b, kh, g, s), NEG_INF, jnp.float32), jnp.zeros((b, kh, g, s), jnp.float32),
+          jnp.zeros((b, kh, g, s, h), jnp.float32))
+  (_, l, acc), _ = jax.lax.scan(body, init, (kb, vb, mb))
+  out = acc / l[..., None]  # l >= 1: the block holding the max contributes exp(0)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, s, kh * g, h).astype(q.dtype)
+
+
+def cudnn_attention(q, k, v, mask, *, scale: float):
+  """``jax.nn.dot_product_attention`` with cuDNN (raises where cuDNN does not apply)."""
+  b, s, kh, g, h = q.shape
+  return jax.nn.dot_product_attention(
+      q.reshape(b, s, kh * g, h), k.transpose(0, 2, 1, 3).astype(q.dtype),
+      v.transpose(0, 2, 1, 3).astype(q.dtype), mask=mask[:, None], scale=scale,
+      implementation="cudnn")
+
+
+def _cudnn_applies(q, softcap) -> bool:
+  return (jax.default_backend() == "gpu" and not softcap
+          and q.dtype in (jnp.bfloat16, jnp.float16))
+
+
+def attend(q, k, v, mask, *, scale: float, softcap: float | None = None,
+           implementation: str = "auto", block: int = 512):
+  """Attention of grouped queries ``q [B, S, K, G, H]`` over ``k, v [B, K, T, H]``.
+
+  Args:
+    mask: [B, S, T] bool, True where a query may attend to a slot.
+    scale: logit scale; softcap: ``tanh(x / cap) * cap`` on the logits when set.
+    implementation: one of ``IMPLEMENTATIONS`` (see the module docstring).
+    block: key block of the chunked kernel.
+  Returns:
+    [B, S, K * G, H] in the query dtype.
+  """
+  impl = check_implementation(implementation)
+  s, t = q.shape[1], k.shape[2]
+  if impl == "auto":
+    if s == 1 or t <= block:
+      impl = "einsum"
+    elif _cudnn_applies(q, softcap):
+      impl = "cudnn"
+    else:
+      impl = "chunked"
+  if impl == "cudnn":
+    if softcap:
+      raise ValueError("cuDNN attention has no logit soft cap; use 'chunked' or 'einsum'")
+    try:
+      return cudnn_attention(q, k, v, mask, scale=scale)
+    except (NotImplementedError, ValueError, RuntimeError, TypeError) as e:
+      logging.warning("cuDNN attention not applicable (%s); using the chunked kernel", e)
+      impl = "chunked"
+  if impl == "chunked":
+    return chunked_attention(q, k, v, mask, scale=scale, softcap=softcap, block=block)
+  return einsum_attention(q, k, v, mask, scale=scale, softcap=softcap)
