@@ -22,6 +22,10 @@ def train_config() -> ml_collections.ConfigDict:
   c.fusion_mode = "parallel"
   c.fuse_last = False  # training fuse_mask also covers the last prompt token
   c.fuse_response = False  # ... and the response (C2C generation options of these names)
+  # Pass 2 (receiver on the fused cache) starts after the fused prefix when every row's
+  # fused slots form one (train.pass2_split), at a multiple of bucket // pass2_parts: at
+  # most pass2_parts compiled variants per bucket. 0: always rerun the whole sequence.
+  c.pass2_parts = 8
 
   c.data = ml_collections.ConfigDict(dict(
       source="open_hermes25", data_dir="", manual_dir="", max_examples=500_000,

@@ -53,24 +53,67 @@ def token_nll(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array):
   return jnp.sum(nll * w), jnp.sum(w)
 
 
+def pass2_split(batch: Batch, parts: int) -> tuple[int, int]:
+  """Static ``(start, fused_end)`` for :func:`c2c_nll` from a host batch ``[..., B, T]``.
+
+  ``start``: pass 2 may begin at a slot where every real slot before it is fused in every
+  row and no target needs an earlier position's logits (``loss_mask[..., :start + 1]``
+  is 0) -- the single-turn case, where fused slots form a prefix of each row.
+  ``fused_end``: pass 1 (prefills and fuser) only needs the slots up to the last fused one.
+  Both are multiples of ``T // parts`` (so a bucket compiles at most ``parts`` variants);
+  ``parts = 0`` or interleaved fused slots give ``(0, T)``: today's full rerun.
+  """
+  real = np.asarray(batch["attention_mask"]).astype(bool)
+  t = real.shape[-1]
+  if parts <= 0:
+    return 0, t
+  g = max(1, t // parts)
+  real = real.reshape(-1, t)
+  fuse = np.asarray(batch["fuse_mask"]).astype(bool).reshape(-1, t) & real
+  targets = np.asarray(batch["loss_mask"]).astype(bool).reshape(-1, t)[:, 1:].any(0)
+  cols = np.flatnonzero(fuse.any(0))
+  fused_end = min(t, max(g, -(-(int(cols[-1]) + 1 if cols.size else 0) // g) * g))
+  unfused = np.flatnonzero((real & ~fuse).any(0))
+  first_target = int(np.argmax(targets)) + 1 if targets.any() else t
+  start = min(int(unfused[0]) if unfused.size else t, first_target - 1, t - 1, fused_end)
+  return (start // g) * g, fused_end
+
+
 def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, rng=None,
-            step=0):
+            step=0, split: tuple[int, int] | None = None):
   """Receiver loss on the response tokens, reading a cache fused on the prompt tokens.
 
-  Pass 1 prefills receiver and sharers on the whole sequence and fuses the ``fuse_mask``
-  slots; pass 2 reruns the receiver over the sequence on that cache, keeping the fused
-  slots (``keep``) and computing fresh keys/values elsewhere: exactly what the last prompt
-  token and the response see in C2C generation.
+  Pass 1 prefills receiver and sharers and fuses the ``fuse_mask`` slots; pass 2 reruns
+  the receiver on that cache, keeping the fused slots (``keep``) and computing fresh
+  keys/values elsewhere: exactly what the last prompt token and the response see in C2C
+  generation. ``split = (start, fused_end)`` (static, from :func:`pass2_split`): pass 1
+  runs on the first ``fused_end`` tokens only and pass 2 on the tokens from ``start`` on,
+  reading the fused cache before it (the original code's "fused section once, then the
+  rest on that prefix cache"). The loss and the fuser gradients are the same as the full
+  rerun's (``None``: ``(0, T)``); in train mode only the random draws (Gumbel noise,
+  dropout) follow the fused length's shape.
   """
   tokens, mask = batch["receiver_ids"], batch["attention_mask"]
+  t = tokens.shape[1]
+  start, fused_end = split if split is not None else (0, t)
   sharer_ids = batch["sharer_ids"]
   sharer_ids = sharer_ids if isinstance(sharer_ids, tuple) else (sharer_ids,)
   fuse_mask = batch["fuse_mask"].astype(bool) & mask.astype(bool)
-  cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,
-                          tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)
-  logits, _ = c2c.receiver.module_apply(rparams, tokens, cache.replace(end=jnp.int32(0)),
-                                        keep=fuse_mask)
-  return token_nll(logits, tokens, batch["loss_mask"])
+  head = lambda x: x[:, :fused_end]
+  with jax.named_scope("pass1_prefill_fuse"):
+    cache = c2c.fused_cache(rparams, sparams, fparams, head(tokens), head(mask),
+                            tuple(head(x) for x in sharer_ids), head(fuse_mask),
+                            tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)
+    if fused_end < t:
+      cache = cache.pad_to(t)
+    cache = cache.replace(k=sharding.constrain(cache.k, sharding.CACHE),
+                          v=sharding.constrain(cache.v, sharding.CACHE))
+  with jax.named_scope("pass2_receiver"):
+    logits, _ = c2c.receiver.module_apply(rparams, tokens[:, start:],
+                                          cache.replace(end=jnp.int32(start)), keep=fuse_mask)
+    logits = sharding.constrain(logits, sharding.LOGITS)
+  with jax.named_scope("loss"):
+    return token_nll(logits, tokens[:, start:], batch["loss_mask"][:, start:])
 
 
 def receiver_nll(c2c: C2C, rparams, batch: Batch):
@@ -95,35 +138,45 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
 
 
 def make_train_step(c2c: C2C, tx):
-  """``(state, rparams, sparams, batch [A, B, T]) -> (state, metrics)``; jit it."""
+  """``(state, rparams, sparams, batch [A, B, T], split=None) -> (state, metrics)``.
 
-  def step_fn(state: TrainState, rparams, sparams, batch: Batch):
+  Jit it with ``split`` static (:func:`pass2_split`) and the state donated. Metrics stay
+  on device (the loop reads them every ``log_every`` steps), gate openness included, so
+  the loop never copies the fuser to the host.
+  """
+
+  def step_fn(state: TrainState, rparams, sparams, batch: Batch, split=None):
     rng = jax.random.fold_in(state.rng, state.step)
 
-    def micro(carry, xs):
-      grads, loss, count = carry
-      mb, i = xs
-      key = jax.random.fold_in(rng, i)
-
+    def loss_and_grad(mb, key):
       def f(fparams):
-        s, n = c2c_nll(c2c, fparams, rparams, sparams, mb, train=True, rng=key,
-                       step=state.step)
-        return s, n
-
-      (s, n), g = jax.value_and_grad(f, has_aux=True)(state.params)
-      grads = jax.tree.map(jnp.add, grads, g)
-      return (grads, loss + s, count + n), None
+        return c2c_nll(c2c, fparams, rparams, sparams, mb, train=True, rng=key,
+                       step=state.step, split=split)
+      return jax.value_and_grad(f, has_aux=True)(state.params)
 
     accum = batch["receiver_ids"].shape[0]
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (grads, loss, count), _ = jax.lax.scan(
-        micro, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum)))
+    if accum == 1:  # no scan, no zero-initialised gradient carry
+      (loss, count), grads = loss_and_grad(jax.tree.map(lambda x: x[0], batch),
+                                           jax.random.fold_in(rng, 0))
+    else:
+      def micro(carry, xs):
+        grads, loss, count = carry
+        mb, i = xs
+        (s, n), g = loss_and_grad(mb, jax.random.fold_in(rng, i))
+        return (jax.tree.map(jnp.add, grads, g), loss + s, count + n), None
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, loss, count), _ = jax.lax.scan(
+          micro, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum)))
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("optimizer"):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+    gates = [fuse_lib.gate_openness(p)["all"] for p in params]
     metrics = {"loss": loss / denom, "tokens": count, "grad_norm": optax.global_norm(grads),
-               "temperature": fuse_lib.temperature(c2c.fusers[0].config, state.step)}
+               "temperature": fuse_lib.temperature(c2c.fusers[0].config, state.step),
+               "gate_open": jnp.mean(jnp.stack(gates)) if gates else jnp.float32(0)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step_fn
@@ -187,9 +240,13 @@ def _to_global(batch: Batch, sharding_: NamedSharding, accum: int | None):
   return jax.tree.map(one, batch)
 
 
-def _gate_openness(params) -> float:
-  vals = [float(fuse_lib.gate_openness(p)["all"]) for p in params]
-  return float(np.mean(vals)) if vals else 0.0
+def _global_split(split: tuple[int, int]) -> tuple[int, int]:
+  """Every host compiles the same program: the most conservative split of all hosts."""
+  if jax.process_count() == 1:
+    return split
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  all_ = np.asarray(multihost_utils.process_allgather(np.asarray(split, np.int32)))
+  return int(all_[:, 0].min()), int(all_[:, 1].max())
 
 
 @dataclasses.dataclass
@@ -259,7 +316,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   flat_sh = sharding.batch_sharding(mesh)
 
   train_step = jax.jit(make_train_step(c2c, tx), in_shardings=(state_sh, r_sh, s_sh, micro_sh),
-                       out_shardings=(state_sh, rep), donate_argnums=(0,))
+                       out_shardings=(state_sh, rep), donate_argnums=(0,),
+                       static_argnames=("split",))
   eval_step = jax.jit(make_eval_step(c2c), in_shardings=(f_sh, r_sh, s_sh, flat_sh),
                       out_shardings=rep)
 
@@ -283,7 +341,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     for i, batch in enumerate(held):
       if cfg.eval_batches and i >= cfg.eval_batches:
         break
-      out = eval_step(state.params, rparams, sparams, _to_global(batch, flat_sh, None))
+      with jax.set_mesh(mesh):
+        out = eval_step(state.params, rparams, sparams, _to_global(batch, flat_sh, None))
       for k in tot:
         tot[k] += float(out[k])
     n = max(tot["tokens"], 1.0)
@@ -318,7 +377,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
       return {"stopped_at": step}
     host_batch = next(it)
     tok_since += float(np.sum(host_batch["attention_mask"])) * hosts
-    state, m = train_step(state, rparams, sparams, _to_global(host_batch, micro_sh, sizes.accum))
+    split = _global_split(pass2_split(host_batch, cfg.get("pass2_parts", 0)))
+    with jax.set_mesh(mesh):  # activation / cache sharding constraints read it
+      state, m = train_step(state, rparams, sparams, _to_global(host_batch, micro_sh, sizes.accum),
+                            split=split)
     step += 1
     if step % cfg.log_every == 0 or step == sizes.total_steps:
       m = jax.device_get(m)
@@ -326,7 +388,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
       metrics = {"train/loss": float(m["loss"]), "train/lr": float(schedule(step - 1)),
                  "train/grad_norm": float(m["grad_norm"]),
                  "train/temperature": float(m["temperature"]),
-                 "train/gate_open": _gate_openness(jax.device_get(state.params)),
+                 "train/gate_open": float(m["gate_open"]),
                  "train/tokens_per_s": tok_since / max(now - t_last, 1e-9)}
       t_last, tok_since = now, 0.0
       log(step, metrics)

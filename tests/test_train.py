@@ -154,3 +154,61 @@ def test_fuse_response_training_masks_and_loss(tmp_path):
   # fuse_last + fuse_response: every real token is fused.
   np.testing.assert_array_equal(full["fuse_mask"].astype(bool), real)
   assert np.isfinite(losses[(True, True)]) and losses[(True, True)] != losses[(False, False)]
+
+
+def _ragged_batch(rng, b, t, prompt_lens, lengths, vocab=128):
+  """Right-padded rows: prompt (fused but its last token) then response (targets)."""
+  ids = rng.integers(3, vocab, (b, t)).astype(np.int32)
+  pos = np.arange(t)[None]
+  p, n = np.asarray(prompt_lens)[:, None], np.asarray(lengths)[:, None]
+  real = pos < n
+  return {"receiver_ids": np.where(real, ids, 0), "sharer_ids": np.where(real, ids[:, ::-1], 0),
+          "attention_mask": real.astype(np.int32),
+          "fuse_mask": (pos < p - 1).astype(np.int32) * real,
+          "loss_mask": ((pos >= p) & real).astype(np.int32)}
+
+
+def test_prefix_pass2_equals_full_rerun():
+  """Pass 2 after the fused prefix (and pass 1 up to the last fused slot) gives the full
+  rerun's loss and fuser gradients: eval mode (hard gates forced open) with the whole
+  split, train mode (Gumbel gates, dropout) with the pass-2 start only, which keeps the
+  random draws' shapes. Ragged rows, padding rows, interleaved fused slots."""
+  from c2cjax.train import c2c_nll, pass2_split
+  r, s = tiny_lm("qwen3", seed=0), tiny_lm("gemma3", seed=1)
+  f = Fuser.init(r, s, jax.random.PRNGKey(3), hidden_dim=32, intermediate_dim=48)
+  f = Fuser({**f.params, "key_gate_logit": f.params["key_gate_logit"] + 1.0,
+             "value_gate_logit": f.params["value_gate_logit"] + 1.0}, f.config, f.layer_map)
+  c2c = C2C(r, [s], [f])
+  rng = np.random.default_rng(0)
+  batch = _ragged_batch(rng, 4, 32, prompt_lens=[11, 17, 9, 0], lengths=[30, 24, 32, 0])
+  split = pass2_split(batch, 8)
+  assert split == (8, 16), split  # start <= 9 - 1 (row 2's last prompt token); fused < 16
+  assert pass2_split(batch, 0) == (0, 32)
+  interleaved = dict(batch, fuse_mask=batch["fuse_mask"] * (np.arange(32) != 2))
+  assert pass2_split(interleaved, 8) == (0, 16)  # an unfused slot 2: full pass 2
+  assert pass2_split(dict(batch, fuse_mask=batch["fuse_mask"] * (np.arange(32) != 5)),
+                     8) == (4, 16)
+  jb = lambda b: jax.tree.map(jnp.asarray, b)
+
+  def loss_grad(b, split, train):
+    key = jax.random.PRNGKey(7) if train else None
+    fn = lambda p: c2c_nll(c2c, p, r.params, (s.params,), b, train=train, rng=key, split=split)
+    (tot, n), g = jax.jit(jax.value_and_grad(fn, has_aux=True))((f.params,))
+    return float(tot / n), g
+
+  cases = [(batch, split, False), (interleaved, pass2_split(interleaved, 8), False),
+           (batch, (split[0], 32), True)]
+  for b, sp, train in cases:
+    full, g_full = loss_grad(jb(b), None, train)
+    part, g_part = loss_grad(jb(b), sp, train)
+    assert part == pytest.approx(full, rel=1e-5), (sp, train)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+                 g_part, g_full)
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_full)) > 0
+  # the fused cache matters: a loss with the gates closed differs
+  closed = Fuser(f.params | {"key_gate_logit": f.params["key_gate_logit"] - 2.0,
+                             "value_gate_logit": f.params["value_gate_logit"] - 2.0},
+                 f.config, f.layer_map)
+  tot, n = c2c_nll(c2c, (closed.params,), r.params, (s.params,), jb(batch), train=False,
+                   split=split)
+  assert float(tot / n) != pytest.approx(loss_grad(jb(batch), split, False)[0], rel=1e-5)
