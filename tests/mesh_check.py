@@ -18,7 +18,7 @@ from c2cjax.models.tiny import tiny_lm  # noqa: E402
 from c2cjax.train import TrainState, make_optimizer, make_train_step  # noqa: E402
 
 
-def run(mesh_shape):
+def run(mesh_shape, split=None):
   mesh = sharding.make_mesh(mesh_shape, jax.devices()[:int(np.prod(list(mesh_shape.values())))])
   r, s = tiny_lm("qwen3", seed=0), tiny_lm("gemma3", seed=1)  # kv heads 2 and 1
   f = Fuser.init(r, s, jax.random.PRNGKey(3), hidden_dim=32, intermediate_dim=48, dropout=0.0)
@@ -38,21 +38,25 @@ def run(mesh_shape):
   f_sh = sharding.fuser_shardings((f.params,), mesh)
   params = jax.device_put((f.params,), f_sh)
   state = TrainState(jnp.int32(0), params, jax.jit(tx.init)(params), jax.random.PRNGKey(5))
-  step = jax.jit(make_train_step(c2c, tx))
+  step = jax.jit(make_train_step(c2c, tx), static_argnames=("split",), donate_argnums=(0,))
   batch = jax.device_put(batch, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
-  state, m = step(state, jax.device_put(r.params, r_sh), jax.device_put((s.params,), s_sh),
-                  batch)
-  return float(m["loss"]), jax.device_get(state.params)
+  args = (state, jax.device_put(r.params, r_sh), jax.device_put((s.params,), s_sh), batch)
+  with jax.set_mesh(mesh):  # the activation / KV-cache constraints read the mesh
+    hlo = step.lower(*args, split=split).as_text()
+    state, m = step(*args, split=split)
+  return float(m["loss"]), jax.device_get(state.params), hlo.count("sharding_constraint")
 
 
 if __name__ == "__main__":
   assert jax.device_count() == 8, jax.devices()
-  loss1, p1 = run({"data": 1, "fsdp": 1, "tensor": 1})
-  loss8, p8 = run({"data": 2, "fsdp": 2, "tensor": 2})
-  print("loss", loss1, loss8)
-  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), p8, p1)
-  moved = max(float(np.abs(np.asarray(a)).max()) for a in jax.tree.leaves(p1))
-  assert moved > 0
+  for split in (None, (4, 8)):  # full pass 2, and pass 2 after the fused prefix
+    loss1, p1, _ = run({"data": 1, "fsdp": 1, "tensor": 1}, split)
+    loss8, p8, n_constraints = run({"data": 2, "fsdp": 2, "tensor": 2}, split)
+    print("split", split, "loss", loss1, loss8, "sharding constraints", n_constraints)
+    assert n_constraints >= 6, n_constraints  # attention, KV cache, fused cache, logits
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), p8, p1)
+    moved = max(float(np.abs(np.asarray(a)).max()) for a in jax.tree.leaves(p1))
+    assert moved > 0
   print("MESH_OK")
   sys.exit(0)
