@@ -128,6 +128,35 @@ def _load_config(path: pathlib.Path):
   return mod.get_config()
 
 
+def released_map(num_receiver: int, num_sharer: int) -> list[tuple[int, int]]:
+  """The released C2C code's terminal map: last-aligned, every receiver layer without a
+  sharer partner clamped onto sharer layer 0 (one projector per receiver layer)."""
+  offset = num_sharer - num_receiver
+  return [(t, max(0, t + offset)) for t in range(num_receiver)]
+
+
+def _jax_models(spec: dict):
+  """Receiver, sharer and a fresh fuser for ``spec["shapes"]`` (see ``SHAPES``)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from c2cjax import fuse as fuse_lib, train  # pylint: disable=import-outside-toplevel
+  from c2cjax.c2c import C2C, Fuser  # pylint: disable=import-outside-toplevel
+  from c2cjax.models import load_model, paper  # pylint: disable=import-outside-toplevel
+
+  cfg = _load_config(pathlib.Path(spec["config"]))
+  rng = jax.random.PRNGKey(cfg.seed)
+  if spec["shapes"] == "local":
+    return cfg, train.build_c2c(cfg, jax.random.fold_in(rng, 1))
+  if spec["shapes"] == "paper":
+    receiver, sharer = (paper.random_lm(n, seed=i) for i, n in enumerate(paper.MODELS))
+  else:
+    receiver, sharer = load_model(spec["receiver_gguf"]), load_model(spec["sharer_gguf"])
+  pairs = spec["pairs"]
+  layer_map = fuse_lib.LayerMap(tuple(r for r, _ in pairs), tuple(s for _, s in pairs))
+  f = {k: v for k, v in spec["fuser"].items()}
+  fuser = Fuser.init(receiver, sharer, jax.random.fold_in(rng, 1), layer_map, **f)
+  return cfg, C2C(receiver, [sharer], [fuser])
+
+
 def run_jax(spec: dict) -> dict:
   """The jitted ``c2cjax.train`` step on the synthetic batch."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -136,26 +165,26 @@ def run_jax(spec: dict) -> dict:
 
   mem = PeakRSS()
   t0 = time.perf_counter()
-  cfg = _load_config(pathlib.Path(spec["config"]))
-  rng = jax.random.PRNGKey(cfg.seed)
-  c2c = train.build_c2c(cfg, jax.random.fold_in(rng, 1))
+  cfg, c2c = _jax_models(spec)
   tx, _ = train.make_optimizer(cfg, cfg.max_steps)
   fparams = tuple(f.params for f in c2c.fusers)
   state = train.TrainState(step=jnp.int32(0), params=fparams, opt_state=tx.init(fparams),
-                           rng=jax.random.fold_in(rng, 2))
+                           rng=jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 2))
   rparams = c2c.receiver.params
   sparams = tuple(s.params for s in c2c.sharers)
   batch_np = synthetic_batch(spec, c2c.receiver.config.vocab_size,
                              c2c.sharers[0].config.vocab_size)
+  split = train.pass2_split(batch_np, spec["pass2_parts"])
   batch = jax.tree.map(jnp.asarray, batch_np)
+  del fparams  # the state holds them (donated at every step)
   jax.block_until_ready((state, rparams, sparams, batch))
   load_s = time.perf_counter() - t0
   rss_loaded = mem.rss_mib()
 
   mem.reset()
   t0 = time.perf_counter()
-  step = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,))
-  compiled = step.lower(state, rparams, sparams, batch).compile()
+  step = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,), static_argnames=("split",))
+  compiled = step.lower(state, rparams, sparams, batch, split=split).compile()
   compile_s = time.perf_counter() - t0
 
   def run_step():
@@ -173,7 +202,7 @@ def run_jax(spec: dict) -> dict:
   metrics = jax.device_get(run_step())
   dev = jax.devices()[0]
   stats = dev.memory_stats()
-  n_fuser = sum(x.size for x in jax.tree.leaves(fparams))
+  n_fuser = sum(x.size for x in jax.tree.leaves(state.params))
   lm = c2c.fusers[0].layer_map
   return {
       "framework": "jax", "version": jax.__version__, "device": str(dev.platform),
@@ -184,7 +213,7 @@ def run_jax(spec: dict) -> dict:
       "peak_compile_warmup_mib": peak_warm, **timed,
       "peak_rss_resettable": mem.resettable,
       "loss": float(metrics["loss"]), "targets": float(metrics["tokens"]),
-      "fuser_params": int(n_fuser), "layer_map": lm.pairs(),
+      "fuser_params": int(n_fuser), "layer_map": lm.pairs(), "split": list(split),
       "vocab": [c2c.receiver.config.vocab_size, c2c.sharers[0].config.vocab_size],
   }
 
@@ -257,16 +286,20 @@ def _torch_modules():
       return self._branch("key", sk, rk, tau), self._branch("value", sv, rv, tau)
 
   class KeepCache(DynamicCache):
-    """Empty cache whose ``update`` keeps given keys/values at the ``keep`` slots.
+    """Cache of pass 2: the fused prefix ``[0, start)`` already in, and an ``update``
+    that keeps the fused keys/values at the ``keep`` slots among the new tokens'.
 
-    The receiver's pass 2 over the whole sequence then attends to the fused entries at
-    those slots and to fresh ones elsewhere, as ``keep`` does in c2cjax.
+    The receiver's pass 2 over the tokens from ``start`` on then attends to the fused
+    entries at those slots and to fresh ones elsewhere, as ``keep`` does in c2cjax.
     """
 
-    def __init__(self, keys, values, keep):
+    def __init__(self, keys, values, keep, start: int = 0):
       super().__init__()
-      self._kept = (keys, values)
-      self._keep = keep  # [B, 1, T, 1] bool
+      for i, (k, v) in enumerate(zip(keys, values)):
+        if start:
+          super().update(k[:, :, :start], v[:, :, :start], i)
+      self._kept = [k[:, :, start:] for k in keys], [v[:, :, start:] for v in values]
+      self._keep = keep[:, :, start:]  # [B, 1, T - start, 1] bool
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
       key_states = torch.where(self._keep, self._kept[0][layer_idx], key_states)
@@ -305,11 +338,19 @@ class TorchC2C:
                                                dtype=torch.float32)
       return m.eval().requires_grad_(False)
 
-    self.receiver, self.sharer = load(spec["receiver_gguf"]), load(spec["sharer_gguf"])
+    if spec["shapes"] == "paper":  # the published configs, random fp32 weights
+      sys.path.insert(0, str(ROOT))
+      from c2cjax.models import paper  # pylint: disable=import-outside-toplevel
+      self.receiver, self.sharer = (
+          AutoModelForCausalLM.from_config(paper.hf_config(n), dtype=torch.float32)
+          .eval().requires_grad_(False) for n in paper.MODELS)
+    else:
+      self.receiver, self.sharer = load(spec["receiver_gguf"]), load(spec["sharer_gguf"])
     rc = self.receiver.config.get_text_config()
     sc = self.sharer.config.get_text_config()
     head = lambda c: getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    self.pairs = last_aligned(rc.num_hidden_layers, sc.num_hidden_layers)
+    self.pairs = [tuple(p) for p in spec["pairs"]]
+    self.split = spec.get("split") or None
     f = spec["fuser"]
     self.fuser_cfg = f
     self.fusers = torch.nn.ModuleList(
@@ -330,22 +371,25 @@ class TorchC2C:
       cache = model.model(input_ids=ids, use_cache=True).cache
     return [l.keys for l in cache.layers], [l.values for l in cache.layers]
 
-  def nll(self, ids, sids, fuse_mask, loss_mask, tau):
-    """Summed NLL over the target tokens and their count (``c2c_nll``)."""
+  def nll(self, ids, sids, fuse_mask, loss_mask, tau, split=None):
+    """Summed NLL over the target tokens and their count (``c2c_nll``, same ``split``)."""
     torch = self.torch
-    rk, rv = self.prefill(self.receiver, ids)
-    sk, sv = self.prefill(self.sharer, sids)
+    t = ids.shape[1]
+    start, fused_end = split or (0, t)
+    rk, rv = self.prefill(self.receiver, ids[:, :fused_end])
+    sk, sv = self.prefill(self.sharer, sids[:, :fused_end])
     keep = fuse_mask[:, None, :, None]
-    fk, fv = list(rk), list(rv)
+    pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, t - fused_end))
+    fk, fv = [pad(k) for k in rk], [pad(v) for v in rv]
     for fuser, (ri, si) in zip(self.fusers, self.pairs):
       k, v = fuser(sk[si], sv[si], rk[ri], rv[ri], tau)
-      fk[ri] = torch.where(keep, k, rk[ri])
-      fv[ri] = torch.where(keep, v, rv[ri])
-    cache = self.KeepCache(fk, fv, keep)
-    logits = self.receiver(input_ids=ids, cache=cache, use_cache=True).logits
+      fk[ri] = torch.where(keep, pad(k), fk[ri])
+      fv[ri] = torch.where(keep, pad(v), fv[ri])
+    cache = self.KeepCache(fk, fv, keep, start)
+    logits = self.receiver(input_ids=ids[:, start:], cache=cache, use_cache=True).logits
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -torch.gather(logp, -1, ids[:, 1:, None].long())[..., 0]
-    w = loss_mask[:, 1:].float()
+    nll = -torch.gather(logp, -1, ids[:, start + 1:, None].long())[..., 0]
+    w = loss_mask[:, start + 1:].float()
     return (nll * w).sum(), w.sum()
 
   def train_step(self, batch) -> dict:
@@ -358,7 +402,7 @@ class TorchC2C:
     for a in range(batch["receiver_ids"].shape[0]):
       fuse_mask = (batch["fuse_mask"][a] * batch["attention_mask"][a]).bool()
       s, n = self.nll(batch["receiver_ids"][a], batch["sharer_ids"][a], fuse_mask,
-                      batch["loss_mask"][a], tau)
+                      batch["loss_mask"][a], tau, self.split)
       s.backward()
       total, count = total + s.detach(), count + n
     denom = max(float(count), 1.0)
@@ -440,14 +484,14 @@ def run_check(spec: dict) -> None:
 
   def f(p):
     return train.c2c_nll(c2c, p, c2c.receiver.params, tuple(s.params for s in c2c.sharers),
-                         mb, train=False)
+                         mb, train=False, split=tuple(spec["split"]))
 
   (s, n), g = jax.value_and_grad(f, has_aux=True)(fparams)
   jax_loss, jax_gn = float(s / n), float(optax.global_norm(g)) / float(n)
   tm.fusers.eval()
   tb = _torch_batch(batch_np)
   ts, tn = tm.nll(tb["receiver_ids"][0], tb["sharer_ids"][0], tb["fuse_mask"][0].bool(),
-                  tb["loss_mask"][0], 1.0)
+                  tb["loss_mask"][0], 1.0, tuple(spec["split"]))
   ts.backward()
   # Sum of squares in float64: a float32 norm over 20M entries is off by ~0.2%.
   sq = sum(p.grad.double().square().sum() for p in tm.fusers.parameters()
@@ -464,23 +508,53 @@ def run_check(spec: dict) -> None:
 
 
 # --- driver -------------------------------------------------------------------------------
+# Shapes: (batch, seq) defaults, fuser sizes and which models.
+SHAPES = {
+    "local": "configs/local.py's pair and fuser (last_aligned)",
+    "paper": "random Qwen3-0.6B <- Qwen2.5-0.5B-Instruct at their published configs, fuser "
+             "hidden 1024 x 3 layers on all 28 receiver layers (the released map)",
+    "original": "the offline pair with the original code's measured fuser: hidden 1024 x 3 "
+                "layers, 30 projectors (the released map), ~417M trainable params",
+}
+# The original PyTorch code's fuser training step at the "original" shapes (issue 16:
+# batch 4 x 256, fp32, this machine kind) and the goal set against it.
+ORIGINAL = {"step_s": 11.56, "peak_gib": 10.5, "goal_step_s": 5.8, "goal_peak_gib": 5.0}
+
+
 def _spec(args) -> dict:
   """Everything a child needs, resolved in the parent (children need no config import)."""
   sys.path.insert(0, str(ROOT))
-  from c2cjax import offline  # pylint: disable=import-outside-toplevel
+  from c2cjax import offline, train  # pylint: disable=import-outside-toplevel
+  from c2cjax.models import paper  # pylint: disable=import-outside-toplevel
   cfg = _load_config(pathlib.Path(args.config))
   if tuple(cfg.sharers) != ("offline:gemma3",) or cfg.receiver != "offline:smollm2":
     raise SystemExit(f"{args.config} is not the local pair (receiver {cfg.receiver}, "
                      f"sharers {tuple(cfg.sharers)}); the PyTorch side loads those GGUFs")
   if cfg.layer_map != "last_aligned" or cfg.self_fusion or cfg.llm_dtype != "float32":
     raise SystemExit("the PyTorch side implements last_aligned, one sharer, float32 only")
-  return {
+  fuser = dict(cfg.fuser)
+  if args.shapes == "local":
+    n_r, n_s = 30, 18  # SmolLM2-135M, Gemma-3-270M
+    pairs = last_aligned(n_r, n_s)
+  else:
+    fuser.update(hidden_dim=1024, intermediate_dim=1024, num_layers=3)
+    if args.shapes == "paper":
+      n_r, n_s = (paper.hf_config(n).num_hidden_layers for n in paper.MODELS)
+    else:
+      n_r, n_s = 30, 18
+    pairs = released_map(n_r, n_s)
+  seq = args.seq or (128 if args.shapes == "local" else 256)
+  if seq < 4 or seq % 2:
+    raise SystemExit("--seq must be even and >= 4")
+  spec = {
       "config": str(pathlib.Path(args.config).resolve()), "seed": args.seed,
-      "accum": args.accum, "batch": args.batch, "seq": args.seq, "steps": args.steps,
-      "warmup": args.warmup, "receiver_gguf": str(offline.smollm2_gguf()),
-      "sharer_gguf": str(offline.gemma3_gguf()), "fuser": dict(cfg.fuser),
-      "optimizer": dict(cfg.optimizer),
+      "shapes": args.shapes, "accum": args.accum, "batch": args.batch, "seq": seq,
+      "steps": args.steps, "warmup": args.warmup, "receiver_gguf": str(offline.smollm2_gguf()),
+      "sharer_gguf": str(offline.gemma3_gguf()), "fuser": fuser, "pairs": pairs,
+      "optimizer": dict(cfg.optimizer), "pass2_parts": args.pass2_parts,
   }
+  spec["split"] = list(train.pass2_split(synthetic_batch(spec, 2, 2), args.pass2_parts))
+  return spec
 
 
 def _child(framework: str, spec: dict) -> dict:
@@ -525,8 +599,11 @@ def report(spec: dict, results: dict[str, dict]) -> None:
         f"torch {v('torch')}, transformers {v('transformers')}")
   f = spec["fuser"]
   any_r = next(iter(results.values()))
-  print(f"pair: receiver {pathlib.Path(spec['receiver_gguf']).name} <- sharer "
-        f"{pathlib.Path(spec['sharer_gguf']).name}, fp32; fuser hidden {f['hidden_dim']}, "
+  pair = ("random Qwen3-0.6B <- random Qwen2.5-0.5B-Instruct (published configs)"
+          if spec["shapes"] == "paper" else
+          f"{pathlib.Path(spec['receiver_gguf']).name} <- sharer "
+          f"{pathlib.Path(spec['sharer_gguf']).name}")
+  print(f"shapes: {spec['shapes']}; pair: receiver {pair}, fp32; fuser hidden {f['hidden_dim']}, "
         f"intermediate {f['intermediate_dim']}, {f['num_layers']} layers, "
         f"{len(any_r['layer_map'])} fused receiver layers "
         f"({any_r['layer_map'][0][0]}..{any_r['layer_map'][-1][0]}), "
@@ -534,7 +611,13 @@ def report(spec: dict, results: dict[str, dict]) -> None:
   print(f"batch: A={a} x B={b} x T={t} = {seen} tokens/step (fuse first {t // 2}, "
         f"loss on the rest: {int(any_r['targets'])} targets/step); "
         f"{spec['warmup']} warm-up + median of {spec['steps']} steps")
-  print("pass 2 (both): receiver over the whole sequence, fused slots kept (same work)")
+  start, fused_end = spec["split"]
+  if start == 0 and fused_end == t:
+    print("pass 2 (both): receiver over the whole sequence, fused slots kept (same work)")
+  else:
+    print(f"split (both, same work): pass 1 (prefills + fuser) on tokens [0, {fused_end}), "
+          f"pass 2 on [{start}, {t}) reading the fused cache before {start} "
+          f"(--pass2-parts {spec['pass2_parts']}; 0 reruns the whole sequence)")
   rows = {}
   for name, r in results.items():
     med = statistics.median(r["step_times_s"])
@@ -568,14 +651,29 @@ def report(spec: dict, results: dict[str, dict]) -> None:
     print(f"JAX/PyTorch: throughput x{j['tok'] / p['tok']:.2f}, step time "
           f"x{j['step'] / p['step']:.2f}, peak RSS (timed) x{peak:.2f}, "
           f"peak RSS above the loaded models x{over(j) / max(over(p), 1e-9):.2f}")
+    print(f"RATIO {spec['shapes']} throughput jax/torch {j['tok'] / p['tok']:.2f} (goal >= 1.5); "
+          f"peak RSS jax/torch {peak:.2f} (goal <= 1.0)")
+  if spec["shapes"] == "original" and "jax" in rows:
+    j, o = rows["jax"], ORIGINAL
+    gib = j["peak_timed_mib"] / 1024
+    print(f"RATIO original: c2cjax {j['step']:.2f} s/step, peak RSS {gib:.2f} GiB vs the "
+          f"original PyTorch code's {o['step_s']} s and {o['peak_gib']} GiB (issue 16, same "
+          f"machine kind): x{o['step_s'] / j['step']:.2f} faster, x{gib / o['peak_gib']:.2f} "
+          f"memory; goal <= {o['goal_step_s']} s and <= {o['goal_peak_gib']} GiB")
 
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--config", default=str(ROOT / "configs" / "local.py"))
   ap.add_argument("--accum", type=int, default=1, help="A: micro-batches per step")
+  ap.add_argument("--shapes", choices=sorted(SHAPES), default="local",
+                  help="; ".join(f"{k}: {v}" for k, v in SHAPES.items()))
   ap.add_argument("--batch", type=int, default=4, help="B: rows per micro-batch")
-  ap.add_argument("--seq", type=int, default=128, help="T: tokens per row")
+  ap.add_argument("--seq", type=int, default=None,
+                  help="T: tokens per row (default 128 local, 256 paper/original)")
+  ap.add_argument("--pass2-parts", type=int, default=8,
+                  help="pass 2 after the fused prefix at multiples of T / this (both "
+                       "frameworks); 0: rerun the whole sequence")
   ap.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
   ap.add_argument("--seed", type=int, default=0)
@@ -593,11 +691,11 @@ def main():
     out = run_jax(spec) if args._child == "jax" else run_torch(spec)
     print(_RESULT + json.dumps(out), flush=True)
     return
-  if args.seq < 4 or args.seq % 2:
-    raise SystemExit("--seq must be even and >= 4")
   spec = _spec(args)
   spec["loadavg"] = _loadavg()
   if args.check:
+    if args.shapes != "local":
+      raise SystemExit("--check runs on the local shapes only")
     run_check(spec)
     return
   results = {fw: _child(fw, spec) for fw in args.frameworks}
