@@ -2,6 +2,15 @@
 
     python benchmarks/c2c_latency.py [--fuser runs/local/fuser] [--questions 20]
         [--answer 32 64 128] [--background 64]
+    python benchmarks/c2c_latency.py --shapes paper|original [--prompt 124] [--answer 64]
+
+``--shapes paper``: random Qwen3-0.6B <- Qwen2.5-0.5B-Instruct at their published configs
+(``c2cjax.models.paper``), fuser hidden 1024 x 3 layers on all 28 receiver layers, gates
+forced open; ``--shapes original``: the offline pair below with the fuser the original
+code was measured with (30 projectors, hidden 1024, gates open) on a ``--prompt``-token
+chat prompt. Both time one batch-1 query (prefill, decode per token, total) for the
+receiver alone, C2C and T2T, with the bandwidth floor of batch-1 decode, and print the
+original code's figures on this machine kind beside C2C's.
 
 Offline pair: receiver SmolLM2-135M-Instruct, sharer Gemma-3-270M (PyPI GGUFs, fp32).
 Same ARC-Challenge questions and budgets for every system, greedy with EOS ignored so every
@@ -42,7 +51,14 @@ def main():
   ap.add_argument("--answer", type=int, nargs="+", default=[32, 64, 128],
                   help="answer token budgets per query")
   ap.add_argument("--background", type=int, default=64, help="T2T background tokens")
+  ap.add_argument("--shapes", choices=["arc", "paper", "original"], default="arc")
+  ap.add_argument("--prompt", type=int, default=124, help="prompt tokens (paper/original)")
+  ap.add_argument("--reps", type=int, default=3, help="timed queries (paper/original; best)")
   args = ap.parse_args()
+  if args.shapes != "arc":
+    from c2c_query import one_query  # pylint: disable=import-outside-toplevel
+    one_query(args)
+    return
 
   from c2cjax import eval as ev, load_model, offline
   from c2cjax.c2c import C2C, Fuser

@@ -8,7 +8,10 @@ def train_config() -> ml_collections.ConfigDict:
   c.receiver = "Qwen/Qwen3-0.6B"
   c.sharers = ("Qwen/Qwen2.5-0.5B-Instruct",)
   c.self_fusion = False  # ablation: fuse the receiver's own cache instead of a sharer's
-  c.llm_dtype = "bfloat16"
+  # Frozen LLM weights and compute: "auto" is bfloat16 on accelerators (the paper's
+  # recipe) and float32 on CPU (no fast bf16 matmuls there). The fuser and its AdamW
+  # state stay float32 either way (FuserConfig.param_dtype).
+  c.llm_dtype = "auto"
   c.remat = True
   c.seed = 0
   c.workdir = "runs/default"

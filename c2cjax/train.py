@@ -191,13 +191,25 @@ def make_eval_step(c2c: C2C):
 
 
 # --- setup -----------------------------------------------------------------------------------
-def _dtype(name: str):
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+def llm_dtype(name: str):
+  """``cfg.llm_dtype`` -> dtype; "auto": bfloat16 on GPU/TPU, float32 on CPU.
+
+  No loss scaling with bf16: bfloat16 keeps float32's 8-bit exponent, so activations and
+  gradients through the frozen LLMs neither underflow nor overflow where fp32 would not
+  (loss scaling exists for fp16's 5-bit exponent); the trained fuser, its gradients and
+  the optimizer state are float32, and the loss is computed from fp32 logits.
+  """
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  if name not in dtypes:
+    raise ValueError(f"llm_dtype must be one of {sorted(dtypes) + ['auto']}, got {name!r}")
+  return dtypes[name]
 
 
 def build_c2c(cfg: ml_collections.ConfigDict, rng) -> C2C:
   """Loads the frozen LLMs and initialises one fuser per sharer."""
-  dtype = _dtype(cfg.llm_dtype)
+  dtype = llm_dtype(cfg.llm_dtype)
   receiver = resolve(cfg.receiver, dtype, seed=cfg.seed, remat=cfg.remat)
   if cfg.self_fusion:  # ablation: the receiver's own cache plays the sharer
     sharers = [receiver]

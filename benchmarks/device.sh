@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One accelerator, at most ~8 minutes: parity tests on the device, decode tok/s vs
+# transformers, the training step at the paper's shapes (tokens/s, step time, peak device
+# memory, MFU) and C2C latency vs receiver vs text-to-text; writes DIR/device.json and
+# DIR/device.md (and DIR/parity.txt).
+#
+#   benchmarks/device.sh [--dry] [--out DIR] [--peak-tflops X]
+#
+# --dry: CPU, tiny shapes, parity tests skipped (CI runs it: tests/test_device_script.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=runs/device
+dry=()
+extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry) dry=(--dry); shift ;;
+    --out) out="$2"; shift 2 ;;
+    --peak-tflops) extra+=(--peak-tflops "$2"); shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ ${#dry[@]} -gt 0 ]; then
+  export JAX_PLATFORMS=cpu
+  parity="skipped (--dry)"
+else
+  python3 -c "import jax; d = jax.devices()[0]; print('device:', d.platform, d.device_kind)"
+  # fp32 parity on the device: full-precision matmuls (no TF32), as the CPU suite runs them.
+  if JAX_DEFAULT_MATMUL_PRECISION=highest timeout 240 python3 -m pytest -q -x \
+      tests/test_models.py tests/test_attention.py > "$out/parity.txt" 2>&1; then
+    parity="passed ($(tail -n 1 "$out/parity.txt"))"
+  else
+    parity="FAILED (see parity.txt: $(tail -n 1 "$out/parity.txt"))"
+  fi
+  echo "parity: $parity"
+fi
+timeout 420 python3 benchmarks/device_bench.py --out "$out" --parity "$parity" \
+  "${dry[@]}" "${extra[@]}"
+echo "wrote $out/device.json and $out/device.md"

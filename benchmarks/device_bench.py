@@ -1,0 +1,229 @@
+"""What ``benchmarks/device.sh`` measures on one accelerator; one JSON + one Markdown table.
+
+    python benchmarks/device_bench.py --out DIR [--dry] [--peak-tflops X]
+
+  decode    batch-1 greedy decode tokens/s of the receiver: c2cjax vs transformers
+            (transformers on whatever device torch has here; it is named).
+  train     the fuser training step (``c2cjax.train``): tokens/s, step time, peak device
+            memory, model FLOPs per step and MFU against the device's peak.
+  latency   one batch-1 query: receiver alone vs C2C vs text-to-text.
+
+Shapes: the paper's (random Qwen3-0.6B <- Qwen2.5-0.5B-Instruct at their published
+configs, fuser hidden 1024 x 3 layers on all 28 receiver layers, batch 4 x 256, LLMs in
+``llm_dtype`` "auto": bf16 on accelerators, fp32 on CPU). ``--dry``: tiny random models and
+a tiny fuser on CPU, a few steps (a CI smoke test of the whole script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+# Dense bf16 peak TFLOP/s by device kind (vendor data sheets); --peak-tflops overrides.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+               "A10": 125.0, "V100": 125.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
+               "TPU v5p": 459.0, "TPU v6": 918.0}
+
+
+def _peak(device_kind: str, given: float | None) -> float | None:
+  if given:
+    return given
+  for k, v in PEAK_TFLOPS.items():
+    if k.lower() in device_kind.lower():
+      return v
+  return None
+
+
+def _models(dry: bool, dtype):
+  from c2cjax import fuse as fuse_lib
+  from c2cjax.c2c import C2C, Fuser
+  from c2cjax.models import paper
+  from c2cjax.models.tiny import hf_config, tiny_lm
+  if dry:
+    receiver, sharer = tiny_lm("qwen3", seed=0, dtype=dtype), tiny_lm("qwen2", seed=1, dtype=dtype)
+    hf = [hf_config("qwen3"), hf_config("qwen2")]
+    sizes = dict(hidden_dim=32, intermediate_dim=48)
+  else:
+    receiver, sharer = (paper.random_lm(n, dtype, seed=i) for i, n in enumerate(paper.MODELS))
+    hf = [paper.hf_config(n) for n in paper.MODELS]
+    sizes = dict(hidden_dim=1024, intermediate_dim=1024, num_layers=3)
+  nr, ns = receiver.config.num_layers, sharer.config.num_layers
+  released = fuse_lib.LayerMap(tuple(range(nr)), tuple(max(0, t + ns - nr) for t in range(nr)))
+  fuser = Fuser.init(receiver, sharer, jax.random.PRNGKey(0), released, **sizes)
+  return C2C(receiver, [sharer], [fuser]), hf
+
+
+def _body_params(lm) -> int:
+  return sum(x.size for x in jax.tree.leaves(lm.params) if lm.config.vocab_size not in x.shape)
+
+
+def train_flops(c2c, batch: int, seq: int, split) -> float:
+  """Matmul FLOPs of one step (2 per weight per token; attention scores aside).
+
+  Pass 1: receiver and sharer prefill and the fuser forward on ``fused_end`` tokens;
+  fuser backward 2x its forward; pass 2: receiver forward with its LM head on the
+  tokens from ``start`` and the backward to the fused cache (input gradients, 1x).
+  """
+  start, fused_end = split
+  r, s = c2c.receiver, c2c.sharers[0]
+  n_f = sum(x.size for x in jax.tree.leaves(c2c.fusers[0].params))
+  head = r.config.vocab_size * r.config.hidden_size
+  p1 = 2 * (_body_params(r) + _body_params(s) + 3 * n_f) * batch * fused_end
+  p2 = 2 * 2 * (_body_params(r) + head) * batch * (seq - start)
+  return float(p1 + p2)
+
+
+def bench_train(c2c, dry: bool, steps: int) -> dict:
+  from c2cjax import train
+  from c2cjax.defaults import train_config
+  from train_step import synthetic_batch
+  b, t = (2, 32) if dry else (4, 256)
+  tx, _ = train.make_optimizer(train_config(), 100)
+  fparams = jax.tree.map(jnp.copy, tuple(f.params for f in c2c.fusers))  # donated below
+  state = train.TrainState(jnp.int32(0), fparams, tx.init(fparams), jax.random.PRNGKey(1))
+  batch_np = synthetic_batch(dict(accum=1, batch=b, seq=t, seed=0),
+                             c2c.receiver.config.vocab_size, c2c.sharers[0].config.vocab_size)
+  split = train.pass2_split(batch_np, 8)
+  batch = jax.tree.map(jnp.asarray, batch_np)
+  rp, sp = c2c.receiver.params, tuple(s.params for s in c2c.sharers)
+  step = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,), static_argnames=("split",))
+  t0 = time.perf_counter()
+  state, m = step(state, rp, sp, batch, split=split)
+  jax.block_until_ready(m)
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = step(state, rp, sp, batch, split=split)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  med = float(np.median(times))
+  stats = jax.devices()[0].memory_stats() or {}
+  return {"batch": b, "seq": t, "split": list(split), "compile_and_first_s": first,
+          "step_s": med, "tokens_per_s": b * t / med, "loss": float(m["loss"]),
+          "flops_per_step": train_flops(c2c, b, t, split),
+          "peak_device_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+          "fuser_params_m": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6}
+
+
+def bench_decode(c2c, hf_configs, dry: bool, reps: int) -> dict:
+  """Batch-1 greedy decode of the receiver; transformers on a same-config random model."""
+  import torch
+  import transformers as tf
+  r = c2c.receiver
+  n_new, p = (8, 16) if dry else (64, 124)
+  ids = np.random.default_rng(0).integers(100, r.config.vocab_size, (1, p)).tolist()
+  ours = lambda: r.generate(ids, max_new_tokens=n_new, eos_ids=[], return_tokens=True)
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  hf = tf.AutoModelForCausalLM.from_config(hf_configs[0]).to(dev).eval()
+  if r.dtype == jnp.bfloat16:
+    hf = hf.to(torch.bfloat16)
+  x = torch.tensor(ids, device=dev)
+
+  def theirs():
+    with torch.no_grad():
+      hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n_new,
+                  min_new_tokens=n_new, do_sample=False, pad_token_id=0)
+    if dev == "cuda":
+      torch.cuda.synchronize()
+
+  from c2c_query import _best
+  t_ours, t_hf = _best(ours, reps), _best(lambda: (theirs(), 0)[1], reps)
+  return {"prompt": p, "new_tokens": n_new, "c2cjax_tok_s": n_new / t_ours,
+          "transformers_tok_s": n_new / t_hf, "transformers_device": dev,
+          "ratio": t_hf / t_ours}
+
+
+def bench_latency(c2c, dry: bool, reps: int) -> dict:
+  from c2c_query import measure
+  from c2cjax import eval as ev
+  c2c.fusers = tuple(ev.open_gates(f) for f in c2c.fusers)  # the fusion cost is paid
+  p, n, bg = (16, 8, 8) if dry else (124, 64, 64)
+  t = np.random.default_rng(1).integers(100, c2c.receiver.config.vocab_size, (1, p)).astype(np.int32)
+  out = measure(c2c, t, np.ones_like(t), (t.copy(),), n, bg, reps)
+  out.update(prompt=p, answer=n, background=bg,
+             c2c_over_receiver=out["c2c query"] / out["receiver query"],
+             t2t_over_c2c=out["t2t query"] / out["c2c query"])
+  return out
+
+
+def markdown(res: dict) -> str:
+  d, tr, de, la = res["device"], res["train"], res["decode"], res["latency"]
+  mfu = f"{100 * tr['mfu']:.1f}%" if tr.get("mfu") is not None else "n/a (peak unknown)"
+  mem = (f"{tr['peak_device_memory_gib']:.2f} GiB" if tr["peak_device_memory_gib"]
+         else "n/a (no device memory stats)")
+  rows = [
+      f"Device: {d['kind']} ({d['platform']}, {d['count']} device(s)); jax {d['jax']}; "
+      f"{res['date']}; {'DRY RUN (tiny shapes, CPU)' if res['dry'] else 'paper shapes'}; "
+      f"LLM dtype {res['llm_dtype']}",
+      "", "| measure | value |", "|---|---:|",
+      f"| parity tests on the device | {res['parity']} |",
+      f"| decode tok/s, c2cjax (batch 1, {de['prompt']}-token prompt) | {de['c2cjax_tok_s']:.1f} |",
+      f"| decode tok/s, transformers ({de['transformers_device']}) | {de['transformers_tok_s']:.1f} |",
+      f"| train step, batch {tr['batch']} x {tr['seq']} (split {tr['split']}) | {tr['step_s'] * 1e3:.1f} ms |",
+      f"| train tokens/s | {tr['tokens_per_s']:.0f} |",
+      f"| train peak device memory | {mem} |",
+      f"| train model TFLOP per step / MFU | {tr['flops_per_step'] / 1e12:.3f} / {mfu} |",
+      f"| query s: receiver / C2C / T2T ({la['prompt']}+{la['answer']} tokens) | "
+      f"{la['receiver query']:.3f} / {la['c2c query']:.3f} / {la['t2t query']:.3f} |",
+      f"| C2C / receiver; T2T / C2C | {la['c2c_over_receiver']:.2f}; {la['t2t_over_c2c']:.2f} |",
+  ]
+  return "\n".join(rows) + "\n"
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--dry", action="store_true")
+  ap.add_argument("--peak-tflops", type=float, default=None)
+  ap.add_argument("--parity", default="not run", help="parity test summary (from device.sh)")
+  ap.add_argument("--steps", type=int, default=None)
+  args = ap.parse_args()
+  from c2cjax.train import llm_dtype
+  dtype = llm_dtype("auto")
+  dev = jax.devices()[0]
+  reps, steps = (1, 2) if args.dry else (3, args.steps or 10)
+  c2c, hf = _models(args.dry, dtype)
+  res = {"date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+         "dry": args.dry, "llm_dtype": np.dtype(dtype).name, "parity": args.parity,
+         "device": {"kind": dev.device_kind, "platform": dev.platform,
+                    "count": jax.device_count(), "jax": jax.__version__,
+                    "host": f"{platform.machine()}, {os.cpu_count()} cores"}}
+  t0 = time.perf_counter()
+  log = lambda what: print(f"[{time.perf_counter() - t0:6.1f} s] {what}", file=sys.stderr,
+                           flush=True)
+  log("models ready; decode")
+  res["decode"] = bench_decode(c2c, hf, args.dry, reps)
+  log("train step")
+  res["train"] = bench_train(c2c, args.dry, steps)
+  peak = _peak(dev.device_kind, args.peak_tflops)
+  tr = res["train"]
+  tr["peak_tflops"] = peak
+  tr["mfu"] = tr["flops_per_step"] / tr["step_s"] / (peak * 1e12) if peak else None
+  log("latency")
+  res["latency"] = bench_latency(c2c, args.dry, reps)
+  log("done")
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "device.json").write_text(json.dumps(res, indent=1))
+  md = markdown(res)
+  (out / "device.md").write_text(md)
+  print(md)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,26 @@
+"""``benchmarks/device.sh --dry``: the accelerator benchmark runs end to end on CPU."""
+
+import json
+import os
+import pathlib
+import subprocess
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_device_script_dry_run(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  out = subprocess.run([str(ROOT / "benchmarks" / "device.sh"), "--dry", "--out", str(tmp_path)],
+                       env=env, capture_output=True, text=True, timeout=900, cwd=str(ROOT))
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  res = json.loads((tmp_path / "device.json").read_text())
+  assert res["dry"] and res["device"]["platform"] == "cpu"
+  assert res["parity"].startswith("skipped")
+  tr = res["train"]
+  assert tr["step_s"] > 0 and tr["tokens_per_s"] > 0 and tr["flops_per_step"] > 0
+  assert tr["split"] == [12, 16]  # pass 2 after the fused prefix at the dry shapes
+  assert res["decode"]["c2cjax_tok_s"] > 0 and res["decode"]["transformers_tok_s"] > 0
+  for k in ("receiver query", "c2c query", "t2t query"):
+    assert res["latency"][k] > 0
+  md = (tmp_path / "device.md").read_text()
+  assert "| train tokens/s |" in md and "DRY RUN" in md
