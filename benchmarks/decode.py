@@ -1,6 +1,12 @@
 """Decode throughput of ``LM.generate`` vs transformers' ``generate`` on the same model.
 
     python benchmarks/decode.py [--model smollm2|gemma3|PATH] [--new 64] [--batches 1 8]
+        [--prompt-tokens 0 124] [--layouts scanned unscanned]
+
+``--prompt-tokens``: 0 is the short story prompt (42 tokens with SmolLM2's template); N
+lengthens its user message until the templated prompt has at least N tokens (124: the
+C2C query of issue 16). ``--layouts``: stacked layers under ``nn.scan`` (the default
+``LM``) and/or one unrolled block per layer (``LM.with_layout(scan_layers=False)``).
 
 Both run fp32 greedy on the same prompt with the same token budget (EOS ignored), in one
 process, after a warm-up call each. Also prints the memory-bandwidth floor for batch-1
@@ -51,6 +57,8 @@ def main():
   ap.add_argument("--new", type=int, default=64)
   ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
   ap.add_argument("--reps", type=int, default=3)
+  ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[0])
+  ap.add_argument("--layouts", nargs="+", default=["scanned"], choices=["scanned", "unscanned"])
   args = ap.parse_args()
 
   import torch
@@ -64,11 +72,20 @@ def main():
   hf = tf.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                dtype=torch.float32).eval()
   tok = lm.tokenizer
-  prompt = "Write a short story about a robot who learns to paint."
-  if tok.chat_template:
-    prompt = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                     add_generation_prompt=True, tokenize=False)
-  ids = tok(prompt, add_special_tokens=not tok.chat_template)["input_ids"]
+
+  def prompt_ids(n: int) -> list[int]:
+    text = "Write a short story about a robot who learns to paint."
+    extra = (" It should describe the studio, the colours, the first failed attempts and "
+             "what the robot finally understands about art.").split()
+    for k in range(len(extra) * 20 + 1):
+      msg = text + " " + " ".join(extra[i % len(extra)] for i in range(k)) if k else text
+      if tok.chat_template:
+        msg = tok.apply_chat_template([{"role": "user", "content": msg}],
+                                      add_generation_prompt=True, tokenize=False)
+      ids = tok(msg, add_special_tokens=not tok.chat_template)["input_ids"]
+      if len(ids) >= n:
+        return ids
+    raise SystemExit(f"could not build a {n}-token prompt")
 
   n_params = sum(x.size for x in jax.tree.leaves(lm.params))
   weight_bytes = n_params * 4
@@ -78,13 +95,22 @@ def main():
         f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}")
   print(f"model: {path.name}, {n_params / 1e6:.1f}M params, fp32 weights {weight_bytes / 2**20:.0f} "
         f"MiB; measured read bandwidth {bw / 1e9:.1f} GB/s -> batch-1 floor {floor:.1f} tok/s")
-  print(f"prompt {len(ids)} tokens, {args.new} new tokens, greedy, EOS ignored")
-  print(f"{'batch':>5} {'c2cjax tok/s':>13} {'HF tok/s':>9} {'ratio':>6} {'% of floor':>10}")
+  print(f"{args.new} new tokens, greedy, EOS ignored; load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+  print(f"{'prompt':>6} {'layout':>9} {'batch':>5} {'c2cjax tok/s':>13} {'HF tok/s':>9} "
+        f"{'ratio':>6} {'% of floor':>10}")
   torch.set_num_threads(os.cpu_count())
-  for b in args.batches:
+  hf_times = {}
+  models = {"scanned": lm}
+  if "unscanned" in args.layouts:
+    models["unscanned"] = lm.with_layout(scan_layers=False)
+  for n_prompt, layout, b in ((n, l, b) for n in args.prompt_tokens for l in args.layouts
+                              for b in args.batches):
+    ids = prompt_ids(n_prompt)
+    model = models[layout]
     prompts = [ids] * b
-    ours = _time(lambda: lm.generate(prompts, max_new_tokens=args.new, eos_ids=[],
-                                     return_tokens=True), args.reps)
+    ours = _time(lambda: model.generate(prompts, max_new_tokens=args.new, eos_ids=[],
+                                        return_tokens=True), args.reps)
     x = torch.tensor(prompts)
 
     def hf_gen():
@@ -92,10 +118,15 @@ def main():
         hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.new,
                     min_new_tokens=args.new, do_sample=False, pad_token_id=0)
 
-    theirs = _time(hf_gen, args.reps)
+    if (len(ids), b) not in hf_times:  # once per prompt and batch, whatever the layout
+      hf_times[len(ids), b] = _time(hf_gen, args.reps)
+    theirs = hf_times[len(ids), b]
     ours_tps, hf_tps = b * args.new / ours, b * args.new / theirs
-    print(f"{b:>5} {ours_tps:>13.1f} {hf_tps:>9.1f} {ours_tps / hf_tps:>6.2f} "
-          f"{100 * ours_tps / b / floor:>9.0f}%")
+    print(f"{len(ids):>6} {layout:>9} {b:>5} {ours_tps:>13.1f} {hf_tps:>9.1f} "
+          f"{ours_tps / hf_tps:>6.2f} {100 * ours_tps / b / floor:>9.0f}%")
+    if b == 1:
+      print(f"RATIO decode prompt {len(ids)} {layout}: {100 * ours_tps / floor:.0f}% of the "
+            f"bandwidth floor (goal >= 80%), x{ours_tps / hf_tps:.2f} transformers")
 
 
 if __name__ == "__main__":

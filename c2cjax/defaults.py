@@ -12,7 +12,9 @@ def train_config() -> ml_collections.ConfigDict:
   # recipe) and float32 on CPU (no fast bf16 matmuls there). The fuser and its AdamW
   # state stay float32 either way (FuserConfig.param_dtype).
   c.llm_dtype = "auto"
-  c.remat = True
+  # Receiver blocks in the backward pass: "full" (recompute each block), "dots_saveable"
+  # (keep matmul outputs), "none" (keep everything); see c2cjax.models.layers.remat_policy.
+  c.remat = "full"
   c.seed = 0
   c.workdir = "runs/default"
 

@@ -95,3 +95,22 @@ def test_model_with_chunked_attention_equals_einsum(kind):
     if a.ndim == 3 and a.shape[1] == 20:
       a, b = a[real], b[real]
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=f"output {i}")
+
+
+def test_remat_policies_same_gradients():
+  """Every remat policy of the config gives the no-remat gradients; a typo is an error."""
+  base = tiny_lm("qwen3", seed=0)
+  ids = np.random.default_rng(2).integers(3, 128, (2, 10)).astype(np.int32)
+  w = jnp.asarray(np.random.default_rng(3).normal(size=(2, 10, 128)), jnp.float32)
+
+  def grads(remat):
+    lm = LM(base.config, base.params, remat=remat)
+    f = lambda p: jnp.sum(lm.module_apply(p, ids, lm.init_cache(2, 10))[0] * w)
+    return jax.jit(jax.grad(f))(base.params)
+
+  ref = grads("none")
+  for policy in ("full", "dots_saveable", True):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 grads(policy), ref)
+  with pytest.raises(ValueError, match="unknown remat policy"):
+    grads("dots")

@@ -172,6 +172,29 @@ class Block(nn.Module):
     return x, (k_l, v_l)
 
 
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,  # save nothing: recompute the block
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(remat: bool | str):
+  """``Decoder.remat`` -> (rematerialise?, checkpoint policy). False / "none": save
+  everything (no remat); True / "full" / "nothing_saveable": recompute each block in the
+  backward pass; "dots_saveable" (and "dots_with_no_batch_dims_saveable"): keep the
+  matmul outputs, recompute the rest."""
+  if remat in (False, None, "none"):
+    return False, None
+  if remat is True:
+    remat = "full"
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {remat!r}; choose from "
+                     f"{['none'] + sorted(REMAT_POLICIES)}")
+  return True, REMAT_POLICIES[remat]
+
+
 class Decoder(nn.Module):
   """Embeddings, scanned blocks, final norm and LM head.
 
@@ -182,7 +205,7 @@ class Decoder(nn.Module):
 
   cfg: ModelConfig
   dtype: Dtype = jnp.float32
-  remat: bool = False
+  remat: bool | str = False  # see remat_policy
   scan_layers: bool = True
 
   @nn.compact
@@ -216,7 +239,8 @@ class Decoder(nn.Module):
     rope_local = (rope_tables(c.local_rope.inv_freq(c.head_dim), q_pos)
                   if c.local_rope is not None else rope_global)
 
-    block = nn.remat(Block, prevent_cse=not self.scan_layers) if self.remat else Block
+    on, policy = remat_policy(self.remat)
+    block = nn.remat(Block, prevent_cse=not self.scan_layers, policy=policy) if on else Block
     xs = (jnp.asarray(c.local_flags), cache.k, cache.v)
     shared = (rope_global, rope_local, mask_global, mask_local, write_at, keep)
     if self.scan_layers:  # one compiled block; params stacked on a leading "layers" axis

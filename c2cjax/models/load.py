@@ -234,6 +234,6 @@ def resolve(spec: str, dtype=jnp.float32, *, seed: int = 0, remat: bool = False)
       tok = AutoTokenizer.from_pretrained(tok_spec)
     lm = tiny_lm(kind, tok, seed=seed, dtype=dtype)
     if remat:
-      lm = LM(lm.config, lm.params, lm.tokenizer, dtype, lm.source, remat=True)
+      lm = LM(lm.config, lm.params, lm.tokenizer, dtype, lm.source, remat=remat)
     return lm
   return load_model(spec, dtype, remat=remat)
