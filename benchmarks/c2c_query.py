@@ -22,7 +22,7 @@ import numpy as np
 ORIGINAL = {"query_s": 12.00, "prefill_s": 5.01, "decode_ms": 111.0, "receiver_hf_s": 7.76}
 
 
-def _best(fn, reps: int) -> float:
+def best_time(fn, reps: int) -> float:
   jax.block_until_ready(fn())  # warm-up: compiles
   best = float("inf")
   for _ in range(reps):
@@ -73,16 +73,16 @@ def measure(c2c, tokens, mask, stoks, answer: int, background: int, reps: int) -
   rec_gen = lambda: r.generate([tokens[0].tolist()], max_new_tokens=n, eos_ids=[],
                                return_tokens=True)
   times = {
-      "receiver prefill": _best(lambda: c2c.prefill(tokens, mask, stoks, sharers=[])[0], reps),
-      "c2c prefill": _best(lambda: c2c.prefill(tokens, mask, stoks)[0], reps),
-      "receiver query": _best(rec_gen, reps),
-      "c2c query": _best(gen, reps),
+      "receiver prefill": best_time(lambda: c2c.prefill(tokens, mask, stoks, sharers=[])[0], reps),
+      "c2c prefill": best_time(lambda: c2c.prefill(tokens, mask, stoks)[0], reps),
+      "receiver query": best_time(rec_gen, reps),
+      "c2c query": best_time(gen, reps),
   }
   writer = lambda: s.generate([stoks[0][0].tolist()], max_new_tokens=background, eos_ids=[],
                               return_tokens=True)
   bg = np.asarray(writer()[0])
   long = np.concatenate([tokens[0], bg[0] % r.config.vocab_size]).tolist()
-  times["t2t query"] = _best(
+  times["t2t query"] = best_time(
       lambda: (writer(), r.generate([long], max_new_tokens=n, eos_ids=[], return_tokens=True)),
       reps)
   for k in ("receiver", "c2c"):

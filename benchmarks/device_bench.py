@@ -141,8 +141,8 @@ def bench_decode(c2c, hf_configs, dry: bool, reps: int) -> dict:
     if dev == "cuda":
       torch.cuda.synchronize()
 
-  from c2c_query import _best
-  t_ours, t_hf = _best(ours, reps), _best(lambda: (theirs(), 0)[1], reps)
+  from c2c_query import best_time
+  t_ours, t_hf = best_time(ours, reps), best_time(lambda: (theirs(), 0)[1], reps)
   return {"prompt": p, "new_tokens": n_new, "c2cjax_tok_s": n_new / t_ours,
           "transformers_tok_s": n_new / t_hf, "transformers_device": dev,
           "ratio": t_hf / t_ours}

@@ -47,8 +47,10 @@ def token_nll(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array):
 
   logits [B, T, V] predict tokens[:, 1:]; ``loss_mask[b, t]`` marks token t as a target.
   """
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  # logsumexp - target logit: no [B, T, V] log-probability array next to the logits.
+  lf = logits[:, :-1].astype(jnp.float32)
+  nll = (jax.nn.logsumexp(lf, axis=-1)
+         - jnp.take_along_axis(lf, tokens[:, 1:, None], axis=-1)[..., 0])
   w = loss_mask[:, 1:].astype(jnp.float32)
   return jnp.sum(nll * w), jnp.sum(w)
 
