@@ -8,7 +8,7 @@ def get_config():
   c.receiver = "tiny:qwen3@offline:smollm2"
   c.sharers = ("tiny:gemma3@offline:gemma3",)
   c.llm_dtype = "float32"
-  c.remat = False
+  c.remat = "none"
   c.workdir = "runs/tiny"
   c.fuser.hidden_dim = 32
   c.fuser.intermediate_dim = 48

@@ -42,9 +42,9 @@ def run(mesh_shape, split=None):
   batch = jax.device_put(batch, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
   args = (state, jax.device_put(r.params, r_sh), jax.device_put((s.params,), s_sh), batch)
   with jax.set_mesh(mesh):  # the activation / KV-cache constraints read the mesh
-    hlo = step.lower(*args, split=split).as_text()
-    state, m = step(*args, split=split)
-  return float(m["loss"]), jax.device_get(state.params), hlo.count("sharding_constraint")
+    lowered = step.lower(*args, split=split)
+    state, m = lowered.compile()(*args)
+  return float(m["loss"]), jax.device_get(state.params), lowered.as_text().count("sharding_constraint")
 
 
 if __name__ == "__main__":
