@@ -69,7 +69,7 @@ from c2cjax.evaluation import datasets, prompts, report
 from c2cjax.evaluation.datasets import Question
 from c2cjax.evaluation.parse import parse_answer
 from c2cjax.models.cache import KVCache
-from c2cjax.models.model import LM
+from c2cjax.models.lm import LM
 from c2cjax.runtime import enable_compilation_cache
 
 SYSTEMS = ("receiver", "sharer", "t2t", "c2c", "c2c_multi")
@@ -229,11 +229,9 @@ class Solo:
   def generate(self, tokens, mask, sharer_tokens, max_new_tokens: int, eos_ids=None):
     """Greedy tokens [B, N] and lengths [B] (EOS included)."""
     del sharer_tokens
-    cfg = self.lm.sampling_config(max_new_tokens=max_new_tokens, eos_ids=eos_ids)
-    # LM.generate pads prompts itself; _generate takes our bucketed arrays as they are.
-    generate = self.lm._generate  # pylint: disable=protected-access
-    return generate(self.lm.params, jnp.asarray(tokens), jnp.asarray(mask),
-                    jax.random.PRNGKey(0), cfg, tokens.shape[1] + max_new_tokens - 1)
+    out, lengths, _ = self.lm.generate_ids(tokens, mask, max_new_tokens=max_new_tokens,
+                                           eos_ids=eos_ids)
+    return out, lengths
 
   def decode(self, out, lengths) -> list[str]:
     return self.lm.decode_texts(out, lengths, self.lm.sampling_config())
