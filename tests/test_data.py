@@ -72,7 +72,9 @@ def test_masks_hand_checked(toks, encoder):
   text = chat.render(rec, CONV, add_generation_prompt=False)
   ref = align.TokenAligner(rec, sh).align(text)
   np.testing.assert_array_equal(ex["sharer_ids"][0], ref.sharer_ids)
-  assert {k: v.dtype for k, v in ex.items()} == dict.fromkeys(ex, np.int32)
+  assert isinstance(ex["sharer_ids"], tuple) and len(ex["sharer_ids"]) == 1  # one sharer
+  flat = dict(ex, sharer_ids=ex["sharer_ids"][0])
+  assert {k: v.dtype for k, v in flat.items()} == dict.fromkeys(ex, np.int32)
 
 
 def test_fuse_mask_options(toks):
