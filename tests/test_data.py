@@ -218,9 +218,11 @@ def test_batches_static_shapes_and_masks(toks, encoder):
   assert len(batches) == -(-N_RECORDS // 4)
   for b in batches:
     assert set(b) == {"receiver_ids", "sharer_ids", "attention_mask", "loss_mask", "fuse_mask"}
-    shapes = {k: v.shape for k, v in b.items()}
+    assert isinstance(b["sharer_ids"], tuple) and len(b["sharer_ids"]) == 1  # one sharer
+    flat = dict(b, sharer_ids=b["sharer_ids"][0])
+    shapes = {k: v.shape for k, v in flat.items()}
     assert len(set(shapes.values())) == 1 and shapes["receiver_ids"] in {(4, 16), (4, 24)}
-    assert all(v.dtype == np.int32 for v in b.values())
+    assert all(v.dtype == np.int32 for v in flat.values())
     lengths = b["attention_mask"].sum(1)
     # Right padding: real tokens first; masks only on real tokens.
     for row, n in enumerate(lengths):
