@@ -27,7 +27,8 @@ import numpy as np
 from c2cjax import align, fuse as fuse_lib, sampling
 from c2cjax.data import chat
 from c2cjax.models.cache import KVCache
-from c2cjax.models.model import LM, _round_up
+from c2cjax.models.lm import LM
+from c2cjax.text import round_up as _round_up
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

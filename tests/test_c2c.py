@@ -43,9 +43,8 @@ def test_closed_gates_equal_receiver_alone(models):
   c2c = C2C(r, [s], [small_fuser(r, s, 0, gate=-1.0)])
   tokens, mask, sharer = _batch()
   out, lengths, _ = c2c.generate_ids(tokens, mask, sharer[:1], max_new_tokens=6, eos_ids=())
-  alone = r._generate(r.params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.PRNGKey(0),
-                      r.sampling_config(max_new_tokens=6, eos_ids=()), 12 + 5)
-  np.testing.assert_array_equal(out, np.asarray(alone[0]))
+  alone, _, _ = r.generate_ids(tokens, mask, max_new_tokens=6, eos_ids=(), max_len=12 + 5)
+  np.testing.assert_array_equal(out, alone)
 
 
 def test_open_gates_equal_manual_pipeline(models):
@@ -108,7 +107,7 @@ FLAGS = [(True, False), (False, True), (True, True)]
 def _same_tokenizer(*lms):
   """The models with one shared stand-in tokenizer: C2C aligns them by identity."""
   from types import SimpleNamespace
-  from c2cjax.models.model import LM
+  from c2cjax.models.lm import LM
   tok = SimpleNamespace(eos_token_id=None)
   return [LM(m.config, m.params, tok, source=m.source) for m in lms]
 
@@ -146,9 +145,8 @@ def test_fuse_options_closed_gates_equal_receiver_alone(models, fuse_last, fuse_
   tokens, mask, sharer = _batch()
   out, _, _ = c2c.generate_ids(tokens, mask, sharer[:1], max_new_tokens=6, eos_ids=(),
                                fuse_last=fuse_last, fuse_response=fuse_response)
-  alone = r._generate(r.params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.PRNGKey(0),
-                      r.sampling_config(max_new_tokens=6, eos_ids=()), 12 + 5)
-  np.testing.assert_array_equal(out, np.asarray(alone[0]))
+  alone, _, _ = r.generate_ids(tokens, mask, max_new_tokens=6, eos_ids=(), max_len=12 + 5)
+  np.testing.assert_array_equal(out, alone)
 
 
 def _stepped_logits(c2c, tokens, mask, sharer_ids, out, fuse_last, fuse_response):

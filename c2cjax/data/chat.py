@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from c2cjax import align
+from c2cjax.text import encode_prompt, render, require_chat_template  # noqa: F401 (re-exported)
 
 ROLES = {"system": "system", "user": "user", "assistant": "assistant",
          "human": "user", "gpt": "assistant"}
@@ -88,31 +89,6 @@ def to_messages(record: Mapping[str, Any], drop_system: bool = False) -> list[di
       continue
     out.append({"role": ROLES[role], "content": _text(content)})
   return out
-
-
-def require_chat_template(tokenizer) -> None:
-  """Raises a ValueError naming the problem if ``tokenizer`` has no chat template."""
-  if not getattr(tokenizer, "chat_template", None):
-    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    raise ValueError(
-        f"tokenizer {name!r} has no chat template, so chat messages cannot be rendered "
-        "(base models such as the Gemma-3-270M GGUF have none); use an instruct model's "
-        "tokenizer or set tokenizer.chat_template")
-
-
-def render(tokenizer, messages: Sequence[Mapping[str, str]],
-           add_generation_prompt: bool) -> str:
-  """The chat template's text; ``enable_thinking=False`` where the template reads it."""
-  require_chat_template(tokenizer)
-  kwargs = {"enable_thinking": False} if "enable_thinking" in tokenizer.chat_template else {}
-  return tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                       add_generation_prompt=add_generation_prompt, **kwargs)
-
-
-def encode_prompt(tokenizer, messages: Sequence[Mapping[str, str]]) -> list[int]:
-  """Messages -> prompt ids ending in the assistant's generation prompt."""
-  text = render(tokenizer, messages, add_generation_prompt=True)
-  return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _token_starts(offsets: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping, Sequence
 import grain
 import numpy as np
 
+from c2cjax import text
 from c2cjax.data import chat
 
 Side = Literal["right", "left"]
@@ -48,16 +49,7 @@ def pad_examples(examples: Sequence[Mapping[str, Any]], *, length: int,
     raise ValueError(f"need 1..{batch_size} examples, got {len(examples)}")
 
   def stack(rows, pad):
-    out = np.full((batch_size, length), pad, np.int32)
-    for i, row in enumerate(rows):
-      n = len(row)
-      if n > length:
-        raise ValueError(f"example of length {n} does not fit length {length}")
-      if side == "right":
-        out[i, :n] = row
-      else:
-        out[i, length - n:] = row
-    return out
+    return text.pad_rows(rows, length, pad, batch=batch_size, side=side)[0]
 
   batch = {}
   for key, first in examples[0].items():

@@ -19,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import align
+from c2cjax import align, text
 from c2cjax.c2c import C2C
 from c2cjax.evaluation import prompts
 from c2cjax.models.cache import KVCache
-from c2cjax.models.model import LM
+from c2cjax.models import lm as lm_lib
+from c2cjax.models.lm import LM
 
 Encoded = tuple[np.ndarray, tuple[np.ndarray, ...]]  # receiver ids [P], sharer ids [P] each
 
@@ -39,14 +40,9 @@ def bucket(n: int, buckets: Sequence[int]) -> int:
 def pad_left(rows: Sequence[Encoded], width: int, batch: int):
   """Left-padded tokens, mask [batch, width] and sharer ids; missing rows repeat the last."""
   rows = list(rows) + [rows[-1]] * (batch - len(rows))
-  tokens = np.zeros((batch, width), np.int32)
-  mask = np.zeros_like(tokens)
-  sharer = tuple(np.zeros_like(tokens) for _ in rows[0][1])
-  for i, (ids, sids) in enumerate(rows):
-    n = len(ids)
-    tokens[i, width - n:], mask[i, width - n:] = ids, 1
-    for j, s in enumerate(sids):
-      sharer[j][i, width - n:] = s
+  tokens, mask = text.pad_rows([ids for ids, _ in rows], width)
+  sharer = tuple(text.pad_rows([sids[j] for _, sids in rows], width)[0]
+                 for j in range(len(rows[0][1])))
   return tokens, mask, sharer
 
 
@@ -90,7 +86,7 @@ def continuation_logprobs(lm: LM, params, last_logits: jax.Array, cache: KVCache
   first = logprob(jnp.repeat(last_logits, o, axis=0), flat[:, 0])[:, None]  # [BO, 1]
   if c == 1:
     return first.reshape(b, o, 1)
-  logits, _ = lm.module_apply(params, flat[:, :-1], cache)
+  logits, _ = lm_lib.forward(lm.module, params, flat[:, :-1], cache)
   rest = logprob(logits, flat[:, 1:])  # [BO, C - 1]
   return jnp.concatenate([first, rest], axis=1).reshape(b, o, c)
 
@@ -99,23 +95,6 @@ def continuation_logprobs(lm: LM, params, last_logits: jax.Array, cache: KVCache
 def continuation_fn(lm: LM):
   """One jitted :func:`continuation_logprobs` per model, shared by Solo and Fused."""
   return jax.jit(functools.partial(continuation_logprobs, lm))
-
-
-def solo_prefill(lm: LM, params, tokens, mask, max_len: int):
-  """Logits [B, V] after left-padded ``tokens`` [B, P] and the cache (``max_len`` slots).
-
-  C2C's prefill structure: all tokens but the last, then the last on the padded cache.
-  """
-  b, s = tokens.shape
-  cache = lm.module_prefill(params, tokens[:, :-1], lm.init_cache(b, s - 1), mask[:, :-1])
-  logits, cache = lm.module_apply(params, tokens[:, -1:], cache.pad_to(max_len))
-  return logits[:, -1], cache
-
-
-@functools.lru_cache(maxsize=16)
-def solo_prefill_fn(lm: LM):
-  """One jitted :func:`solo_prefill` per model."""
-  return jax.jit(functools.partial(solo_prefill, lm), static_argnames=("max_len",))
 
 
 class Solo:
@@ -134,8 +113,7 @@ class Solo:
   def prefill(self, tokens, mask, sharer_tokens, max_len: int):
     """Logits [B, V] after left-padded ``tokens`` [B, P] and the cache (max_len slots)."""
     del sharer_tokens
-    return solo_prefill_fn(self.lm)(self.lm.params, jnp.asarray(tokens), jnp.asarray(mask),
-                                    max_len=max_len)
+    return self.lm.prefill(tokens, mask, max_len)
 
   def score(self, last_logits, cache, cont):
     return continuation_fn(self.lm)(self.lm.params, last_logits, cache, jnp.asarray(cont))
@@ -143,11 +121,9 @@ class Solo:
   def generate(self, tokens, mask, sharer_tokens, max_new_tokens: int, eos_ids=None):
     """Greedy tokens [B, N] and lengths [B] (EOS included)."""
     del sharer_tokens
-    cfg = self.lm.sampling_config(max_new_tokens=max_new_tokens, eos_ids=eos_ids)
-    # LM.generate pads prompts itself; _generate takes our bucketed arrays as they are.
-    generate = self.lm._generate  # pylint: disable=protected-access
-    return generate(self.lm.params, jnp.asarray(tokens), jnp.asarray(mask),
-                    jax.random.PRNGKey(0), cfg, tokens.shape[1] + max_new_tokens - 1)
+    out, lengths, _ = self.lm.generate_ids(tokens, mask, max_new_tokens=max_new_tokens,
+                                           eos_ids=eos_ids)
+    return out, lengths
 
   def decode(self, out, lengths) -> list[str]:
     return self.lm.decode_texts(out, lengths, self.lm.sampling_config())

@@ -4,7 +4,7 @@ from c2cjax.models.cache import KVCache
 from c2cjax.models.config import ModelConfig, RopeConfig
 from c2cjax.models.load import (SUPPORTED_MODEL_TYPES, config_from_hf, from_hf_model,
                                 load_model)
-from c2cjax.models.model import LM
+from c2cjax.models.lm import LM
 
 __all__ = ["KVCache", "ModelConfig", "RopeConfig", "LM", "load_model", "from_hf_model",
            "config_from_hf", "SUPPORTED_MODEL_TYPES"]

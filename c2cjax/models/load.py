@@ -18,7 +18,7 @@ import numpy as np
 from c2cjax.models import gemma, llama, qwen
 from c2cjax.models.config import ModelConfig
 from c2cjax.models.convert import params_from_hf
-from c2cjax.models.model import LM
+from c2cjax.models.lm import LM
 from c2cjax.runtime import cache_root
 
 _ARCHS = {t: m for m in (llama, qwen, gemma) for t in m.MODEL_TYPES}

@@ -45,7 +45,7 @@ KINDS = ("qwen2", "qwen3", "llama3", "gemma3")
 def tiny_lm(kind: str, tokenizer=None, seed: int = 0, dtype=jnp.float32, **overrides):
   """A random tiny :class:`c2cjax.models.LM` (vocab sized to ``tokenizer`` when given)."""
   from c2cjax.models.load import config_from_hf
-  from c2cjax.models.model import LM
+  from c2cjax.models.lm import LM
 
   if tokenizer is not None:
     overrides.setdefault("vocab_size", len(tokenizer))
