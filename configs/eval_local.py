@@ -5,6 +5,8 @@ Both models come from their PyPI GGUF packages (``c2cjax.offline``), the fuser f
 C2C systems are skipped, unless ``--config.random_fuser=True`` (smoke run, gates open).
 
   python -m c2cjax.eval --config configs/eval_local.py --config.limit=50
+  python -m c2cjax.eval --config configs/eval_local.py \\
+      --config.benchmarks="('arc_challenge', 'openbookqa')" --config.methods=logits
 """
 
 from c2cjax.defaults import eval_config
