@@ -36,6 +36,7 @@ def main():
   args = ap.parse_args()
 
   from c2cjax import load_model, offline
+  from c2cjax import c2c as c2c_lib
   from c2cjax.c2c import C2C
   from c2cjax.evaluation import load_benchmark, mcq_prompt
   from c2cjax.evaluation.answerers import Fused, Solo, bucket, pad_left
@@ -74,7 +75,7 @@ def main():
 
   @jax.jit
   def fuse_jit(fparams, rcache, scache, mask):
-    return c2c._fuse((fparams,), rcache, (scache,), mask.astype(bool), (0,))  # pylint: disable=protected-access
+    return c2c_lib.fuse_caches(c2c.spec, (fparams,), rcache, (scache,), mask.astype(bool), (0,))
 
   inputs = []
   for tokens, mask, (stoks,) in batches:

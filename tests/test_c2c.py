@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from c2cjax import fuse as fuse_lib, sampling
+from c2cjax import c2c as c2c_lib
 from c2cjax.c2c import C2C, Fuser
 from c2cjax.models.tiny import tiny_lm
 
@@ -153,15 +154,13 @@ def _stepped_logits(c2c, tokens, mask, sharer_ids, out, fuse_last, fuse_response
   """Logits [B, N, V] of C2C's own prefill and decode step, fed the tokens ``out`` [B, N]
   (teacher-forced: what the decode loop computes, compared in full, not via argmax)."""
   active = tuple(range(len(c2c.sharers)))
-  maps = c2c._options(active, fuse_last, fuse_response)[2]
+  maps = c2c.options(active, fuse_last, fuse_response)[2]
   max_len = tokens.shape[1] + out.shape[1] - 1
 
   def run(params, maps, tokens, mask, sharer_ids, out):
-    rp, sp, fp = params
-    logits, state = c2c._prefill_impl(rp, sp, fp, tokens, mask, sharer_ids, active, max_len,
-                                      fuse_last, fuse_response)
-    step = (c2c._response_step(rp, sp, fp, active, maps) if fuse_response
-            else lambda tok, cache: c2c.receiver.module_apply(rp, tok, cache))
+    logits, state = c2c_lib.prefill(c2c.spec, params, tokens, mask, sharer_ids, active,
+                                    max_len, fuse_last, fuse_response)
+    step = c2c_lib.decode_step(c2c.spec, params, active, maps, fuse_response)
 
     def body(state, tok):
       step_logits, state = step(tok[:, None], state)

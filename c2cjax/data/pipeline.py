@@ -19,7 +19,6 @@ import dataclasses
 from typing import Any, Literal, Mapping, Sequence
 
 import grain
-import numpy as np
 
 from c2cjax import text
 from c2cjax.data import chat
