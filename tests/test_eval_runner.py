@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from c2cjax import fuse as fuse_lib
-from c2cjax.c2c import C2C, Fuser
+from c2cjax.c2c import C2C
+from c2cjax.fuse import Fuser
 from c2cjax.defaults import eval_config
 from c2cjax.evaluation import PromptConfig, Question, cloze_prompt, mcq_prompt
 from c2cjax.evaluation.answerers import Fused, Solo, System, bucket, letter_token_ids

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from c2cjax import fuse as fuse_lib
-from c2cjax.c2c import C2C, Fuser
+from c2cjax.c2c import C2C
+from c2cjax.fuse import Fuser
 from c2cjax.evaluation.answerers import Fused, Solo, System
 
 SYSTEMS = ("receiver", "sharer", "t2t", "c2c", "c2c_multi")
