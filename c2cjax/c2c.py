@@ -93,6 +93,9 @@ def fused_cache(spec: Spec, params, tokens, mask, sharer_tokens, fuse_mask,
     the fused receiver cache with S slots; with ``return_caches``, ``(fused, receiver
     cache, tuple of sharer caches)``.
   """
+  if not isinstance(sharer_tokens, (tuple, list)):
+    raise TypeError(f"sharer_tokens must be a tuple of [B, S] arrays, one per sharer; got "
+                    f"{type(sharer_tokens).__name__}")
   rparams, sparams, fparams = params
   b, s = tokens.shape
   r = spec.receiver

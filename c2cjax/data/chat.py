@@ -128,7 +128,7 @@ class ChatEncoder:
     tok = self.tokenizer
     rec = next((int(t) for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
     sharers = tuple(a.sharer_pad_id for a in self.aligners)
-    return {"receiver_ids": rec, "sharer_ids": sharers[0] if len(sharers) == 1 else sharers}
+    return {"receiver_ids": rec, "sharer_ids": sharers}
 
   def split(self, messages: Sequence[Mapping[str, str]]) -> tuple[str, int]:
     """The full rendered conversation and the prompt's length in characters."""
@@ -153,16 +153,15 @@ class ChatEncoder:
     return fuse.astype(np.int32)
 
   def _sharer_ids(self, text: str, ids: np.ndarray, offsets: np.ndarray, n: int):
-    out = tuple(a.sharer_ids_for(text, ids, offsets)[:n] for a in self.aligners)
-    return out[0] if len(out) == 1 else out
+    return tuple(a.sharer_ids_for(text, ids, offsets)[:n] for a in self.aligners)
 
   def __call__(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any] | None:
     """One training example, or None when no response token survives truncation.
 
     Returns:
       ``receiver_ids [L] int32``, ``attention_mask``, ``loss_mask``, ``fuse_mask``
-      ``[L] int32`` and, with aligners, ``sharer_ids [L] int32`` (a tuple of them for
-      several sharers); ``L <= max_len``.
+      ``[L] int32`` and, with aligners, ``sharer_ids``, a tuple of ``[L] int32`` (one per
+      sharer); ``L <= max_len``.
     """
     text, prompt_chars = self.split(messages)
     ids, offsets = align.encode(self.tokenizer, text)

@@ -5,7 +5,7 @@
 
 Batches are dicts of ``[B, T]`` int32 arrays: ``receiver_ids``, ``attention_mask``,
 ``loss_mask`` (token t is a target), ``fuse_mask`` (fuse the sharer at t) and, with
-aligners, ``sharer_ids`` (a tuple of arrays for several sharers). Training batches
+aligners, ``sharer_ids`` (always a tuple of arrays, one per sharer). Training batches
 are right-padded; ``T`` is the smallest of a few bucket lengths that fits the batch
 (or always ``max_len``), so a jitted step compiles once per bucket. A short final
 batch (``drop_remainder=False``) is filled with empty rows (all masks 0).
