@@ -132,7 +132,7 @@ def test_paper_pair_configs():
 def test_fuse_response_training_masks_and_loss(tmp_path):
   """``--config.fuse_last/fuse_response`` reach the batches, and the loss reads them."""
   _needs_offline_tokenizers()
-  from c2cjax.eval import open_gates
+  from c2cjax.evaluation.systems import open_gates
   from c2cjax.train import build_c2c, build_data, c2c_nll
   losses, masks = {}, {}
   for flags in ((False, False), (True, True)):
