@@ -33,8 +33,9 @@ def best_time(fn, reps: int) -> float:
 
 
 def _models(shapes: str):
-  from c2cjax import eval as ev, fuse as fuse_lib, load_model, offline
+  from c2cjax import fuse as fuse_lib, load_model, offline
   from c2cjax.c2c import C2C, Fuser
+  from c2cjax.evaluation.systems import open_gates
   from c2cjax.models import paper
   if shapes == "paper":
     receiver, sharer = (paper.random_lm(n, seed=i) for i, n in enumerate(paper.MODELS))
@@ -42,7 +43,7 @@ def _models(shapes: str):
     receiver, sharer = load_model(offline.smollm2_gguf()), load_model(offline.gemma3_gguf())
   nr, ns = receiver.config.num_layers, sharer.config.num_layers
   released = fuse_lib.LayerMap(tuple(range(nr)), tuple(max(0, t + ns - nr) for t in range(nr)))
-  fuser = ev.open_gates(Fuser.init(receiver, sharer, jax.random.PRNGKey(0), released,
+  fuser = open_gates(Fuser.init(receiver, sharer, jax.random.PRNGKey(0), released,
                                    hidden_dim=1024, intermediate_dim=1024, num_layers=3))
   return C2C(receiver, [sharer], [fuser]), fuser
 

@@ -98,7 +98,7 @@ def bench_train(c2c, dry: bool, steps: int) -> dict:
   batch_np = synthetic_batch(dict(accum=1, batch=b, seq=t, seed=0),
                              c2c.receiver.config.vocab_size, c2c.sharers[0].config.vocab_size)
   split = train.pass2_split(batch_np, 8)
-  batch = jax.tree.map(jnp.asarray, batch_np)
+  batch = jax.tree.map(jnp.asarray, dict(batch_np, sharer_ids=(batch_np["sharer_ids"],)))
   rp, sp = c2c.receiver.params, tuple(s.params for s in c2c.sharers)
   step = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,), static_argnames=("split",))
   t0 = time.perf_counter()
@@ -150,8 +150,8 @@ def bench_decode(c2c, hf_configs, dry: bool, reps: int) -> dict:
 
 def bench_latency(c2c, dry: bool, reps: int) -> dict:
   from c2c_query import measure
-  from c2cjax import eval as ev
-  c2c.fusers = tuple(ev.open_gates(f) for f in c2c.fusers)  # the fusion cost is paid
+  from c2cjax.evaluation.systems import open_gates
+  c2c.fusers = tuple(open_gates(f) for f in c2c.fusers)  # the fusion cost is paid
   p, n, bg = (16, 8, 8) if dry else (124, 64, 64)
   t = np.random.default_rng(1).integers(100, c2c.receiver.config.vocab_size, (1, p)).astype(np.int32)
   out = measure(c2c, t, np.ones_like(t), (t.copy(),), n, bg, reps)

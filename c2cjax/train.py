@@ -98,8 +98,7 @@ def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, r
   tokens, mask = batch["receiver_ids"], batch["attention_mask"]
   t = tokens.shape[1]
   start, fused_end = split if split is not None else (0, t)
-  sharer_ids = batch["sharer_ids"]
-  sharer_ids = sharer_ids if isinstance(sharer_ids, tuple) else (sharer_ids,)
+  sharer_ids = batch["sharer_ids"]  # a tuple: one [B, T] per sharer
   fuse_mask = batch["fuse_mask"].astype(bool) & mask.astype(bool)
   head = lambda x: x[:, :fused_end]
   with jax.named_scope("pass1_prefill_fuse"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from c2cjax.models import attention
-from c2cjax.models.model import LM
+from c2cjax.models import LM
 from c2cjax.models.tiny import tiny_lm
 
 

@@ -40,7 +40,7 @@ def hf_config(name: str):
 def random_lm(name: str, dtype=jnp.float32, seed: int = 0, **lm_kw):
   """An :class:`c2cjax.models.LM` of ``name``'s exact shapes with random weights."""
   from c2cjax.models.load import config_from_hf  # pylint: disable=import-outside-toplevel
-  from c2cjax.models.model import LM  # pylint: disable=import-outside-toplevel
+  from c2cjax.models.lm import LM  # pylint: disable=import-outside-toplevel
   lm = LM(config_from_hf(hf_config(name)), None, dtype=dtype, source=f"random:{name}", **lm_kw)
   init = jax.jit(lambda k: jax.tree.map(lambda x: jnp.asarray(getattr(x, "value", x), dtype),
                                         lm.init_params(k), is_leaf=lambda x: hasattr(x, "value")))
