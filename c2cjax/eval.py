@@ -64,7 +64,7 @@ import numpy as np
 from tqdm import tqdm
 
 from c2cjax import align, fuse as fuse_lib
-from c2cjax.c2c import C2C, Fuser
+from c2cjax.c2c import C2C, Fuser, checkpoint_alignment
 from c2cjax.evaluation import datasets, prompts, report
 from c2cjax.evaluation.datasets import Question
 from c2cjax.evaluation.parse import parse_answer
@@ -512,7 +512,7 @@ def open_gates(fuser: Fuser, logit: float = 1.0) -> Fuser:
   params = dict(fuser.params)
   for k in ("key_gate_logit", "value_gate_logit"):
     params[k] = jnp.full_like(params[k], logit)
-  return Fuser(params, fuser.config, fuser.layer_map)
+  return dataclasses.replace(fuser, params=params)
 
 
 def load_fusers(path, prune: bool = True) -> list[Fuser]:
@@ -521,10 +521,12 @@ def load_fusers(path, prune: bool = True) -> list[Fuser]:
   ``prune`` drops layer pairs whose gates are both closed: with inference's hard gates they
   are the identity, so answers are unchanged and C2C prefill gets cheaper.
   """
-  params, config, layer_map, _ = fuse_lib.load(path)
+  params, config, layer_map, meta = fuse_lib.load(path)
   if not isinstance(config, tuple):
     params, config, layer_map = (params,), (config,), (layer_map,)
-  fusers = [Fuser(p, c, m) for p, c, m in zip(params, config, layer_map)]
+  scheme = checkpoint_alignment(meta)
+  fusers = [Fuser(p, c, m, scheme, meta.get("layer_map_name"))
+            for p, c, m in zip(params, config, layer_map)]
   return [f.pruned() for f in fusers] if prune else fusers
 
 
