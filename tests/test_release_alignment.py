@@ -158,3 +158,35 @@ def test_release_last_aligned_matches_original(pair):
   got = fuse.last_aligned_clamped(nr, ns)
   assert list(got.receiver) == [int(k) for k in want]
   assert [[s] for s in got.sharer] == list(want.values())
+
+
+def test_chat_encoder_release_scheme(tiny):
+  from c2cjax.data import chat, pipeline  # pylint: disable=g-import-not-at-top
+  rec = next(r for r in TINY if (r["receiver"], r["sharer"], r["strategy"], r["case"]) ==
+             ("qwen3", "llama3", "first", "multi"))
+  rtok = tiny["qwen3"]
+  aligner = sections.ReleaseAligner(rtok, tiny["llama3"])
+  enc = chat.ChatEncoder(rtok, 4096, (aligner,), alignment="release")
+  full = rec["messages"] + [{"role": "assistant", "content": rec["response"]}]
+  ex = enc(full)
+  _check_training({**ex, "positions": None}, rec["training"])
+  prompt = enc.prompt(rec["messages"])
+  assert prompt["sharer_ids"].tolist() == rec["generate"]["sharer_ids"]
+  assert _bits(prompt["fuse_mask"]) == rec["generate"]["fuse_mask"]
+  batch = pipeline.pad_examples([ex], length=len(ex["receiver_ids"]) + 3, pad_ids=enc.pad_ids)
+  assert batch["sharer_attention_mask"][0, -3:].tolist() == [0, 0, 0]
+  # Truncation keeps the loss tokens that fit; none left -> None.
+  start = rec["training"]["loss_mask"].index("1")
+  short = chat.ChatEncoder(rtok, start + 2, (aligner,), alignment="release")(full)
+  assert short["loss_mask"].tolist()[-2:] == [1, 1] and len(short["sharer_ids"]) == start + 2
+  assert chat.ChatEncoder(rtok, start, (aligner,), alignment="release")(full) is None
+  # Two sharers with different templates pad the receiver differently.
+  two = chat.ChatEncoder(rtok, 4096, (aligner, sections.ReleaseAligner(rtok, tiny["qwen2"],
+                                                                        sections=True)),
+                         alignment="release")
+  with pytest.raises(ValueError, match="align the receiver differently"):
+    two(full)
+  with pytest.raises(TypeError, match="ReleaseAligner"):
+    chat.ChatEncoder(rtok, 64, (aligner,))
+  with pytest.raises(ValueError, match="offsets scheme"):
+    chat.ChatEncoder(rtok, 64, (aligner,), alignment="release", fuse_last=True)
