@@ -121,7 +121,8 @@ class Fuser:
 
 
 def layer_map_by_name(name: str, num_receiver: int, num_sharer: int) -> fuse_lib.LayerMap:
-  maps = {"last_aligned": fuse_lib.last_aligned, "k_nearest": fuse_lib.k_nearest}
+  maps = {"last_aligned": fuse_lib.last_aligned, "k_nearest": fuse_lib.k_nearest,
+          "last_aligned_clamped": fuse_lib.last_aligned_clamped}
   if name not in maps:
     raise ValueError(f"unknown layer map {name!r}; choose from {sorted(maps)}")
   return maps[name](num_receiver, num_sharer)
