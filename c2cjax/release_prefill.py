@@ -12,14 +12,18 @@ The same result with static shapes: ``m + 1`` receiver passes over the whole pro
 so far (kept, ``keep``), and fuses the ``j``-th fused run from its fresh keys/values; a
 last pass gives the logits and every unfused slot's keys/values on the fused cache.
 (Causality makes later slots irrelevant to earlier ones, so rerunning them changes
-nothing the release computes.) The sharers prefill once: their caches never change.
+nothing the release computes.) The sharers prefill once: their caches never change. Only
+the logits at fused slots differ from the release's (it computes them before fusing their
+run); nothing reads them: the loss and generation use logits after the fused runs.
 Pads inside sequences are holes of the caches (``KVCache.holes``).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,6 +45,13 @@ def fused_runs(fuse_mask: np.ndarray) -> tuple[np.ndarray, int]:
   return runs, int(runs.max(initial=0))
 
 
+def run_index(fuse_mask: jax.Array) -> jax.Array:
+  """:func:`fused_runs`'s ``runs`` [B, P] int32, traceable (inside jit)."""
+  f = fuse_mask.astype(bool)
+  starts = f & ~jnp.pad(f, ((0, 0), (1, 0)))[:, :-1]
+  return jnp.where(f, jnp.cumsum(starts, axis=1), 0).astype(jnp.int32)
+
+
 def release_prefill(receiver, rparams, tokens, mask, sharer_caches: tuple[KVCache, ...],
                     fuse: Callable[[KVCache, tuple[KVCache, ...], Any], KVCache],
                     runs, num_runs: int, max_len: int, *, last_only: bool = True):
@@ -54,8 +65,9 @@ def release_prefill(receiver, rparams, tokens, mask, sharer_caches: tuple[KVCach
     sharer_caches: the active sharers' caches of the whole prompt, P slots each.
     fuse: ``fuse(receiver_cache, sharer_caches, token_mask [B, P]) -> receiver_cache``
       (the fusers of the active sharers, e.g. ``C2C._fuse`` with its params bound).
-    runs: [B, P] int32 from :func:`fused_runs`.
-    num_runs: static number of fusing passes (>= every row's runs).
+    runs: [B, P] int32 from :func:`fused_runs` or :func:`run_index`.
+    num_runs: static number of fusing passes (>= every row's runs); a pass no row needs
+      is skipped at run time (``lax.cond``), so a training step can take a fixed bound.
     max_len: slots of the returned cache (>= P).
     last_only: logits of the last position only (generation) or of all (training).
 
@@ -69,11 +81,15 @@ def release_prefill(receiver, rparams, tokens, mask, sharer_caches: tuple[KVCach
       **kw)
   cache = receiver.init_cache(b, p, holes=True)
   keep = jnp.zeros((b, p), bool)
-  for j in range(1, num_runs + 1):  # a few message runs; each pass is one whole prefill
+
+  def fuse_run(j, cache, keep):
     _, fresh = apply(cache, keep, return_hidden=True)
     run = runs == j
-    cache = fuse(fresh, tuple(sharer_caches), run)
-    keep = keep | run
+    return fuse(fresh, tuple(sharer_caches), run), keep | run
+
+  for j in range(1, num_runs + 1):  # a few message runs; each pass is one whole prefill
+    cache, keep = jax.lax.cond(jnp.any(runs == j), functools.partial(fuse_run, j),
+                               lambda c, k: (c, k), cache, keep)
   cache = cache.pad_to(max_len)
   keep = jnp.pad(keep, ((0, 0), (0, max_len - p)))
   return apply(cache, keep, last_only=last_only)
