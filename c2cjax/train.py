@@ -379,7 +379,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     single = len(params) == 1
     meta = {"receiver": cfg.receiver, "sharers": list(cfg.sharers) if not cfg.self_fusion
             else [cfg.receiver], "self_fusion": bool(cfg.self_fusion), "step": int(step),
-            "alignment": cfg.alignment, "fusion_mode": cfg.fusion_mode}
+            "alignment": cfg.alignment, "layer_map_name": cfg.layer_map,
+            "alignment_strategy": cfg.get("alignment_strategy", "first"),
+            "fusion_mode": cfg.fusion_mode}
     fuse_lib.save(workdir / "fuser", params[0] if single else params,
                   c2c.fusers[0].config if single else tuple(f.config for f in c2c.fusers),
                   c2c.fusers[0].layer_map if single else tuple(f.layer_map for f in c2c.fusers),
