@@ -72,7 +72,7 @@ def main():
 
   @jax.jit
   def fuse_jit(fparams, rcache, scache, mask):
-    return c2c._fuse((fparams,), rcache, (scache,), mask.astype(bool), (0,))  # pylint: disable=protected-access
+    return c2c.fuse_active((fparams,), rcache, (scache,), mask.astype(bool), (0,))
 
   inputs = []
   for tokens, mask, (stoks,) in batches:

@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import align, fuse as fuse_lib, sampling
-from c2cjax.data import chat
+from c2cjax import align, fuse as fuse_lib, sampling, sections
+from c2cjax.data import chat, pipeline
+from c2cjax.release_prefill import fused_runs, release_prefill
 from c2cjax.models.cache import KVCache
 from c2cjax.models.model import LM, _round_up
 
@@ -120,6 +121,11 @@ class Fuser:
     return dataclasses.replace(self, params=params, layer_map=layer_map)
 
 
+def _messages(prompt) -> list:
+  """A prompt as chat messages: a string is one user message."""
+  return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
 def layer_map_by_name(name: str, num_receiver: int, num_sharer: int) -> fuse_lib.LayerMap:
   maps = {"last_aligned": fuse_lib.last_aligned, "k_nearest": fuse_lib.k_nearest,
           "last_aligned_clamped": fuse_lib.last_aligned_clamped}
@@ -136,7 +142,13 @@ class C2C:
     sharers: sharer LMs.
     fusers: one :class:`Fuser` per sharer.
     mode: with several sharers, "parallel" or "sequential" fusion (see ``c2cjax.fuse``).
-    alignment: "first" or "longest" token alignment for sharers with another tokenizer.
+    alignment: the alignment scheme, "release" (the released C2C's: each sharer reads its
+      own chat template, sections aligned, message contents fused, run by run; see
+      ``c2cjax.sections`` and ``c2cjax.release_prefill``) or "offsets" (the receiver's text
+      re-tokenised, every prompt token but the last fused). None: the scheme the fusers
+      record (``Fuser.alignment``; "offsets" for fusers without one). A token strategy
+      ("first", "longest") is taken as ``strategy`` with the fusers' scheme, as before.
+    strategy: "first" or "longest" token alignment for sharers with another tokenizer.
     vocab_maps: optional, one per sharer: None or a [V_receiver] int map from receiver ids
       to that sharer's ids, used for the generated tokens with ``fuse_response``. None
       (the default) takes :meth:`c2cjax.align.TokenAligner.vocab_map` of the two
@@ -157,8 +169,8 @@ class C2C:
   """
 
   def __init__(self, receiver: LM, sharers: Sequence[LM], fusers: Sequence[Fuser], *,
-               mode: str = "parallel", alignment: str = "first", max_len: int = 4096,
-               vocab_maps: Sequence[Any] | None = None):
+               mode: str = "parallel", alignment: str | None = None, strategy: str = "first",
+               max_len: int = 4096, vocab_maps: Sequence[Any] | None = None):
     if len(sharers) != len(fusers):
       raise ValueError(f"{len(sharers)} sharers but {len(fusers)} fusers")
     if not sharers:
@@ -171,8 +183,18 @@ class C2C:
                                           want.receiver_kv_heads, want.receiver_head_dim):
         raise ValueError(f"fuser {i} was built for other cache shapes ({f.config}) than "
                          f"receiver {receiver} / sharer {s}")
+    if alignment in align.STRATEGIES:  # the old meaning of ``alignment``
+      alignment, strategy = None, alignment
+    if alignment is None:
+      recorded = {getattr(f, "alignment", "offsets") for f in self.fusers}
+      if len(recorded) > 1:
+        raise ValueError(f"the fusers were trained with different alignment schemes "
+                         f"{sorted(recorded)}; pass alignment= to choose one")
+      alignment = recorded.pop()
+    self.alignment = sections.check_scheme(alignment)
+    make = sections.ReleaseAligner if alignment == "release" else align.TokenAligner
     self.aligners = tuple(
-        align.TokenAligner(receiver.tokenizer, s.tokenizer, alignment)
+        make(receiver.tokenizer, s.tokenizer, strategy)
         if receiver.tokenizer is not None and s.tokenizer is not None else None
         for s in self.sharers)
     self.max_len = max_len
@@ -182,6 +204,8 @@ class C2C:
         "cfg", "max_len", "active", "fuse_last", "fuse_response"))
     self._prefill = jax.jit(self._prefill_impl, static_argnames=(
         "active", "max_len", "fuse_last", "fuse_response"))
+    self._generate_release = jax.jit(self._generate_release_impl, static_argnames=(
+        "cfg", "max_len", "active", "num_runs"))
 
   # --- pure pieces (call inside jit) ------------------------------------------------------
   def fused_cache(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, fuse_mask,
@@ -211,11 +235,11 @@ class C2C:
       c = sh.module_prefill(sparams[i], sharer_tokens[i], sh.init_cache(b, s), mask)
       caches.append(c)
     token_mask = fuse_mask.astype(bool) & mask.astype(bool)
-    fused = self._fuse(fparams, rcache, tuple(caches), token_mask, active, train=train,
+    fused = self.fuse_active(fparams, rcache, tuple(caches), token_mask, active, train=train,
                        rng=rng, step=step)
     return (fused, rcache, tuple(caches)) if return_caches else fused
 
-  def _fuse(self, fparams, rcache, caches, token_mask, active, **kw) -> KVCache:
+  def fuse_active(self, fparams, rcache, caches, token_mask, active, **kw) -> KVCache:
     """``fuse_lib.fuse`` with the ``active`` sharers' fusers; ``caches`` are theirs."""
     return fuse_lib.fuse(
         tuple(fparams[i] for i in active), rcache, caches,
@@ -288,7 +312,7 @@ class C2C:
           self.sharers[i].module_prefill(
               sparams[i], tok if vocab_maps[i] is None else jnp.take(vocab_maps[i], tok), c)
           for i, c in zip(active, caches))
-      new = self._fuse(fparams, slot(clean, e), tuple(slot(c, e) for c in caches),
+      new = self.fuse_active(fparams, slot(clean, e), tuple(slot(c, e) for c in caches),
                        jnp.ones(tok.shape, bool), active)
       put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), e, axis=3)
       fused = fused.replace(k=put(fused.k, new.k), v=put(fused.v, new.v))
@@ -311,22 +335,72 @@ class C2C:
     out, lengths, _ = sampling.decode(step, cache, logits, rng, cfg, seen)
     return out, lengths
 
+  def _release_prefill_impl(self, rparams, sparams, fparams, tokens, mask, sharer_tokens,
+                            sharer_masks, runs, active, num_runs, max_len):
+    """The release scheme's prefill (:func:`c2cjax.release_prefill.release_prefill`)."""
+    b, p = tokens.shape
+    caches = tuple(self.sharers[i].module_prefill(
+        sparams[i], sharer_tokens[i], self.sharers[i].init_cache(b, p, holes=True),
+        sharer_masks[i]) for i in active)
+    fuse = lambda rc, cs, tm: self.fuse_active(fparams, rc, cs, tm, active)
+    logits, cache = release_prefill(self.receiver, rparams, tokens, mask, caches, fuse, runs,
+                                    num_runs if active else 0, max_len)
+    return logits[:, -1], cache
+
+  def _generate_release_impl(self, rparams, sparams, fparams, tokens, mask, sharer_tokens,
+                             sharer_masks, runs, rng, cfg, max_len, active, num_runs):
+    logits, cache = self._release_prefill_impl(rparams, sparams, fparams, tokens, mask,
+                                               sharer_tokens, sharer_masks, runs, active,
+                                               num_runs, max_len)
+    seen = (sampling.seen_tokens(tokens, mask, self.receiver.config.vocab_size)
+            if cfg.repetition_penalty != 1.0 else None)
+    step = lambda tok, cache: self.receiver.module_apply(rparams, tok, cache)
+    out, lengths, _ = sampling.decode(step, cache, logits, rng, cfg, seen)
+    return out, lengths
+
   # --- host API ----------------------------------------------------------------------------
   @property
   def params(self):
     return (self.receiver.params, tuple(s.params for s in self.sharers),
             tuple(f.params for f in self.fusers))
 
+  def encode_batch(self, prompts: Sequence, multiple_of: int = 8) -> dict[str, Any]:
+    """Messages (or user strings) -> a left-padded batch with this C2C's scheme.
+
+    Returns:
+      ``receiver_ids``, ``attention_mask`` [B, P] and tuples over sharers of
+      ``sharer_ids`` and ``sharer_attention_mask``; the release scheme adds
+      ``fuse_mask`` [B, P].
+    """
+    if any(a is None for a in self.aligners):
+      raise ValueError("every sharer needs a tokenizer to align prompts")
+    if self.alignment == "offsets":
+      tokens, mask, sharer = self.encode(prompts, multiple_of)
+      return {"receiver_ids": tokens, "attention_mask": mask, "sharer_ids": sharer,
+              "sharer_attention_mask": tuple(mask for _ in sharer)}
+    enc = chat.ChatEncoder(self.receiver.tokenizer, self.max_len, self.aligners,
+                           alignment="release")
+    rows = [enc.prompt(_messages(p)) for p in prompts]
+    width = _round_up(max(len(r["receiver_ids"]) for r in rows), multiple_of)
+    pads = {**enc.pad_ids, "receiver_ids": self.receiver.config.pad_token_id or 0}
+    out = pipeline.pad_examples(rows, length=width, pad_ids=pads, side="left")
+    for key in ("sharer_ids", "sharer_attention_mask"):
+      if not isinstance(out[key], tuple):
+        out[key] = (out[key],)
+    return out
+
   def encode(self, prompts: Sequence, multiple_of: int = 8):
-    """Messages (or user strings) -> left-padded receiver ids, mask and aligned sharer ids."""
+    """Messages (or user strings) -> left-padded receiver ids, mask and aligned sharer ids
+    (the "offsets" scheme; :meth:`encode_batch` for either)."""
+    if self.alignment != "offsets":
+      raise ValueError("encode gives the offsets scheme's arrays; use encode_batch")
     enc = chat.ChatEncoder(self.receiver.tokenizer, self.max_len,
                            tuple(a for a in self.aligners if a is not None))
     if any(a is None for a in self.aligners):
       raise ValueError("every sharer needs a tokenizer to align prompts")
     rows = []
     for p in prompts:
-      messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-      rows.append(enc.prompt(messages))
+      rows.append(enc.prompt(_messages(p)))
     n = len(self.sharers)
     width = _round_up(max(len(r["receiver_ids"]) for r in rows), multiple_of)
     if width < 2:
@@ -429,12 +503,14 @@ class C2C:
     Returns:
       decoded strings (or ``(tokens [B, N], lengths [B])`` with ``return_tokens``).
     """
-    tokens, mask, sharer_tokens = self.encode(prompts)
+    batch = self.encode_batch(prompts)
+    release = {} if self.alignment == "offsets" else {
+        "sharer_masks": batch["sharer_attention_mask"], "fuse_mask": batch["fuse_mask"]}
     out, lengths, cfg = self.generate_ids(
-        tokens, mask, sharer_tokens, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-        sharers=sharers, max_len=max_len, eos_ids=eos_ids, fuse_last=fuse_last,
-        fuse_response=fuse_response)
+        batch["receiver_ids"], batch["attention_mask"], batch["sharer_ids"],
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, seed=seed, sharers=sharers, max_len=max_len,
+        eos_ids=eos_ids, fuse_last=fuse_last, fuse_response=fuse_response, **release)
     if return_tokens:
       return out, lengths
     return self.receiver.decode_texts(out, lengths, cfg)
@@ -443,9 +519,13 @@ class C2C:
                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                    repetition_penalty: float = 1.0, seed: int = 0, sharers=None,
                    max_len: int | None = None, eos_ids=None, fuse_last: bool = False,
-                   fuse_response: bool = False):
+                   fuse_response: bool = False, sharer_masks=None, fuse_mask=None):
     """Token-level :meth:`generate`: left-padded ``tokens``/``mask`` [B, P] and one
-    aligned [B, P] id array per sharer. Returns tokens [B, N], lengths [B], the config."""
+    aligned [B, P] id array per sharer. Returns tokens [B, N], lengths [B], the config.
+
+    The release scheme (:meth:`encode_batch`) also takes ``sharer_masks`` (one [B, P]
+    per sharer) and ``fuse_mask`` [B, P]; with them the prompt is prefilled run by run
+    (``c2cjax.release_prefill``)."""
     if tokens.shape[1] < 2:
       raise ValueError("C2C needs prompts of at least 2 tokens (instruction + last token)")
     if len(sharer_tokens) != len(self.sharers):
@@ -461,6 +541,17 @@ class C2C:
       raise ValueError(f"prompt of {tokens.shape[1]} tokens (padded) + {max_new_tokens} new "
                        f"tokens is longer than the cache{also} (max_len={max_len})")
     active = self._active(sharers)
+    if fuse_mask is not None:
+      if fuse_last or fuse_response or sharer_masks is None:
+        raise ValueError("a fuse_mask (the release scheme) needs sharer_masks, and "
+                         "fuse_last / fuse_response are options of the offsets scheme")
+      runs, num_runs = fused_runs(fuse_mask)
+      out, lengths = self._generate_release(
+          *self.params, jnp.asarray(tokens), jnp.asarray(mask),
+          tuple(jnp.asarray(t) for t in sharer_tokens),
+          tuple(jnp.asarray(m) for m in sharer_masks), jnp.asarray(runs),
+          jax.random.PRNGKey(seed), cfg, max_len, active, num_runs)
+      return np.asarray(out), np.asarray(lengths), cfg
     fuse_last, fuse_response, maps = self._options(active, fuse_last, fuse_response)
     out, lengths = self._generate(*self.params, jnp.asarray(tokens), jnp.asarray(mask),
                                   tuple(jnp.asarray(t) for t in sharer_tokens),

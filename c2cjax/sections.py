@@ -366,19 +366,11 @@ class ReleaseAligner:
       ``sharer_attention_mask``, ``positions`` and ``fuse_mask``, all [T] int32.
     """
     mode = "continue" if continue_final else "generate"
-    if not self.sections:
-      ids = np.asarray(self.receiver(render(self.receiver, messages, mode))["input_ids"],
-                       np.int32)
-      n = len(ids)
-      if continue_final:  # the evaluator leaves the appended text's tokens unfused
-        n_text = len(self.receiver(messages[-1]["content"], add_special_tokens=False)["input_ids"])
-        fuse = np.arange(len(ids)) < len(ids) - n_text
-      else:
-        fuse = np.arange(n) < n - 1
-      ones = np.ones(n, np.int32)
-      return {"receiver_ids": ids, "attention_mask": ones, "sharer_ids": ids.copy(),
-              "sharer_attention_mask": ones.copy(), "positions": np.arange(n, dtype=np.int32),
-              "fuse_mask": fuse.astype(np.int32)}
+    if not self.sections:  # the evaluator's path: ids with special tokens, all but the end fused
+      ids = self.receiver(render(self.receiver, messages, mode))["input_ids"]
+      tail = (len(self.receiver(messages[-1]["content"], add_special_tokens=False)["input_ids"])
+              if continue_final else 1)
+      return self._shared(ids, len(ids) - tail)
     a = self.align(messages, mode)
     if not len(a):
       raise ValueError("empty prompt")
@@ -397,16 +389,14 @@ class ReleaseAligner:
     """
     if not messages or messages[-1]["role"] != "assistant":
       raise ValueError("a training conversation must end with an assistant message")
-    if not self.sections:
-      prompt = self.receiver(render(self.receiver, messages[:-1], "generate"),
-                             add_special_tokens=False)["input_ids"]
-      ids = np.asarray(self.receiver(render(self.receiver, messages, "full"),
-                                     add_special_tokens=False)["input_ids"], np.int32)
-      t, ones = np.arange(len(ids)), np.ones(len(ids), np.int32)
-      return {"receiver_ids": ids, "attention_mask": ones, "sharer_ids": ids.copy(),
-              "sharer_attention_mask": ones.copy(), "positions": t.astype(np.int32),
-              "fuse_mask": (t < len(prompt) - 1).astype(np.int32),
-              "loss_mask": (t >= len(prompt)).astype(np.int32)}
+    if not self.sections:  # ChatDataset: loss after the rendered prompt, fused before its end
+      n = len(self.receiver(render(self.receiver, messages[:-1], "generate"),
+                            add_special_tokens=False)["input_ids"])
+      ids = self.receiver(render(self.receiver, messages, "full"),
+                          add_special_tokens=False)["input_ids"]
+      out = self._shared(ids, n - 1)
+      out["loss_mask"] = (np.arange(len(ids)) >= n).astype(np.int32)
+      return out
     a = self.align(messages, "full")
     last = [s for s in a.sections if s.kind == "message"]
     if not last:
@@ -415,6 +405,15 @@ class ReleaseAligner:
     out = self._arrays(a, a.message_mask & (t < start - 1))
     out["loss_mask"] = (t >= start).astype(np.int32)
     return out
+
+  @staticmethod
+  def _shared(ids, num_fused: int) -> dict[str, np.ndarray]:
+    """Both models read the receiver's ``ids``; the first ``num_fused`` are fused."""
+    ids = np.asarray(ids, np.int32).reshape(-1)
+    t, ones = np.arange(len(ids)), np.ones(len(ids), np.int32)
+    return {"receiver_ids": ids, "attention_mask": ones, "sharer_ids": ids.copy(),
+            "sharer_attention_mask": ones.copy(), "positions": t.astype(np.int32),
+            "fuse_mask": (t < num_fused).astype(np.int32)}
 
   @staticmethod
   def _arrays(a: SectionAlignment, fuse: np.ndarray) -> dict[str, np.ndarray]:

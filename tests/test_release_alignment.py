@@ -180,6 +180,9 @@ def test_chat_encoder_release_scheme(tiny):
   short = chat.ChatEncoder(rtok, start + 2, (aligner,), alignment="release")(full)
   assert short["loss_mask"].tolist()[-2:] == [1, 1] and len(short["sharer_ids"]) == start + 2
   assert chat.ChatEncoder(rtok, start, (aligner,), alignment="release")(full) is None
+  # "multi" fuses three message runs (user, assistant, user) before the response.
+  assert chat.ChatEncoder(rtok, 4096, (aligner,), alignment="release", max_runs=3)(full)
+  assert chat.ChatEncoder(rtok, 4096, (aligner,), alignment="release", max_runs=2)(full) is None
   # Two sharers with different templates pad the receiver differently.
   two = chat.ChatEncoder(rtok, 4096, (aligner, sections.ReleaseAligner(rtok, tiny["qwen2"],
                                                                         sections=True)),

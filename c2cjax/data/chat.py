@@ -141,6 +141,9 @@ class ChatEncoder:
     fuse_last: ``fuse_mask`` also covers the last prompt token ("offsets" only).
     fuse_response: ``fuse_mask`` also covers the response tokens ("offsets" only).
     alignment: the scheme, "offsets" or "release" (see the module docstring).
+    max_runs: release scheme: training examples with more runs of fused tokens (message
+      contents before the last message) are skipped; the training step fuses each run in
+      its own pass up to a static bound (``c2cjax.release_prefill``). None: no limit.
   """
   tokenizer: Any
   max_len: int
@@ -148,6 +151,7 @@ class ChatEncoder:
   fuse_last: bool = False
   fuse_response: bool = False
   alignment: str = "offsets"
+  max_runs: int | None = None
 
   def __post_init__(self):
     require_chat_template(self.tokenizer)
@@ -231,7 +235,9 @@ class ChatEncoder:
     if self.alignment == "release":
       ex = self._release([a.example(messages) for a in self.aligners])
       n = min(len(ex["receiver_ids"]), self.max_len)
-      if not ex["loss_mask"][:n].any():
+      fuse = ex["fuse_mask"][:n].astype(bool)
+      runs = int(np.sum(fuse[1:] & ~fuse[:-1])) + int(fuse[:1].sum())
+      if not ex["loss_mask"][:n].any() or (self.max_runs is not None and runs > self.max_runs):
         return None
       cut = lambda v: tuple(x[:n] for x in v) if isinstance(v, tuple) else v[:n]
       return {k: cut(v) for k, v in ex.items()}

@@ -59,10 +59,11 @@ class LM:
     return f"LM({self.config.arch}, layers={self.config.num_layers}, source={self.source!r})"
 
   # --- cache and forward -----------------------------------------------------------------
-  def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+  def init_cache(self, batch: int, max_len: int, dtype=None, holes: bool = False) -> KVCache:
+    """An empty cache; ``holes`` records pads inside sequences (see ``KVCache``)."""
     c = self.config
     return KVCache.init(c.num_layers, batch, c.num_kv_heads, max_len, c.head_dim,
-                        dtype or self.dtype)
+                        dtype or self.dtype, holes)
 
   def init_params(self, rng: jax.Array):
     """Random params of the right structure (tests, shapes)."""
