@@ -146,3 +146,19 @@ def test_checkpoint_records_scheme_and_layer_map_name(tmp_path):
 def test_unknown_scheme_is_rejected():
   with pytest.raises(ValueError, match="unknown alignment scheme 'first'"):
     Fuser(_fuser().params, CFG, LMAP, "first")
+
+
+def test_c2c_takes_the_fusers_scheme():
+  from c2cjax.c2c import C2C
+  from c2cjax.models.tiny import tiny_lm
+  r, s = tiny_lm("qwen3", seed=0), tiny_lm("llama3", seed=1)
+  f = Fuser.init(r, s, jax.random.PRNGKey(0), "last_aligned_clamped", hidden_dim=8,
+                 intermediate_dim=8, alignment="release")
+  assert (f.alignment, f.layer_map_name) == ("release", "last_aligned_clamped")
+  offsets = Fuser(f.params, f.config, f.layer_map)
+  assert C2C(r, [s], [f]).alignment == "release"
+  assert C2C(r, [s], [offsets]).alignment == "offsets"
+  assert C2C(r, [s], [f], alignment="offsets").alignment == "offsets"  # told otherwise
+  assert C2C(r, [s], [f], alignment="longest").alignment == "release"  # a strategy
+  with pytest.raises(ValueError, match="different alignment schemes"):
+    C2C(r, [s, s], [f, offsets])
