@@ -59,6 +59,12 @@ class Fuser:
     return Fuser(params, self.config, layer_map)
 
 
+def _check_release_options(sharer_masks, fuse_last, fuse_response) -> None:
+  if fuse_last or fuse_response or sharer_masks is None:
+    raise ValueError("a fuse_mask (the release scheme) needs sharer_masks, and "
+                     "fuse_last / fuse_response are options of the offsets scheme")
+
+
 def _messages(prompt) -> list:
   """A prompt as chat messages: a string is one user message."""
   return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -144,6 +150,8 @@ class C2C:
         "active", "max_len", "fuse_last", "fuse_response"))
     self._generate_release = jax.jit(self._generate_release_impl, static_argnames=(
         "cfg", "max_len", "active", "num_runs"))
+    self._release_prefill = jax.jit(self._release_prefill_impl, static_argnames=(
+        "active", "num_runs", "max_len"))
 
   # --- pure pieces (call inside jit) ------------------------------------------------------
   def fused_cache(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, fuse_mask,
@@ -411,16 +419,26 @@ class C2C:
     return active
 
   def prefill(self, tokens, mask, sharer_tokens, *, sharers=None, max_len=None,
-              fuse_last: bool = False, fuse_response: bool = False):
+              fuse_last: bool = False, fuse_response: bool = False, sharer_masks=None,
+              fuse_mask=None):
     """Logits [B, V] after the prompt and the fused receiver cache (``max_len`` slots).
 
     With ``fuse_response`` the cache is the decode state ``(fused receiver cache,
-    receiver-alone cache, tuple of the active sharers' caches)`` (see :class:`C2C`).
+    receiver-alone cache, tuple of the active sharers' caches)`` (see :class:`C2C`). The
+    release scheme passes ``sharer_masks`` and ``fuse_mask`` (see :meth:`generate_ids`).
     """
     max_len = max_len or tokens.shape[1]
     if tokens.shape[1] > max_len:
       raise ValueError(f"prompt of {tokens.shape[1]} tokens is longer than the cache ({max_len})")
     active = self._active(sharers)
+    if fuse_mask is not None:
+      _check_release_options(sharer_masks, fuse_last, fuse_response)
+      runs, num_runs = fused_runs(fuse_mask)
+      return self._release_prefill(
+          *self.params, jnp.asarray(tokens), jnp.asarray(mask),
+          tuple(jnp.asarray(t) for t in sharer_tokens),
+          tuple(jnp.asarray(m) for m in sharer_masks), jnp.asarray(runs), active, num_runs,
+          max_len)
     on = bool(active)  # nothing to fuse without sharers: the default program
     return self._prefill(*self.params, jnp.asarray(tokens), jnp.asarray(mask),
                          tuple(jnp.asarray(t) for t in sharer_tokens), active, max_len,
@@ -480,9 +498,7 @@ class C2C:
                        f"tokens is longer than the cache{also} (max_len={max_len})")
     active = self._active(sharers)
     if fuse_mask is not None:
-      if fuse_last or fuse_response or sharer_masks is None:
-        raise ValueError("a fuse_mask (the release scheme) needs sharer_masks, and "
-                         "fuse_last / fuse_response are options of the offsets scheme")
+      _check_release_options(sharer_masks, fuse_last, fuse_response)
       runs, num_runs = fused_runs(fuse_mask)
       out, lengths = self._generate_release(
           *self.params, jnp.asarray(tokens), jnp.asarray(mask),

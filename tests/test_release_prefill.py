@@ -151,6 +151,11 @@ def test_c2c_generate_with_the_release_scheme():
       r, s, fuse_one, ex["receiver_ids"][None], ex["attention_mask"][None],
       ex["sharer_ids"][None], ex["sharer_attention_mask"][None], ex["fuse_mask"][None])
   assert int(out[0, 0]) == int(np.argmax(np.asarray(logits[0])))
+  batch = c2c.encode_batch(prompts[:1])
+  first, _ = c2c.prefill(batch["receiver_ids"], batch["attention_mask"], batch["sharer_ids"],
+                         sharer_masks=batch["sharer_attention_mask"],
+                         fuse_mask=batch["fuse_mask"])
+  np.testing.assert_allclose(np.asarray(first[0]), np.asarray(logits[0]), atol=1e-4)
   with pytest.raises(ValueError, match="offsets scheme"):
     c2c.generate(prompts, max_new_tokens=2, fuse_last=True)
   assert C2C(r, [s], [f], alignment="longest").alignment == "offsets"  # the old meaning
