@@ -119,7 +119,8 @@ def test_release_prefill_equals_the_release_loop():
 
 def test_c2c_generate_with_the_release_scheme():
   """Chat prompts (a string, a multi-turn list) through C2C with alignment="release": the
-  batch equals a prompt alone, and the first token is the release loop's argmax."""
+  first token is the release loop's argmax and the prefill logits are the loop's, with
+  left padding beside the pads inside the prompt."""
   import pathlib  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   from c2cjax import fuse as fuse_lib, sections  # pylint: disable=g-import-not-at-top
@@ -143,8 +144,6 @@ def test_c2c_generate_with_the_release_scheme():
            {"role": "user", "content": "And times 3?"}]
   prompts = ["What is the capital of France?", multi]
   out, lengths = c2c.generate(prompts, max_new_tokens=4, return_tokens=True, eos_ids=())
-  alone, _ = c2c.generate([multi], max_new_tokens=4, return_tokens=True, eos_ids=())
-  np.testing.assert_array_equal(out[1], alone[0])  # left padding beside inner pads
   ex = c2c.aligners[0].prompt([{"role": "user", "content": prompts[0]}])
   fuse_one = lambda rc, sc, tm: fuse_lib.fuse(f.params, rc, sc, f.layer_map, tm, config=f.config)
   logits, _ = _sectioned_reference(
