@@ -245,6 +245,10 @@ class Fused:
   def __init__(self, c2c: C2C):
     if any(a is None for a in c2c.aligners):
       raise ValueError("C2C evaluation needs tokenizers on the receiver and every sharer")
+    if c2c.alignment != "offsets":  # prompts arrive rendered; the release scheme needs messages
+      raise NotImplementedError(
+          f"evaluating a C2C with the {c2c.alignment!r} alignment scheme is not wired yet; "
+          "C2C.generate / encode_batch take its chat prompts, or pass alignment='offsets'")
     self.c2c = c2c
 
   @property
