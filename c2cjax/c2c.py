@@ -181,8 +181,8 @@ class C2C:
       c = sh.module_prefill(sparams[i], sharer_tokens[i], sh.init_cache(b, s), mask)
       caches.append(c)
     token_mask = fuse_mask.astype(bool) & mask.astype(bool)
-    fused = self.fuse_active(fparams, rcache, tuple(caches), token_mask, active, train=train,
-                       rng=rng, step=step)
+    fused = self.fuse_active(fparams, rcache, tuple(caches), token_mask, active,
+                             train=train, rng=rng, step=step)
     return (fused, rcache, tuple(caches)) if return_caches else fused
 
   def fuse_active(self, fparams, rcache, caches, token_mask, active, **kw) -> KVCache:
@@ -259,7 +259,7 @@ class C2C:
               sparams[i], tok if vocab_maps[i] is None else jnp.take(vocab_maps[i], tok), c)
           for i, c in zip(active, caches))
       new = self.fuse_active(fparams, slot(clean, e), tuple(slot(c, e) for c in caches),
-                       jnp.ones(tok.shape, bool), active)
+                             jnp.ones(tok.shape, bool), active)
       put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), e, axis=3)
       fused = fused.replace(k=put(fused.k, new.k), v=put(fused.v, new.v))
       keep = jnp.broadcast_to(jnp.arange(fused.max_len) == e, (tok.shape[0], fused.max_len))
