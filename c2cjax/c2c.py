@@ -26,9 +26,9 @@ import numpy as np
 
 from c2cjax import align, fuse as fuse_lib, sampling, sections
 from c2cjax.data import chat, pipeline
-from c2cjax.release_prefill import fused_runs, release_prefill
 from c2cjax.models.cache import KVCache
 from c2cjax.models.model import LM, _round_up
+from c2cjax.release_prefill import fused_runs, release_prefill
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
