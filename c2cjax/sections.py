@@ -49,10 +49,11 @@ run is fused. The last run is never fused and is run by the receiver alone; gene
 starts from the logits of its last position (a pad, if the receiver side was padded).
   * Prompts: the message tokens are fused, except when the prompt ends in a message
     (the "logits" evaluation), whose tokens form the last run.
-  * Training: the message tokens before the last message are fused, but the token just
-    before the last message's start (``t < start - 1``); the loss is on every token from
-    the last message's start on (its content, then the template after it, the
-    receiver's pads there included, as targets).
+  * Training: the message tokens before the last message are fused (those at
+    ``t < start - 1``, ``start`` the last message's first token, so a message token right
+    before it would not be); the loss is on every token from ``start`` on (the last
+    message's content and the template after it, the receiver's pads there included, as
+    targets).
 
 Without the aligner (the release's ``is_do_alignment`` off, as its recipe for Qwen3-0.6B
 + Qwen2.5-0.5B trains): both models read the receiver's ids of its own rendering, every
