@@ -60,6 +60,11 @@ Without the aligner (the release's ``is_do_alignment`` off, as its recipe for Qw
 prompt token but the last is fused, the loss is on the response. :class:`ReleaseAligner`
 takes that path when the two tokenizers share one vocabulary model (``sections=None``)
 unless told otherwise.
+
+One known difference: the models take zeros at the start of a row as left padding, so a
+side whose first template section renders nothing while the other's does (no template
+text before the first message) starts its positions after those pads, where the release
+counts them. The templates of the paper's models all render text before the first message.
 """
 
 from __future__ import annotations
