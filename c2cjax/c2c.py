@@ -26,9 +26,9 @@ import numpy as np
 
 from c2cjax import align, fuse as fuse_lib, sampling, sections
 from c2cjax.data import chat, pipeline
-from c2cjax.release_prefill import fused_runs, release_prefill
 from c2cjax.models.cache import KVCache
 from c2cjax.models.model import LM, _round_up
+from c2cjax.release_prefill import fused_runs, release_prefill
 
 
 ALIGNMENTS = ("release", "offsets")
@@ -121,6 +121,12 @@ class Fuser:
     return dataclasses.replace(self, params=params, layer_map=layer_map)
 
 
+def _check_release_options(sharer_masks, fuse_last, fuse_response) -> None:
+  if fuse_last or fuse_response or sharer_masks is None:
+    raise ValueError("a fuse_mask (the release scheme) needs sharer_masks, and "
+                     "fuse_last / fuse_response are options of the offsets scheme")
+
+
 def _messages(prompt) -> list:
   """A prompt as chat messages: a string is one user message."""
   return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -206,6 +212,8 @@ class C2C:
         "active", "max_len", "fuse_last", "fuse_response"))
     self._generate_release = jax.jit(self._generate_release_impl, static_argnames=(
         "cfg", "max_len", "active", "num_runs"))
+    self._release_prefill = jax.jit(self._release_prefill_impl, static_argnames=(
+        "active", "num_runs", "max_len"))
 
   # --- pure pieces (call inside jit) ------------------------------------------------------
   def fused_cache(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, fuse_mask,
@@ -235,8 +243,8 @@ class C2C:
       c = sh.module_prefill(sparams[i], sharer_tokens[i], sh.init_cache(b, s), mask)
       caches.append(c)
     token_mask = fuse_mask.astype(bool) & mask.astype(bool)
-    fused = self.fuse_active(fparams, rcache, tuple(caches), token_mask, active, train=train,
-                       rng=rng, step=step)
+    fused = self.fuse_active(fparams, rcache, tuple(caches), token_mask, active,
+                             train=train, rng=rng, step=step)
     return (fused, rcache, tuple(caches)) if return_caches else fused
 
   def fuse_active(self, fparams, rcache, caches, token_mask, active, **kw) -> KVCache:
@@ -313,7 +321,7 @@ class C2C:
               sparams[i], tok if vocab_maps[i] is None else jnp.take(vocab_maps[i], tok), c)
           for i, c in zip(active, caches))
       new = self.fuse_active(fparams, slot(clean, e), tuple(slot(c, e) for c in caches),
-                       jnp.ones(tok.shape, bool), active)
+                             jnp.ones(tok.shape, bool), active)
       put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), e, axis=3)
       fused = fused.replace(k=put(fused.k, new.k), v=put(fused.v, new.v))
       keep = jnp.broadcast_to(jnp.arange(fused.max_len) == e, (tok.shape[0], fused.max_len))
@@ -473,16 +481,26 @@ class C2C:
     return active
 
   def prefill(self, tokens, mask, sharer_tokens, *, sharers=None, max_len=None,
-              fuse_last: bool = False, fuse_response: bool = False):
+              fuse_last: bool = False, fuse_response: bool = False, sharer_masks=None,
+              fuse_mask=None):
     """Logits [B, V] after the prompt and the fused receiver cache (``max_len`` slots).
 
     With ``fuse_response`` the cache is the decode state ``(fused receiver cache,
-    receiver-alone cache, tuple of the active sharers' caches)`` (see :class:`C2C`).
+    receiver-alone cache, tuple of the active sharers' caches)`` (see :class:`C2C`). The
+    release scheme passes ``sharer_masks`` and ``fuse_mask`` (see :meth:`generate_ids`).
     """
     max_len = max_len or tokens.shape[1]
     if tokens.shape[1] > max_len:
       raise ValueError(f"prompt of {tokens.shape[1]} tokens is longer than the cache ({max_len})")
     active = self._active(sharers)
+    if fuse_mask is not None:
+      _check_release_options(sharer_masks, fuse_last, fuse_response)
+      runs, num_runs = fused_runs(fuse_mask)
+      return self._release_prefill(
+          *self.params, jnp.asarray(tokens), jnp.asarray(mask),
+          tuple(jnp.asarray(t) for t in sharer_tokens),
+          tuple(jnp.asarray(m) for m in sharer_masks), jnp.asarray(runs), active, num_runs,
+          max_len)
     on = bool(active)  # nothing to fuse without sharers: the default program
     return self._prefill(*self.params, jnp.asarray(tokens), jnp.asarray(mask),
                          tuple(jnp.asarray(t) for t in sharer_tokens), active, max_len,
@@ -542,9 +560,7 @@ class C2C:
                        f"tokens is longer than the cache{also} (max_len={max_len})")
     active = self._active(sharers)
     if fuse_mask is not None:
-      if fuse_last or fuse_response or sharer_masks is None:
-        raise ValueError("a fuse_mask (the release scheme) needs sharer_masks, and "
-                         "fuse_last / fuse_response are options of the offsets scheme")
+      _check_release_options(sharer_masks, fuse_last, fuse_response)
       runs, num_runs = fused_runs(fuse_mask)
       out, lengths = self._generate_release(
           *self.params, jnp.asarray(tokens), jnp.asarray(mask),

@@ -65,6 +65,7 @@ from tqdm import tqdm
 
 from c2cjax import align, fuse as fuse_lib
 from c2cjax.c2c import C2C, Fuser, checkpoint_alignment
+from c2cjax.data import chat
 from c2cjax.evaluation import datasets, prompts, report
 from c2cjax.evaluation.datasets import Question
 from c2cjax.evaluation.parse import parse_answer
@@ -76,7 +77,9 @@ SYSTEMS = ("receiver", "sharer", "t2t", "c2c", "c2c_multi")
 METHODS = ("logits", "cloze", "generate")
 MULTI_SUBJECT = ("mmlu_redux", "ceval")
 
-Encoded = tuple[np.ndarray, tuple[np.ndarray, ...]]  # receiver ids [P], sharer ids [P] each
+# receiver ids [P], sharer ids [P] each; the release scheme adds a dict of [P] masks
+# (``attention_mask``, ``sharer_masks`` per sharer, ``fuse_mask``).
+Encoded = tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,25 +249,45 @@ class Fused:
     if any(a is None for a in c2c.aligners):
       raise ValueError("C2C evaluation needs tokenizers on the receiver and every sharer")
     self.c2c = c2c
+    # The release scheme renders chat messages with each model's own template: the
+    # evaluator hands this answerer messages (prompts.mcq_messages), not rendered text.
+    self.messages = c2c.alignment == "release"
 
   @property
   def tokenizer(self):
     return self.c2c.receiver.tokenizer
 
-  def encode(self, text: str, special: bool) -> Encoded:
-    alignments = [a.align(text, special) for a in self.c2c.aligners]
+  @functools.cached_property
+  def _release_encoder(self):
+    return chat.ChatEncoder(self.tokenizer, self.c2c.max_len, self.c2c.aligners,
+                            alignment="release")
+
+  def encode(self, prompt, special: bool) -> Encoded:
+    if self.messages:
+      if isinstance(prompt, str):
+        raise ValueError("the release alignment scheme aligns chat messages; this answer "
+                         "method gives plain text (use the logits or generate method)")
+      r = self._release_encoder.prompt(prompt)
+      n = len(self.c2c.sharers)
+      pick = lambda k: (r[k],) if n == 1 else r[k]
+      return r["receiver_ids"], pick("sharer_ids"), {
+          "attention_mask": r["attention_mask"], "sharer_masks": pick("sharer_attention_mask"),
+          "fuse_mask": r["fuse_mask"]}
+    alignments = [a.align(prompt, special) for a in self.c2c.aligners]
     return alignments[0].receiver_ids, tuple(a.sharer_ids for a in alignments)
 
-  def prefill(self, tokens, mask, sharer_tokens, max_len: int):
-    return self.c2c.prefill(tokens, mask, sharer_tokens, max_len=max_len)
+  def prefill(self, tokens, mask, sharer_tokens, release=None, *, max_len: int):
+    return self.c2c.prefill(tokens, mask, sharer_tokens, max_len=max_len, **(release or {}))
 
   def score(self, last_logits, cache, cont):
     r = self.c2c.receiver
     return _continuation_fn(r)(r.params, last_logits, cache, jnp.asarray(cont))
 
-  def generate(self, tokens, mask, sharer_tokens, max_new_tokens: int, eos_ids=None):
+  def generate(self, tokens, mask, sharer_tokens, release=None, *, max_new_tokens: int,
+               eos_ids=None):
     out, lengths, _ = self.c2c.generate_ids(tokens, mask, sharer_tokens,
-                                            max_new_tokens=max_new_tokens, eos_ids=eos_ids)
+                                            max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                                            **(release or {}))
     return out, lengths
 
   def decode(self, out, lengths) -> list[str]:
@@ -285,16 +308,27 @@ class System:
 
 
 def pad_left(rows: Sequence[Encoded], width: int, batch: int):
-  """Left-padded tokens, mask [batch, width] and sharer ids; missing rows repeat the last."""
+  """Left-padded tokens, mask [batch, width] and sharer ids; missing rows repeat the last.
+  Release-scheme rows also give ``{"sharer_masks", "fuse_mask"}`` [batch, width] arrays,
+  and their mask is 0 at the pads inside a prompt too."""
   rows = list(rows) + [rows[-1]] * (batch - len(rows))
   tokens = np.zeros((batch, width), np.int32)
   mask = np.zeros_like(tokens)
   sharer = tuple(np.zeros_like(tokens) for _ in rows[0][1])
-  for i, (ids, sids) in enumerate(rows):
+  release = len(rows[0]) > 2
+  smasks, fuse = tuple(np.zeros_like(tokens) for _ in sharer), np.zeros_like(tokens)
+  for i, (ids, sids, *extra) in enumerate(rows):
     n = len(ids)
-    tokens[i, width - n:], mask[i, width - n:] = ids, 1
+    tokens[i, width - n:] = ids
+    mask[i, width - n:] = extra[0]["attention_mask"] if release else 1
     for j, s in enumerate(sids):
       sharer[j][i, width - n:] = s
+      if release:
+        smasks[j][i, width - n:] = extra[0]["sharer_masks"][j]
+    if release:
+      fuse[i, width - n:] = extra[0]["fuse_mask"]
+  if release:
+    return tokens, mask, sharer, {"sharer_masks": smasks, "fuse_mask": fuse}
   return tokens, mask, sharer
 
 
@@ -359,7 +393,8 @@ class Evaluator:
             max(len(enc[i][0]) for i in idx), s.buckets), size)
         (out, lengths), secs = self._timed(
             ("bg", id(writer), tokens.shape),
-            lambda: writer.generate(tokens, mask, sharer, s.background_tokens))
+            lambda: writer.generate(tokens, mask, sharer,
+                                    max_new_tokens=s.background_tokens))
         texts = writer.decode(out, lengths)
         for row, i in enumerate(idx):
           self._backgrounds[(id(writer), todo[i].id)] = _Background(
@@ -367,10 +402,18 @@ class Evaluator:
     return [self._backgrounds[(id(writer), q.id)] for q in questions]
 
   # --- methods ---------------------------------------------------------------------------------
+  def _mcq_prompts(self, a: Answerer, questions: Sequence[Question], bgs) -> list:
+    """Rendered MCQ prompts, or chat messages for answerers that render them (release)."""
+    s = self.settings
+    if getattr(a, "messages", False):
+      return [prompts.mcq_messages(q, s.prompts, None if bg is None else bg.text)
+              for q, bg in zip(questions, bgs)]
+    return [prompts.mcq_prompt(q, a.tokenizer, s.prompts, None if bg is None else bg.text)
+            for q, bg in zip(questions, bgs)]
+
   def letters(self, system: System, questions: Sequence[Question], bgs) -> list[Prediction]:
     s, a = self.settings, system.answerer
-    texts = [prompts.mcq_prompt(q, a.tokenizer, s.prompts, None if bg is None else bg.text)
-             for q, bg in zip(questions, bgs)]
+    texts = self._mcq_prompts(a, questions, bgs)
     enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer))
     ids = letter_token_ids(a.tokenizer, max(len(q.choices) for q in questions))
     preds = [None] * len(questions)
@@ -427,8 +470,7 @@ class Evaluator:
 
   def generate(self, system: System, questions: Sequence[Question], bgs) -> list[Prediction]:
     s, a = self.settings, system.answerer
-    texts = [prompts.mcq_prompt(q, a.tokenizer, s.prompts, None if bg is None else bg.text)
-             for q, bg in zip(questions, bgs)]
+    texts = self._mcq_prompts(a, questions, bgs)
     enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer))
     preds = [None] * len(questions)
     size = min(s.batch_size, len(questions))
@@ -436,7 +478,8 @@ class Evaluator:
       width = bucket(max(len(enc[i][0]) for i in idx), s.buckets)
       batch = pad_left([enc[i] for i in idx], width, size)
       (out, lengths), secs = self._timed(("generate", id(a), width),
-                                         lambda: a.generate(*batch, s.max_new_tokens))
+                                         lambda: a.generate(*batch,
+                                                            max_new_tokens=s.max_new_tokens))
       replies = a.decode(out, lengths)
       for row, i in enumerate(idx):
         q = questions[i]

@@ -49,16 +49,22 @@ run is fused. The last run is never fused and is run by the receiver alone; gene
 starts from the logits of its last position (a pad, if the receiver side was padded).
   * Prompts: the message tokens are fused, except when the prompt ends in a message
     (the "logits" evaluation), whose tokens form the last run.
-  * Training: the message tokens before the last message are fused, but the token just
-    before the last message's start (``t < start - 1``); the loss is on every token from
-    the last message's start on (its content, then the template after it, the
-    receiver's pads there included, as targets).
+  * Training: the message tokens before the last message are fused (those at
+    ``t < start - 1``, ``start`` the last message's first token, so a message token right
+    before it would not be); the loss is on every token from ``start`` on (the last
+    message's content and the template after it, the receiver's pads there included, as
+    targets).
 
 Without the aligner (the release's ``is_do_alignment`` off, as its recipe for Qwen3-0.6B
 + Qwen2.5-0.5B trains): both models read the receiver's ids of its own rendering, every
 prompt token but the last is fused, the loss is on the response. :class:`ReleaseAligner`
 takes that path when the two tokenizers share one vocabulary model (``sections=None``)
 unless told otherwise.
+
+One known difference: the models take zeros at the start of a row as left padding, so a
+side whose first template section renders nothing while the other's does (no template
+text before the first message) starts its positions after those pads, where the release
+counts them. The templates of the paper's models all render text before the first message.
 """
 
 from __future__ import annotations

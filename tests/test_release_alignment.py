@@ -193,3 +193,19 @@ def test_chat_encoder_release_scheme(tiny):
     chat.ChatEncoder(rtok, 64, (aligner,))
   with pytest.raises(ValueError, match="offsets scheme"):
     chat.ChatEncoder(rtok, 64, (aligner,), alignment="release", fuse_last=True)
+
+
+def test_evaluation_messages_render_to_the_mcq_prompt(tiny):
+  """The release scheme's evaluation prompt is the MCQ prompt as messages: rendered by the
+  receiver's own template it is the offsets scheme's prompt text."""
+  from c2cjax.evaluation import prompts  # pylint: disable=g-import-not-at-top
+  from c2cjax.evaluation.datasets import Question  # pylint: disable=g-import-not-at-top
+  q = Question("t/0", "t", "t", "t", "What is 2+2?", ("3", "4", "5", "22"), 1)
+  tok = tiny["qwen2"]
+  for config in (prompts.DEFAULT, prompts.PromptConfig(system="Be brief.")):
+    for bg in (None, "Two and two make four."):
+      msgs = prompts.mcq_messages(q, config, bg)
+      assert sections.render(tok, msgs, "generate") == prompts.mcq_prompt(q, tok, config, bg)
+  a = sections.ReleaseAligner(tok, tiny["llama3"])
+  ex = a.prompt(prompts.mcq_messages(q))
+  assert ex["fuse_mask"].sum() > 0 and len(ex["sharer_ids"]) == len(ex["receiver_ids"])

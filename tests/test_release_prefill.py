@@ -119,7 +119,8 @@ def test_release_prefill_equals_the_release_loop():
 
 def test_c2c_generate_with_the_release_scheme():
   """Chat prompts (a string, a multi-turn list) through C2C with alignment="release": the
-  batch equals a prompt alone, and the first token is the release loop's argmax."""
+  first token is the release loop's argmax and the prefill logits are the loop's, with
+  left padding beside the pads inside the prompt."""
   import pathlib  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   from c2cjax import fuse as fuse_lib, sections  # pylint: disable=g-import-not-at-top
@@ -143,14 +144,17 @@ def test_c2c_generate_with_the_release_scheme():
            {"role": "user", "content": "And times 3?"}]
   prompts = ["What is the capital of France?", multi]
   out, lengths = c2c.generate(prompts, max_new_tokens=4, return_tokens=True, eos_ids=())
-  alone, _ = c2c.generate([multi], max_new_tokens=4, return_tokens=True, eos_ids=())
-  np.testing.assert_array_equal(out[1], alone[0])  # left padding beside inner pads
   ex = c2c.aligners[0].prompt([{"role": "user", "content": prompts[0]}])
   fuse_one = lambda rc, sc, tm: fuse_lib.fuse(f.params, rc, sc, f.layer_map, tm, config=f.config)
   logits, _ = _sectioned_reference(
       r, s, fuse_one, ex["receiver_ids"][None], ex["attention_mask"][None],
       ex["sharer_ids"][None], ex["sharer_attention_mask"][None], ex["fuse_mask"][None])
   assert int(out[0, 0]) == int(np.argmax(np.asarray(logits[0])))
+  batch = c2c.encode_batch(prompts[:1])
+  first, _ = c2c.prefill(batch["receiver_ids"], batch["attention_mask"], batch["sharer_ids"],
+                         sharer_masks=batch["sharer_attention_mask"],
+                         fuse_mask=batch["fuse_mask"])
+  np.testing.assert_allclose(np.asarray(first[0]), np.asarray(logits[0]), atol=1e-4)
   with pytest.raises(ValueError, match="offsets scheme"):
     c2c.generate(prompts, max_new_tokens=2, fuse_last=True)
   assert C2C(r, [s], [f], alignment="longest").alignment == "offsets"  # the old meaning
@@ -194,3 +198,40 @@ def test_c2c_nll_with_the_release_scheme():
                            jnp.asarray(ex["loss_mask"][None, a:]))
   assert float(count) == float(n) > 0
   np.testing.assert_allclose(float(total), float(ref), rtol=1e-4)
+
+
+def test_evaluation_with_the_release_scheme():
+  """The evaluator hands a release-scheme C2C messages: its letter scores are the logits
+  of C2C.prefill on the release batch of the MCQ messages; cloze (plain text) is refused."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from c2cjax import eval as ev  # pylint: disable=g-import-not-at-top
+  from c2cjax.c2c import C2C, Fuser  # pylint: disable=g-import-not-at-top
+  from c2cjax.evaluation import prompts  # pylint: disable=g-import-not-at-top
+  from c2cjax.evaluation.datasets import Question  # pylint: disable=g-import-not-at-top
+  from c2cjax.models.tiny import tiny_lm  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(pathlib.Path(__file__).parent / "fixtures" / "rosetta"))
+  import tiny_tokenizers  # pylint: disable=g-import-not-at-top
+  rt, st = tiny_tokenizers.load("qwen3"), tiny_tokenizers.load("llama3")
+  r, s = tiny_lm("qwen3", rt, seed=0), tiny_lm("llama3", st, seed=1)
+  f = ev.open_gates(Fuser.init(r, s, jax.random.PRNGKey(2), "last_aligned_clamped",
+                               hidden_dim=32, intermediate_dim=48))
+  c2c = C2C(r, [s], [f], alignment="release")
+  qs = [Question("t/0", "t", "t", "t", "What is 2+2?", ("3", "4", "5", "22"), 1),
+        Question("t/1", "t", "t", "t", "Which planet is the largest?", ("Mars", "Jupiter"), 1)]
+  settings = ev.Settings(batch_size=2, buckets=(128,), max_new_tokens=3, warmup=False,
+                         progress=False)
+  evaluator = ev.Evaluator(settings)
+  preds = evaluator.evaluate(ev.System("c2c", ev.Fused(c2c)), qs, ("logits", "generate"))
+  assert len(preds) == 4
+  batch = c2c.encode_batch([prompts.mcq_messages(q) for q in qs], multiple_of=128)
+  logits, _ = c2c.prefill(batch["receiver_ids"], batch["attention_mask"], batch["sharer_ids"],
+                          sharer_masks=batch["sharer_attention_mask"],
+                          fuse_mask=batch["fuse_mask"])
+  ids = ev.letter_token_ids(rt, 4)
+  for row, q in enumerate(qs):
+    p = next(p for p in preds if p.question_id == q.id and p.method == "logits")
+    want = [max(float(logits[row, t]) for t in ids[k]) for k in range(len(q.choices))]
+    np.testing.assert_allclose(p.scores, want, atol=1e-4)
+  with pytest.raises(ValueError, match="aligns chat messages"):
+    evaluator.evaluate(ev.System("c2c", ev.Fused(c2c)), qs, ("cloze",))
