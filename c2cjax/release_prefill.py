@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from c2cjax.models import lm as lm_lib
 from c2cjax.models.cache import KVCache
 
 
@@ -58,7 +59,7 @@ def release_prefill(receiver, rparams, tokens, mask, sharer_caches: tuple[KVCach
   """Receiver prefill with the release's run-by-run fusion (pure; call inside jit).
 
   Args:
-    receiver: the receiver ``LM``.
+    receiver: the receiver's module (``LM.module``, a ``Decoder``).
     rparams: its params.
     tokens, mask: [B, P] receiver ids and attention mask (0 at left padding and at pads
       inside the sequence).
@@ -76,10 +77,9 @@ def release_prefill(receiver, rparams, tokens, mask, sharer_caches: tuple[KVCach
     recorded, ``end = P``).
   """
   b, p = tokens.shape
-  apply = lambda cache, keep, **kw: receiver.module.apply(
-      {"params": rparams}, tokens, cache.replace(end=jnp.zeros((), jnp.int32)), mask, keep,
-      **kw)
-  cache = receiver.init_cache(b, p, holes=True)
+  apply = lambda cache, keep, **kw: lm_lib.forward(
+      receiver, rparams, tokens, cache.replace(end=jnp.zeros((), jnp.int32)), mask, keep, **kw)
+  cache = lm_lib.init_cache(receiver, b, p, holes=True)
   keep = jnp.zeros((b, p), bool)
 
   def fuse_run(j, cache, keep):

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from c2cjax import align, fuse as fuse_lib, sharding
+from c2cjax import align, c2c as c2c_lib, fuse as fuse_lib, sharding
 from c2cjax.c2c import C2C, Fuser
 from c2cjax.models.load import resolve
 from c2cjax.release_prefill import release_prefill, run_index
@@ -67,20 +67,18 @@ def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, r
   own ``sharer_attention_mask``.
   """
   tokens, mask = batch["receiver_ids"], batch["attention_mask"]
-  sharer_ids = batch["sharer_ids"]
-  sharer_ids = sharer_ids if isinstance(sharer_ids, tuple) else (sharer_ids,)
+  sharer_ids = batch["sharer_ids"]  # a tuple: one [B, T] per sharer
   fuse_mask = batch["fuse_mask"].astype(bool) & mask.astype(bool)
   if c2c.alignment == "release":
-    smasks = batch["sharer_attention_mask"]
-    smasks = smasks if isinstance(smasks, tuple) else (smasks,)
+    smasks = batch["sharer_attention_mask"]  # a tuple, as sharer_ids
     b, t = tokens.shape
     active = tuple(range(len(c2c.sharers)))
     caches = tuple(c2c.sharers[i].module_prefill(
         sparams[i], sharer_ids[i], c2c.sharers[i].init_cache(b, t, holes=True), smasks[i])
         for i in active)
-    fuse = lambda rc, cs, tm: c2c.fuse_active(fparams, rc, cs, tm, active, train=train,
-                                              rng=rng, step=step)
-    logits, _ = release_prefill(c2c.receiver, rparams, tokens, mask, caches, fuse,
+    fuse = lambda rc, cs, tm: c2c_lib.fuse_caches(c2c.spec, fparams, rc, cs, tm, active,
+                                                  train=train, rng=rng, step=step)
+    logits, _ = release_prefill(c2c.receiver.module, rparams, tokens, mask, caches, fuse,
                                 run_index(fuse_mask), max_runs, t, last_only=False)
     return token_nll(logits, tokens, batch["loss_mask"])
   cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,

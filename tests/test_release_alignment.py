@@ -169,16 +169,19 @@ def test_chat_encoder_release_scheme(tiny):
   enc = chat.ChatEncoder(rtok, 4096, (aligner,), alignment="release")
   full = rec["messages"] + [{"role": "assistant", "content": rec["response"]}]
   ex = enc(full)
-  _check_training({**ex, "positions": None}, rec["training"])
-  prompt = enc.prompt(rec["messages"])
+  assert isinstance(ex["sharer_ids"], tuple) and isinstance(ex["sharer_attention_mask"], tuple)
+  one = lambda e: {**e, "sharer_ids": e["sharer_ids"][0],
+                   "sharer_attention_mask": e["sharer_attention_mask"][0]}
+  _check_training(one(ex), rec["training"])
+  prompt = one(enc.prompt(rec["messages"]))
   assert prompt["sharer_ids"].tolist() == rec["generate"]["sharer_ids"]
   assert _bits(prompt["fuse_mask"]) == rec["generate"]["fuse_mask"]
   batch = pipeline.pad_examples([ex], length=len(ex["receiver_ids"]) + 3, pad_ids=enc.pad_ids)
-  assert batch["sharer_attention_mask"][0, -3:].tolist() == [0, 0, 0]
+  assert batch["sharer_attention_mask"][0][0, -3:].tolist() == [0, 0, 0]
   # Truncation keeps the loss tokens that fit; none left -> None.
   start = rec["training"]["loss_mask"].index("1")
   short = chat.ChatEncoder(rtok, start + 2, (aligner,), alignment="release")(full)
-  assert short["loss_mask"].tolist()[-2:] == [1, 1] and len(short["sharer_ids"]) == start + 2
+  assert short["loss_mask"].tolist()[-2:] == [1, 1] and len(short["sharer_ids"][0]) == start + 2
   assert chat.ChatEncoder(rtok, start, (aligner,), alignment="release")(full) is None
   # "multi" fuses three message runs (user, assistant, user) before the response.
   assert chat.ChatEncoder(rtok, 4096, (aligner,), alignment="release", max_runs=3)(full)

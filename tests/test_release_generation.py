@@ -9,13 +9,11 @@ greedy tokens and first-token logits.
 import json
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 
 from c2cjax import load_model, offline
 from c2cjax.c2c import C2C, Fuser
-from c2cjax.release_prefill import fused_runs, release_prefill
 
 pytestmark = pytest.mark.realweights
 FIX = pathlib.Path(__file__).parent / "fixtures" / "rosetta" / "generation"
@@ -68,26 +66,6 @@ def _batch(meta, arrays, rows, width):
   return {**b, "sharer_ids": (st,), "sharer_attention_mask": (sm,)}
 
 
-def _first_logits(c2c, batch):
-  """Logits after the prompt, from the release prefill's public pieces (one sharer)."""
-  runs, num_runs = fused_runs(batch["fuse_mask"])
-  s, fparams = c2c.sharers[0], tuple(f.params for f in c2c.fusers)
-
-  @jax.jit
-  def run(rparams, sparams, fparams, tokens, mask, sharer_ids, sharer_mask, runs):
-    b, p = tokens.shape
-    caches = (s.module_prefill(sparams, sharer_ids, s.init_cache(b, p, holes=True),
-                               sharer_mask),)
-    fuse = lambda rc, cs, tm: c2c.fuse_active(fparams, rc, cs, tm, (0,))
-    logits, _ = release_prefill(c2c.receiver, rparams, tokens, mask, caches, fuse, runs,
-                                num_runs, p)
-    return logits[:, -1]
-
-  return np.asarray(run(c2c.receiver.params, s.params, fparams, batch["receiver_ids"],
-                        batch["attention_mask"], batch["sharer_ids"][0],
-                        batch["sharer_attention_mask"][0], runs))
-
-
 def test_fixture_models_are_ours(pair, fixture):
   """The HF folders the released code ran compute what c2cjax's GGUF models compute."""
   meta, arrays = fixture
@@ -131,7 +109,10 @@ def test_greedy_tokens_and_first_logits_match(c2c, fixture):
   rows = list(range(len(meta["chats"])))
   width = max(len(arrays[f"{i}/receiver_ids"]) for i in rows) + 3  # every row left-padded
   batch = _batch(meta, arrays, rows, width)
-  logits = _first_logits(c2c, batch)
+  logits, _ = c2c.prefill(batch["receiver_ids"], batch["attention_mask"], batch["sharer_ids"],
+                          sharer_masks=batch["sharer_attention_mask"],
+                          fuse_mask=batch["fuse_mask"])
+  logits = np.asarray(logits)
   out, lengths, _ = c2c.generate_ids(
       batch["receiver_ids"], batch["attention_mask"], batch["sharer_ids"],
       sharer_masks=batch["sharer_attention_mask"], fuse_mask=batch["fuse_mask"],

@@ -191,7 +191,7 @@ def test_c2c_nll_with_the_release_scheme():
   fuse_one = lambda rc, sc, tm: fuse_lib.fuse(params, rc, sc, f.layer_map, tm, config=f.config)
   (logits, a), _ = _sectioned_reference(
       r, s, fuse_one, ex["receiver_ids"][None], ex["attention_mask"][None],
-      ex["sharer_ids"][None], ex["sharer_attention_mask"][None], ex["fuse_mask"][None],
+      ex["sharer_ids"][0][None], ex["sharer_attention_mask"][0][None], ex["fuse_mask"][None],
       last_section=True)
   assert ex["loss_mask"][:a + 1].sum() == 0  # every target is predicted in the last run
   ref, n = train.token_nll(logits, jnp.asarray(ex["receiver_ids"][None, a:]),
@@ -205,7 +205,7 @@ def test_evaluation_with_the_release_scheme():
   of C2C.prefill on the release batch of the MCQ messages; cloze (plain text) is refused."""
   import pathlib  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from c2cjax import eval as ev  # pylint: disable=g-import-not-at-top
+  from c2cjax.evaluation import answerers, runner, systems  # pylint: disable=g-import-not-at-top
   from c2cjax.c2c import C2C, Fuser  # pylint: disable=g-import-not-at-top
   from c2cjax.evaluation import prompts  # pylint: disable=g-import-not-at-top
   from c2cjax.evaluation.datasets import Question  # pylint: disable=g-import-not-at-top
@@ -214,24 +214,25 @@ def test_evaluation_with_the_release_scheme():
   import tiny_tokenizers  # pylint: disable=g-import-not-at-top
   rt, st = tiny_tokenizers.load("qwen3"), tiny_tokenizers.load("llama3")
   r, s = tiny_lm("qwen3", rt, seed=0), tiny_lm("llama3", st, seed=1)
-  f = ev.open_gates(Fuser.init(r, s, jax.random.PRNGKey(2), "last_aligned_clamped",
+  f = systems.open_gates(Fuser.init(r, s, jax.random.PRNGKey(2), "last_aligned_clamped",
                                hidden_dim=32, intermediate_dim=48))
   c2c = C2C(r, [s], [f], alignment="release")
   qs = [Question("t/0", "t", "t", "t", "What is 2+2?", ("3", "4", "5", "22"), 1),
         Question("t/1", "t", "t", "t", "Which planet is the largest?", ("Mars", "Jupiter"), 1)]
-  settings = ev.Settings(batch_size=2, buckets=(128,), max_new_tokens=3, warmup=False,
+  settings = runner.Settings(batch_size=2, buckets=(128,), max_new_tokens=3, warmup=False,
                          progress=False)
-  evaluator = ev.Evaluator(settings)
-  preds = evaluator.evaluate(ev.System("c2c", ev.Fused(c2c)), qs, ("logits", "generate"))
+  evaluator = runner.Evaluator(settings)
+  system = answerers.System("c2c", answerers.Fused(c2c))
+  preds = evaluator.evaluate(system, qs, ("logits", "generate"))
   assert len(preds) == 4
   batch = c2c.encode_batch([prompts.mcq_messages(q) for q in qs], multiple_of=128)
   logits, _ = c2c.prefill(batch["receiver_ids"], batch["attention_mask"], batch["sharer_ids"],
                           sharer_masks=batch["sharer_attention_mask"],
                           fuse_mask=batch["fuse_mask"])
-  ids = ev.letter_token_ids(rt, 4)
+  ids = answerers.letter_token_ids(rt, 4)
   for row, q in enumerate(qs):
     p = next(p for p in preds if p.question_id == q.id and p.method == "logits")
     want = [max(float(logits[row, t]) for t in ids[k]) for k in range(len(q.choices))]
     np.testing.assert_allclose(p.scores, want, atol=1e-4)
   with pytest.raises(ValueError, match="aligns chat messages"):
-    evaluator.evaluate(ev.System("c2c", ev.Fused(c2c)), qs, ("cloze",))
+    evaluator.evaluate(system, qs, ("cloze",))
