@@ -18,8 +18,10 @@ The device programs are pure functions of a static :class:`Spec` (the modules, f
 configs, layer maps and mode) and ``params = (receiver params, tuple of sharer params,
 tuple of fuser params)``, callable inside a user's own ``jax.jit``: :func:`fused_cache`,
 :func:`fuse_caches`, :func:`prefill`, :func:`response_step`, :func:`decode` and
-:func:`generate`. :class:`C2C` is the host side over them: encoding and alignment, vocab
-maps, checks, jit and detokenising.
+:func:`generate`, and for the release alignment scheme (``c2cjax.sections``: sections,
+pads inside prompts, message runs fused in turn) :func:`prefill_release` and
+:func:`generate_release`. :class:`C2C` is the host side over them: encoding and
+alignment, vocab maps, checks, jit and detokenising.
 """
 
 from __future__ import annotations
