@@ -354,7 +354,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   train_step = jax.jit(make_train_step(c2c, tx, max_runs),
                        in_shardings=(state_sh, r_sh, s_sh, micro_sh),
                        out_shardings=(state_sh, rep), donate_argnums=(0,),
-                       static_argnames=("split",))
+                       static_argnums=(4,))  # split: positional (kwargs + in_shardings fail)
   eval_step = jax.jit(make_eval_step(c2c, max_runs), in_shardings=(f_sh, r_sh, s_sh, flat_sh),
                       out_shardings=rep)
 
@@ -418,7 +418,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     split = _global_split(pass2_split(host_batch, parts))
     with jax.set_mesh(mesh):  # activation / cache sharding constraints read it
       state, m = train_step(state, rparams, sparams, _to_global(host_batch, micro_sh, sizes.accum),
-                            split=split)
+                            split)
     step += 1
     if step % cfg.log_every == 0 or step == sizes.total_steps:
       m = jax.device_get(m)
