@@ -167,7 +167,8 @@ def build_c2c(cfg: ml_collections.ConfigDict, rng) -> C2C:
   else:
     sharers = [resolve(s, dtype, seed=cfg.seed + 1 + i) for i, s in enumerate(cfg.sharers)]
   fusers = [Fuser.init(receiver, s, jax.random.fold_in(rng, i), cfg.layer_map,
-                       **dict(cfg.fuser)) for i, s in enumerate(sharers)]
+                       alignment=cfg.alignment, **dict(cfg.fuser))
+            for i, s in enumerate(sharers)]
   return C2C(receiver, sharers, fusers, mode=cfg.fusion_mode, alignment=cfg.alignment,
              strategy=cfg.get("alignment_strategy", "first"), max_len=cfg.data.max_len)
 
