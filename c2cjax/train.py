@@ -26,9 +26,10 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from c2cjax import align, fuse as fuse_lib, sharding
+from c2cjax import align, c2c as c2c_lib, fuse as fuse_lib, sharding
 from c2cjax.c2c import C2C, Fuser
 from c2cjax.models.load import resolve
+from c2cjax.release_prefill import release_prefill, run_index
 from c2cjax.runtime import enable_compilation_cache
 
 Batch = dict[str, Any]
@@ -55,17 +56,32 @@ def token_nll(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array):
 
 
 def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, rng=None,
-            step=0):
+            step=0, max_runs: int = 4):
   """Receiver loss on the response tokens, reading a cache fused on the prompt tokens.
 
   Pass 1 prefills receiver and sharers on the whole sequence and fuses the ``fuse_mask``
   slots; pass 2 reruns the receiver over the sequence on that cache, keeping the fused
   slots (``keep``) and computing fresh keys/values elsewhere: exactly what the last prompt
-  token and the response see in C2C generation.
+  token and the response see in C2C generation. With the release scheme
+  (``c2c.alignment == "release"``) each run of fused slots is fused in its own pass, up
+  to ``max_runs`` (static; see ``c2cjax.release_prefill``), and the sharers read their
+  own ``sharer_attention_mask``.
   """
   tokens, mask = batch["receiver_ids"], batch["attention_mask"]
   sharer_ids = batch["sharer_ids"]  # a tuple: one [B, T] per sharer
   fuse_mask = batch["fuse_mask"].astype(bool) & mask.astype(bool)
+  if c2c.alignment == "release":
+    smasks = batch["sharer_attention_mask"]  # a tuple, as sharer_ids
+    b, t = tokens.shape
+    active = tuple(range(len(c2c.sharers)))
+    caches = tuple(c2c.sharers[i].module_prefill(
+        sparams[i], sharer_ids[i], c2c.sharers[i].init_cache(b, t, holes=True), smasks[i])
+        for i in active)
+    fuse = lambda rc, cs, tm: c2c_lib.fuse_caches(c2c.spec, fparams, rc, cs, tm, active,
+                                                  train=train, rng=rng, step=step)
+    logits, _ = release_prefill(c2c.receiver.module, rparams, tokens, mask, caches, fuse,
+                                run_index(fuse_mask), max_runs, t, last_only=False)
+    return token_nll(logits, tokens, batch["loss_mask"])
   cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,
                           tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)
   logits, _ = c2c.receiver.module_apply(rparams, tokens, cache.replace(end=jnp.int32(0)),
@@ -94,8 +110,9 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
   return tx, schedule
 
 
-def make_train_step(c2c: C2C, tx):
-  """``(state, rparams, sparams, batch [A, B, T]) -> (state, metrics)``; jit it."""
+def make_train_step(c2c: C2C, tx, max_runs: int = 4):
+  """``(state, rparams, sparams, batch [A, B, T]) -> (state, metrics)``; jit it.
+  ``max_runs``: fused runs per example with the release scheme (see :func:`c2c_nll`)."""
 
   def step_fn(state: TrainState, rparams, sparams, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -107,7 +124,7 @@ def make_train_step(c2c: C2C, tx):
 
       def f(fparams):
         s, n = c2c_nll(c2c, fparams, rparams, sparams, mb, train=True, rng=key,
-                       step=state.step)
+                       step=state.step, max_runs=max_runs)
         return s, n
 
       (s, n), g = jax.value_and_grad(f, has_aux=True)(state.params)
@@ -129,9 +146,9 @@ def make_train_step(c2c: C2C, tx):
   return step_fn
 
 
-def make_eval_step(c2c: C2C):
+def make_eval_step(c2c: C2C, max_runs: int = 4):
   def eval_fn(fparams, rparams, sparams, batch: Batch):
-    s, n = c2c_nll(c2c, fparams, rparams, sparams, batch, train=False)
+    s, n = c2c_nll(c2c, fparams, rparams, sparams, batch, train=False, max_runs=max_runs)
     r, _ = receiver_nll(c2c, rparams, batch)
     return {"c2c": s, "receiver": r, "tokens": n}
   return eval_fn
@@ -153,7 +170,7 @@ def build_c2c(cfg: ml_collections.ConfigDict, rng) -> C2C:
   fusers = [Fuser.init(receiver, s, jax.random.fold_in(rng, i), cfg.layer_map,
                        **dict(cfg.fuser)) for i, s in enumerate(sharers)]
   return C2C(receiver, sharers, fusers, mode=cfg.fusion_mode, alignment=cfg.alignment,
-             max_len=cfg.data.max_len)
+             strategy=cfg.get("alignment_strategy", "first"), max_len=cfg.data.max_len)
 
 
 def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int,
@@ -164,11 +181,17 @@ def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int,
   train_src, held_src = sources.split_source(src, max_examples=cfg.data.max_examples or None,
                                              heldout_fraction=cfg.data.heldout_fraction,
                                              seed=cfg.data.split_seed)
-  aligners = tuple(align.TokenAligner(c2c.receiver.tokenizer, s.tokenizer, cfg.alignment)
-                   for s in c2c.sharers)
-  encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, aligners,
-                             fuse_last=cfg.get("fuse_last", False),
-                             fuse_response=cfg.get("fuse_response", False))
+  if c2c.alignment == "release":
+    encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, c2c.aligners,
+                               alignment="release",
+                               max_runs=cfg.data.get("max_fused_runs", 4))
+  else:
+    aligners = tuple(align.TokenAligner(c2c.receiver.tokenizer, s.tokenizer,
+                                        cfg.get("alignment_strategy", "first"))
+                     for s in c2c.sharers)
+    encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, aligners,
+                               fuse_last=cfg.get("fuse_last", False),
+                               fuse_response=cfg.get("fuse_response", False))
   pcfg = pipeline.PipelineConfig(
       batch_size=batch_size, bucket_lengths=tuple(cfg.data.bucket_lengths), seed=seed,
       shuffle=not heldout, num_epochs=1 if heldout else None, drop_remainder=not heldout,
@@ -266,9 +289,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   micro_sh = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
   flat_sh = sharding.batch_sharding(mesh)
 
-  train_step = jax.jit(make_train_step(c2c, tx), in_shardings=(state_sh, r_sh, s_sh, micro_sh),
+  max_runs = cfg.data.get("max_fused_runs", 4)
+  train_step = jax.jit(make_train_step(c2c, tx, max_runs),
+                       in_shardings=(state_sh, r_sh, s_sh, micro_sh),
                        out_shardings=(state_sh, rep), donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(c2c), in_shardings=(f_sh, r_sh, s_sh, flat_sh),
+  eval_step = jax.jit(make_eval_step(c2c, max_runs), in_shardings=(f_sh, r_sh, s_sh, flat_sh),
                       out_shardings=rep)
 
   it = iter(data)
@@ -365,7 +390,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     single = len(params) == 1
     meta = {"receiver": cfg.receiver, "sharers": list(cfg.sharers) if not cfg.self_fusion
             else [cfg.receiver], "self_fusion": bool(cfg.self_fusion), "step": int(step),
-            "alignment": cfg.alignment, "fusion_mode": cfg.fusion_mode}
+            "alignment": cfg.alignment, "layer_map_name": cfg.layer_map,
+            "alignment_strategy": cfg.get("alignment_strategy", "first"),
+            "fusion_mode": cfg.fusion_mode}
     fuse_lib.save(workdir / "fuser", params[0] if single else params,
                   c2c.fusers[0].config if single else tuple(f.config for f in c2c.fusers),
                   c2c.fusers[0].layer_map if single else tuple(f.layer_map for f in c2c.fusers),
