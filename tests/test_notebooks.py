@@ -8,7 +8,6 @@ import pathlib
 import pytest
 
 from c2cjax import offline
-from c2cjax.fuse import Fuser
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "colabs").glob("*.ipynb"))
@@ -36,8 +35,6 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     offline.smollm2_gguf(), offline.gemma3_gguf()
   except offline.MissingOfflinePackage as e:
     pytest.skip(str(e))
-  if path.stem == "03_published_fuser" and not hasattr(Fuser, "from_rosetta"):
-    pytest.skip("Fuser.from_rosetta / to_rosetta come with the release-io branch")
   monkeypatch.setenv("C2CJAX_NOTEBOOK_SMALL", "1")
   monkeypatch.setenv("C2CJAX_NOTEBOOK_WORKDIR", str(tmp_path))
   monkeypatch.setenv("MPLBACKEND", "Agg")
