@@ -2,7 +2,6 @@
 (C2CJAX_NOTEBOOK_SMALL=1: tiny random models on the real tokenizers, a few steps); an
 error in any cell fails. The committed notebooks carry the outputs of a real run."""
 
-import os
 import pathlib
 
 import pytest
