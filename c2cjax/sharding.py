@@ -76,14 +76,30 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, P(*spec))
 
 
-def maybe_initialize_distributed():
-  """``jax.distributed.initialize()`` on multi-host runs (TPU pods, SLURM, ...)."""
+def maybe_initialize_distributed(**kwargs):
+  """Starts ``jax.distributed`` on multi-process runs; a no-op on one process.
+
+  TPU pods, SLURM and the other clusters JAX knows configure themselves. Anywhere else
+  (several GPU or CPU hosts, or processes on one machine) set ``JAX_COORDINATOR_ADDRESS``
+  (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` on every
+  process; the last two are read here (JAX itself reads only the address). ``kwargs`` go
+  to ``jax.distributed.initialize`` (e.g. ``heartbeat_timeout_seconds``).
+  """
   import os
-  if any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                                   "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID")):
+  if jax.distributed.is_initialized():
+    return
+  names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+  if any(n in os.environ for n in names[1:]):
+    missing = [n for n in names if n not in os.environ]
+    if missing:
+      raise ValueError(f"a multi-process run needs {', '.join(names)}; missing {missing}")
+    jax.distributed.initialize(os.environ[names[0]], int(os.environ[names[1]]),
+                               int(os.environ[names[2]]), **kwargs)
+  elif any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+                                     "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID")):
     try:
-      jax.distributed.initialize()
-    except RuntimeError as e:  # already initialised, or single host
+      jax.distributed.initialize(**kwargs)
+    except RuntimeError as e:  # single host
       logging.info("jax.distributed.initialize skipped: %s", e)
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from c2cjax import align, c2c as c2c_lib, fuse as fuse_lib, sharding
@@ -233,12 +234,14 @@ def build_c2c(cfg: ml_collections.ConfigDict, rng) -> C2C:
   else:
     sharers = [resolve(s, dtype, seed=cfg.seed + 1 + i) for i, s in enumerate(cfg.sharers)]
   fusers = [Fuser.init(receiver, s, jax.random.fold_in(rng, i), cfg.layer_map,
-                       **dict(cfg.fuser)) for i, s in enumerate(sharers)]
+                       alignment=cfg.alignment, **dict(cfg.fuser))
+            for i, s in enumerate(sharers)]
   return C2C(receiver, sharers, fusers, mode=cfg.fusion_mode, alignment=cfg.alignment,
              strategy=cfg.get("alignment_strategy", "first"), max_len=cfg.data.max_len)
 
 
-def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int):
+def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int,
+               shard_block: int = 1):
   from c2cjax.data import chat, pipeline, sources
   src = sources.load_source(cfg.data.source, data_dir=cfg.data.data_dir or None,
                             manual_dir=cfg.data.manual_dir or None)
@@ -260,7 +263,7 @@ def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int):
       batch_size=batch_size, bucket_lengths=tuple(cfg.data.bucket_lengths), seed=seed,
       shuffle=not heldout, num_epochs=1 if heldout else None, drop_remainder=not heldout,
       read_threads=cfg.data.read_threads, worker_count=0 if heldout else cfg.data.worker_count,
-      prefetch_batches=cfg.data.prefetch_batches)
+      prefetch_batches=cfg.data.prefetch_batches, shard_block=shard_block)
   source = held_src if heldout else train_src
   return pipeline.make_dataset(source, encoder, pcfg), len(source)
 
@@ -279,7 +282,6 @@ def _global_split(split: tuple[int, int]) -> tuple[int, int]:
   """Every host compiles the same program: the most conservative split of all hosts."""
   if jax.process_count() == 1:
     return split
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   all_ = np.asarray(multihost_utils.process_allgather(np.asarray(split, np.int32)))
   return int(all_[:, 0].min()), int(all_[:, 1].max())
 
@@ -308,7 +310,7 @@ def compute_sizes(cfg, mesh, num_train: int) -> Sizes:
 
 # --- the loop ----------------------------------------------------------------------------------
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = None,
-                       stop_after: int | None = None) -> dict:
+                       stop_after: int | None = None, on_batch=None) -> dict:
   """Runs (or resumes) training; returns the final metrics.
 
   Args:
@@ -316,6 +318,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     workdir: overrides ``cfg.workdir``.
     stop_after: stop after this many steps of *this* call without the final export
       (tests use it to emulate an interruption).
+    on_batch: called as ``on_batch(step, host_batch)`` with every batch this process
+      reads, before its step (``step`` from 1), e.g. to log what each host read.
   """
   import orbax.checkpoint as ocp
   import grain
@@ -328,8 +332,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   rng = jax.random.PRNGKey(cfg.seed)
   c2c = build_c2c(cfg, jax.random.fold_in(rng, 1))
   hosts = jax.process_count()
+  # Each host reads its own rows of every global micro-batch: the batches do not depend
+  # on the number of hosts (see c2cjax.data.pipeline).
+  host_micro = max(1, cfg.per_device_batch_size * sharding.data_parallel_size(mesh) // hosts)
   data, num_train = build_data(cfg, c2c, cfg.global_batch_size // hosts, heldout=False,
-                               seed=cfg.data.seed)
+                               seed=cfg.data.seed, shard_block=host_micro)
   sizes = compute_sizes(cfg, mesh, num_train)
   tx, schedule = make_optimizer(cfg, sizes.total_steps)
 
@@ -342,11 +349,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   sparams = jax.device_put(sparams, s_sh)
   fparams = tuple(f.params for f in c2c.fusers)
   f_sh = sharding.fuser_shardings(fparams, mesh)
-  state = TrainState(step=jnp.int32(0), params=jax.device_put(fparams, f_sh),
-                     opt_state=None, rng=jax.random.fold_in(rng, 2))
-  state = state.replace(opt_state=jax.jit(tx.init, out_shardings=None)(state.params))
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
   rep = sharding.replicated(mesh)
+  state = TrainState(step=jax.device_put(jnp.int32(0), rep), params=jax.device_put(fparams, f_sh),
+                     opt_state=None, rng=jax.device_put(jax.random.fold_in(rng, 2), rep))
+  opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, state.params),
+                                 f_sh, transform_non_params=lambda _: rep)  # scalars: replicated
+  state = state.replace(opt_state=jax.jit(tx.init, out_shardings=opt_sh)(state.params))
+  state_sh = jax.tree.map(lambda x: x.sharding, state)
   micro_sh = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
   flat_sh = sharding.batch_sharding(mesh)
 
@@ -413,6 +422,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
       log_file.close()
       return {"stopped_at": step}
     host_batch = next(it)
+    if on_batch is not None:
+      on_batch(step + 1, host_batch)
     tok_since += float(np.sum(host_batch["attention_mask"])) * hosts
     parts = 0 if c2c.alignment == "release" else cfg.get("pass2_parts", 0)
     split = _global_split(pass2_split(host_batch, parts))
@@ -447,9 +458,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   mngr.wait_until_finished()
   mngr.close()
 
-  # Final export that c2cjax.fuse / C2C load directly.
+  # Final export that c2cjax.fuse / C2C load directly, written by process 0 (gathering the
+  # params is a collective: every process takes part).
+  params = multihost_utils.process_allgather(state.params, tiled=True)
   if jax.process_index() == 0:
-    params = jax.device_get(state.params)
     single = len(params) == 1
     meta = {"receiver": cfg.receiver, "sharers": list(cfg.sharers) if not cfg.self_fusion
             else [cfg.receiver], "self_fusion": bool(cfg.self_fusion), "step": int(step),
@@ -473,7 +485,11 @@ def main(argv):
   from absl import flags, logging as absl_logging
   cfg = flags.FLAGS.config
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
-  enable_compilation_cache()  # a resumed run loads its compiled step
+  sharding.maybe_initialize_distributed()
+  # A resumed run loads its compiled step; not on several CPU processes, where a restart
+  # that loaded its programs from the cache hung in its first gloo collective (jax 0.10).
+  if jax.process_count() == 1 or jax.default_backend() != "cpu":
+    enable_compilation_cache()
   out = train_and_evaluate(cfg, flags.FLAGS.workdir)
   print(json.dumps(out, indent=2))
 

@@ -103,7 +103,8 @@ def test_release_prefill_equals_the_release_loop():
   assert n == 2
   sc = s.module_prefill(s.params, jnp.asarray(stoks), s.init_cache(1, p, holes=True),
                         jnp.asarray(smask))
-  logits, got = release_prefill(r, r.params, jnp.asarray(tokens), jnp.asarray(mask), (sc,),
+  logits, got = release_prefill(r.module, r.params, jnp.asarray(tokens), jnp.asarray(mask),
+                                (sc,),
                                 lambda rc, scs, tm: fuse_one(rc, scs[0], tm), jnp.asarray(runs),
                                 n, p + 4)
   np.testing.assert_allclose(np.asarray(logits[:, -1]), np.asarray(want_logits), atol=1e-4)
@@ -111,7 +112,7 @@ def test_release_prefill_equals_the_release_loop():
   np.testing.assert_allclose(np.asarray(got.v[:, :, :, :p]), np.asarray(want.v), atol=1e-4)
   assert np.asarray(got.holes)[0, :p].tolist() == (mask[0] == 0).tolist()
   # One pass only (fusing all message runs at once) is not the release's result.
-  _, once = release_prefill(r, r.params, jnp.asarray(tokens), jnp.asarray(mask), (sc,),
+  _, once = release_prefill(r.module, r.params, jnp.asarray(tokens), jnp.asarray(mask), (sc,),
                             lambda rc, scs, tm: fuse_one(rc, scs[0], tm),
                             jnp.asarray((runs > 0).astype(np.int32)), 1, p + 4)
   assert np.abs(np.asarray(once.k[:, :, :, 13:17]) - np.asarray(want.k[:, :, :, 13:17])).max() > 1e-3

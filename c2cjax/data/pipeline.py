@@ -1,7 +1,14 @@
 """The grain input pipeline for C2C training.
 
-  source records -> per-host shard -> seeded shuffle -> repeat -> encode + align
+  source records -> seeded shuffle -> repeat -> per-host shard -> encode + align
   (host, threads) -> padded batches of static shapes -> prefetch
+
+Every host shuffles the same way and reads only its own blocks of the shuffled stream, so
+with ``shard_block`` = the per-host micro-batch the global batches are the same records in
+the same order for any number of hosts (a multi-host run matches a one-host run), as long
+as no record is skipped (a prompt longer than ``max_len``): a host that skips one takes
+its next own record instead, so the hosts' shares stay disjoint but the batches then differ
+from a one-host run's.
 
 Batches are dicts of ``[B, T]`` int32 arrays: ``receiver_ids``, ``attention_mask``,
 ``loss_mask`` (token t is a target), ``fuse_mask`` (fuse the sharer at t) and, with
@@ -118,7 +125,9 @@ class PipelineConfig:
     drop_system: drop system messages (as the C2C reference does for OpenHermes).
     shard_index: this host's shard; None: ``jax.process_index()``.
     shard_count: number of shards; None: ``jax.process_count()``.
-    even_shards: drop the last ``len % shard_count`` records so hosts get equal shares.
+    shard_block: consecutive records a host takes in turn (see :func:`shard_records`).
+    even_shards: drop the last ``len % (shard_count * shard_block)`` records so hosts get
+      equal shares.
     read_threads: threads that read and encode records.
     read_buffer_size: records encoded ahead per host.
     worker_count: > 0: batches are made in that many processes (``mp_prefetch``);
@@ -135,6 +144,7 @@ class PipelineConfig:
   drop_system: bool = True
   shard_index: int | None = None
   shard_count: int | None = None
+  shard_block: int = 1
   even_shards: bool = True
   read_threads: int = 4
   read_buffer_size: int = 64
@@ -154,12 +164,43 @@ def host_shard(config: PipelineConfig) -> tuple[int, int]:
   return index, count
 
 
-def shard_records(ds: grain.MapDataset, index: int, count: int,
-                  even: bool = True) -> grain.MapDataset:
-  """Every ``count``-th record from ``index``: shards are disjoint and cover ``ds``."""
-  if even:
-    ds = ds[:len(ds) - len(ds) % count]
-  return ds[index::count]
+class _BlockShard(grain.MapDataset):
+  """Blocks ``index, index + count, ...`` of ``block`` consecutive parent records."""
+
+  def __init__(self, parent: grain.MapDataset, index: int, count: int, block: int):
+    super().__init__(parent)
+    self._index, self._count, self._block = index, count, block
+    groups, rest = divmod(len(parent), count * block)
+    self._length = groups * block + min(max(rest - index * block, 0), block)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return self.slice(i)
+    epoch, i = divmod(i, self._length)
+    group, offset = divmod(i, self._block)
+    return self._parent[epoch * len(self._parent) + (group * self._count + self._index)
+                        * self._block + offset]
+
+
+def shard_records(ds: grain.MapDataset, index: int, count: int, even: bool = True,
+                  block: int = 1) -> grain.MapDataset:
+  """Host ``index`` of ``count``: blocks ``index, index + count, ...`` of ``block``
+  consecutive records (``block=1``: every ``count``-th record from ``index``).
+
+  Shards are disjoint and cover ``ds`` (less its last ``len % (count * block)`` records
+  with ``even`` and several hosts); records ``[k * count * block, (k + 1) * count * block)`` are the k-th
+  block of every host, in host order.
+  """
+  if block < 1:
+    raise ValueError(f"shard block must be >= 1, got {block}")
+  if count == 1:
+    return ds
+  if even and count > 1:
+    ds = ds[:len(ds) - len(ds) % (count * block)]
+  return ds[index::count] if block == 1 else _BlockShard(ds, index, count, block)
 
 
 def _mark_flags_parsed() -> None:
@@ -182,11 +223,12 @@ def make_dataset(source, encoder: chat.ChatEncoder, config: PipelineConfig
   """
   lengths = sorted({n for n in config.bucket_lengths if n < encoder.max_len} | {encoder.max_len})
   index, count = host_shard(config)
-  ds = shard_records(grain.MapDataset.source(source), index, count, config.even_shards)
+  ds = grain.MapDataset.source(source)
   if config.shuffle:
     ds = ds.shuffle(seed=config.seed)
   if config.num_epochs != 1:
     ds = ds.repeat(config.num_epochs)
+  ds = shard_records(ds, index, count, config.even_shards, config.shard_block)
   ds = ds.map(EncodeChat(encoder, config.drop_system)).filter(_is_example)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                             prefetch_buffer_size=config.read_buffer_size))

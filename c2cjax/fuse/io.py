@@ -27,9 +27,21 @@ def _config_json(config: FuserConfig) -> dict[str, Any]:
   return dataclasses.asdict(config)
 
 
+def _checkpointer() -> ocp.Checkpointer:
+  """An orbax checkpointer of this process alone: a fuser is small and written whole (by
+  process 0 of a multi-process run) from host arrays, and every process reads it alone."""
+  me = jax.process_index()
+  mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+  return ocp.Checkpointer(
+      ocp.CompositeCheckpointHandler(composite_options=ocp.CompositeOptions(
+          multiprocessing_options=mp)), multiprocessing_options=mp)
+
+
 def save(path: str | os.PathLike, params, config, layer_map, meta: dict | None = None,
          *, overwrite: bool = False) -> None:
   """Writes params (orbax) and config, layer map and ``meta`` (JSON) in one atomic step.
+
+  Call it from one process (in multi-process runs: with params gathered to the host).
 
   ``params``/``config``/``layer_map`` are one fuser or sequences (one per sharer).
   Layout: ``path/params`` (orbax standard) and ``path/fuser/metadata`` (JSON).
@@ -42,8 +54,8 @@ def save(path: str | os.PathLike, params, config, layer_map, meta: dict | None =
           "config": [_config_json(c) for c in seq(config)],
           "layer_map": [m.to_json() for m in seq(layer_map)],
           "meta": dict(meta or {})}
-  tree = jax.tree.map(jnp.asarray, list(params) if multi else params)
-  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  tree = jax.tree.map(np.asarray, list(params) if multi else params)
+  ckptr = _checkpointer()
   ckptr.save(os.path.abspath(path), force=overwrite,
              args=ocp.args.Composite(params=ocp.args.StandardSave(tree),
                                      fuser=ocp.args.JsonSave(info)))
@@ -56,7 +68,7 @@ def load(path: str | os.PathLike):
     (params, config, layer_map, meta); tuples per sharer if saved as sequences.
   """
   path = os.path.abspath(path)
-  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  ckptr = _checkpointer()
   info = ckptr.restore(path, args=ocp.args.Composite(fuser=ocp.args.JsonRestore()))["fuser"]
   if info.get("format") != FORMAT:
     raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={info.get('format')!r}).")
@@ -67,6 +79,7 @@ def load(path: str | os.PathLike):
   target = abstract if info["multi"] else abstract[0]
   params = ckptr.restore(path, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(target)))["params"]
+  params = jax.tree.map(jnp.asarray, params)
   if info["multi"]:
     return tuple(params), tuple(configs), tuple(maps), info["meta"]
   return params, configs[0], maps[0], info["meta"]

@@ -6,7 +6,7 @@
 # their reports are merged into outputs/mmlu_full/merged/local. Needs runs/local/fuser
 # (python -m c2cjax.train --config configs/local.py). 30-35 minutes a shard on 2 cores.
 set -u
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/../../.." || exit 1
 OUT=${OUT:-outputs/mmlu_full}
 mkdir -p "$OUT"
 SHARDS=$(python -c "

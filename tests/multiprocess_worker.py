@@ -1,0 +1,65 @@
+"""One process of tests/test_multiprocess.py: trains configs/tiny.py with a global batch of
+8 rows in micro-batches of 4 (one row a device) and logs which rows it read.
+
+  python tests/multiprocess_worker.py WORKDIR TFDS_DIR READS_DIR
+
+Multi-process runs set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
+(``c2cjax.train`` initialises ``jax.distributed`` from them) and XLA_FLAGS for fake CPU
+devices. Every batch this process reads goes to ``READS_DIR/reads_<process>.jsonl`` as
+``{"step": s, "rows": [hash of each row's real tokens]}`` (appended, so a restarted
+process adds to it).
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def config():
+  spec = importlib.util.spec_from_file_location("tiny_cfg", ROOT / "configs" / "tiny.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.global_batch_size = 8
+  c.per_device_batch_size = 1  # 4 devices in all: micro-batches of 4, 2 of them a step
+  c.data.max_len = 96  # every record's prompt fits: no host skips one (see the pipeline)
+  c.max_steps = 4
+  c.checkpoint_every = 2
+  c.eval_every = 0
+  c.tensorboard = False
+  return c
+
+
+def row_hashes(batch) -> list[str]:
+  return [hashlib.sha1(np.asarray(row)[np.asarray(mask) == 1].tobytes()).hexdigest()[:16]
+          for row, mask in zip(batch["receiver_ids"], batch["attention_mask"])]
+
+
+def main(workdir: str, tfds_dir: str, reads_dir: str):
+  from c2cjax.sharding import maybe_initialize_distributed
+  from c2cjax.train import train_and_evaluate
+  # From the JAX_* variables (train_and_evaluate's own call is then a no-op); a long
+  # heartbeat timeout, since a busy test machine can stall a process for a minute.
+  maybe_initialize_distributed(heartbeat_timeout_seconds=900)
+  cfg = config()
+  cfg.data.data_dir = tfds_dir
+  process = int(os.environ.get("JAX_PROCESS_ID", "0"))
+  with open(pathlib.Path(reads_dir) / f"reads_{process}.jsonl", "a") as log:
+    def on_batch(step, batch):
+      log.write(json.dumps({"step": step, "rows": row_hashes(batch)}) + "\n")
+      log.flush()
+    train_and_evaluate(cfg, workdir, on_batch=on_batch)
+  import jax
+  print(f"WORKER_DONE process {jax.process_index()} of {jax.process_count()}, "
+        f"{jax.device_count()} devices", flush=True)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:4])
