@@ -1,140 +1,36 @@
 """Trains a C2C fuser: ``python -m c2cjax.train --config configs/local.py [--config.x=y]``.
 
-Both LLMs are frozen (they are arguments of the step, never differentiated, never in the
-optimizer); only the fuser params train. One optimizer step = one compiled call that
-scans over ``accum`` micro-batches and averages the gradient over every response token
-of the global batch, so the result does not depend on how the batch is split across
-devices or micro-batches. Checkpoints (orbax, async, atomic) hold the step, fuser params,
-optimizer state, rng and the grain iterator state, so a killed run resumes exactly.
+Both LLMs are frozen; only the fuser params train (the step: ``c2cjax.train_step``).
+Checkpoints (orbax, async, atomic) hold the step, fuser params, optimizer state, rng and
+the grain iterator state, so a killed run resumes exactly.
+
+Nothing is silently wrong or lost (see ``c2cjax.rundir``): the config is checked before
+anything loads; a resumed run must match its ``manifest.json`` (``--allow_config_change``
+admits the fields of ``config_check.SAFE_TO_CHANGE``); a step whose loss, gradient norm or
+new params are not finite stops the run (exit 1) before any checkpoint holds it; a finished
+run is not rerun. Exit codes: 0 done (or already done), 1 stopped by an error, 2 bad config
+or flags.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import pathlib
 import time
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from c2cjax import align, fuse as fuse_lib, sharding
+from c2cjax import align, config_check, files, fuse as fuse_lib, rundir, sharding
 from c2cjax.c2c import C2C, Fuser
+from c2cjax.models.identity import identity
 from c2cjax.models.load import resolve
 from c2cjax.runtime import enable_compilation_cache
-
-Batch = dict[str, Any]
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # optimizer steps done
-  params: Any  # tuple of fuser params, one per sharer
-  opt_state: Any
-  rng: jax.Array
-
-
-# --- losses ---------------------------------------------------------------------------------
-def token_nll(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array):
-  """Summed next-token NLL over target tokens and their count.
-
-  logits [B, T, V] predict tokens[:, 1:]; ``loss_mask[b, t]`` marks token t as a target.
-  """
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-  w = loss_mask[:, 1:].astype(jnp.float32)
-  return jnp.sum(nll * w), jnp.sum(w)
-
-
-def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, rng=None,
-            step=0):
-  """Receiver loss on the response tokens, reading a cache fused on the prompt tokens.
-
-  Pass 1 prefills receiver and sharers on the whole sequence and fuses the ``fuse_mask``
-  slots; pass 2 reruns the receiver over the sequence on that cache, keeping the fused
-  slots (``keep``) and computing fresh keys/values elsewhere: exactly what the last prompt
-  token and the response see in C2C generation.
-  """
-  tokens, mask = batch["receiver_ids"], batch["attention_mask"]
-  sharer_ids = batch["sharer_ids"]
-  sharer_ids = sharer_ids if isinstance(sharer_ids, tuple) else (sharer_ids,)
-  fuse_mask = batch["fuse_mask"].astype(bool) & mask.astype(bool)
-  cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,
-                          tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)
-  logits, _ = c2c.receiver.module_apply(rparams, tokens, cache.replace(end=jnp.int32(0)),
-                                        keep=fuse_mask)
-  return token_nll(logits, tokens, batch["loss_mask"])
-
-
-def receiver_nll(c2c: C2C, rparams, batch: Batch):
-  """The receiver alone on the same tokens (the baseline C2C must beat)."""
-  tokens = batch["receiver_ids"]
-  r = c2c.receiver
-  logits, _ = r.module_apply(rparams, tokens, r.init_cache(*tokens.shape),
-                             batch["attention_mask"])
-  return token_nll(logits, tokens, batch["loss_mask"])
-
-
-# --- optimizer and steps ---------------------------------------------------------------------
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
-  o = cfg.optimizer
-  warmup = max(1, int(o.warmup_fraction * total_steps))
-  schedule = optax.join_schedules(
-      [optax.linear_schedule(0.0, o.lr, warmup),
-       optax.linear_schedule(o.lr, o.final_lr, max(1, total_steps - warmup))], [warmup])
-  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
-                   optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
-  return tx, schedule
-
-
-def make_train_step(c2c: C2C, tx):
-  """``(state, rparams, sparams, batch [A, B, T]) -> (state, metrics)``; jit it."""
-
-  def step_fn(state: TrainState, rparams, sparams, batch: Batch):
-    rng = jax.random.fold_in(state.rng, state.step)
-
-    def micro(carry, xs):
-      grads, loss, count = carry
-      mb, i = xs
-      key = jax.random.fold_in(rng, i)
-
-      def f(fparams):
-        s, n = c2c_nll(c2c, fparams, rparams, sparams, mb, train=True, rng=key,
-                       step=state.step)
-        return s, n
-
-      (s, n), g = jax.value_and_grad(f, has_aux=True)(state.params)
-      grads = jax.tree.map(jnp.add, grads, g)
-      return (grads, loss + s, count + n), None
-
-    accum = batch["receiver_ids"].shape[0]
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (grads, loss, count), _ = jax.lax.scan(
-        micro, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum)))
-    denom = jnp.maximum(count, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss / denom, "tokens": count, "grad_norm": optax.global_norm(grads),
-               "temperature": fuse_lib.temperature(c2c.fusers[0].config, state.step)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  return step_fn
-
-
-def make_eval_step(c2c: C2C):
-  def eval_fn(fparams, rparams, sparams, batch: Batch):
-    s, n = c2c_nll(c2c, fparams, rparams, sparams, batch, train=False)
-    r, _ = receiver_nll(c2c, rparams, batch)
-    return {"c2c": s, "receiver": r, "tokens": n}
-  return eval_fn
+from c2cjax.train_step import (Batch, TrainState, c2c_nll, make_eval_step,  # noqa: F401
+                               make_optimizer, make_train_step, receiver_nll, token_nll)
 
 
 # --- setup -----------------------------------------------------------------------------------
@@ -216,25 +112,41 @@ def compute_sizes(cfg, mesh, num_train: int) -> Sizes:
 
 # --- the loop ----------------------------------------------------------------------------------
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = None,
-                       stop_after: int | None = None) -> dict:
+                       stop_after: int | None = None, *,
+                       allow_config_change: bool = False) -> dict:
   """Runs (or resumes) training; returns the final metrics.
 
   Args:
-    cfg: the config (see ``configs/``).
+    cfg: the config (see ``configs/``); checked first (``config_check.ConfigError``).
     workdir: overrides ``cfg.workdir``.
     stop_after: stop after this many steps of *this* call without the final export
       (tests use it to emulate an interruption).
+    allow_config_change: a resumed run may differ from its manifest in the fields of
+      ``config_check.SAFE_TO_CHANGE`` (run length, logging, checkpointing, layout).
+
+  Raises (besides ConfigError): ``rundir.RunDirError`` (the workdir holds a run of another
+  config or other models), ``rundir.NonFiniteError``, ``rundir.CheckpointIOError``.
   """
-  import orbax.checkpoint as ocp
   import grain
+  import orbax.checkpoint as ocp
   from tqdm import tqdm
 
+  config_check.validate_train_config(cfg)
   sharding.maybe_initialize_distributed()
-  workdir = pathlib.Path(workdir or cfg.workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = rundir.prepare(workdir or cfg.workdir)
+  changes = rundir.check_config(workdir, cfg, allow_config_change)
+  done = rundir.finished(workdir)
+  if done is not None:
+    logging.warning("%s: this run already finished at step %s; nothing to do (%s kept). "
+                    "Use a new workdir to train again.", workdir, done.get("step"), rundir.FINAL)
+    return done
   mesh = sharding.make_mesh(dict(cfg.mesh))
   rng = jax.random.PRNGKey(cfg.seed)
   c2c = build_c2c(cfg, jax.random.fold_in(rng, 1))
+  sharer_names = [cfg.receiver] if cfg.self_fusion else list(cfg.sharers)
+  models = {"receiver": identity(c2c.receiver, name=cfg.receiver),
+            "sharers": [identity(s, name=n) for s, n in zip(c2c.sharers, sharer_names)]}
+  rundir.check_models(workdir, models)
   hosts = jax.process_count()
   data, num_train = build_data(cfg, c2c, cfg.global_batch_size // hosts, heldout=False,
                                seed=cfg.data.seed)
@@ -264,18 +176,20 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
                       out_shardings=rep)
 
   it = iter(data)
-  mngr = ocp.CheckpointManager(
-      workdir / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints, create=True,
-                                           enable_async_checkpointing=cfg.async_checkpointing))
-  start = 0
-  if mngr.latest_step() is not None:
-    start = mngr.latest_step()
+  ckpt = rundir.Checkpoints(workdir / "checkpoints", keep=cfg.keep_checkpoints,
+                            use_async=cfg.async_checkpointing)
+  start = ckpt.latest_step()
+  if start:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = mngr.restore(start, args=ocp.args.Composite(
+    restored = ckpt.restore(start, ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(it)))
     state = restored.state
     logging.info("resumed from step %d", start)
+    if not (workdir / rundir.MANIFEST).exists():
+      logging.warning("%s has no %s (an older run): its config could not be checked",
+                      workdir, rundir.MANIFEST)
+  if jax.process_index() == 0:
+    rundir.write_manifest(workdir, cfg, models, step=start, changes=changes)
 
   def evaluate() -> dict:
     held, _ = build_data(cfg, c2c, cfg.eval_batch_size, heldout=True, seed=0)
@@ -290,90 +204,97 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     return {"eval/c2c_loss": tot["c2c"] / n, "eval/receiver_loss": tot["receiver"] / n,
             "eval/tokens": tot["tokens"]}
 
-  log_file = open(workdir / "metrics.jsonl", "a")
-  writer = None
-  if jax.process_index() == 0 and cfg.tensorboard:
-    from tensorboardX import SummaryWriter
-    writer = SummaryWriter(str(workdir / "tb"))
-
-  def log(step: int, metrics: dict):
-    if jax.process_index() != 0:
-      return
-    log_file.write(json.dumps({"step": step, **metrics}) + "\n")
-    log_file.flush()
-    if writer is not None:
-      for k, v in metrics.items():
-        writer.add_scalar(k, v, step)
-
-  metrics = {}
+  guard = rundir.FiniteGuard(ckpt)  # checked before logging stops, evals and saves
+  log = rundir.MetricsLog(workdir, start, tensorboard=cfg.tensorboard,
+                          enabled=jax.process_index() == 0)
   bar = tqdm(total=sizes.total_steps, initial=start, desc="c2c train", dynamic_ncols=True,
              disable=jax.process_index() != 0 or not cfg.progress_bar)
   step = start
   t_last, tok_since = time.perf_counter(), 0.0
-  while step < sizes.total_steps:
-    if stop_after is not None and step - start >= stop_after:
-      mngr.wait_until_finished()
-      mngr.close()
-      log_file.close()
-      return {"stopped_at": step}
-    host_batch = next(it)
-    tok_since += float(np.sum(host_batch["attention_mask"])) * hosts
-    state, m = train_step(state, rparams, sparams, _to_global(host_batch, micro_sh, sizes.accum))
-    step += 1
-    if step % cfg.log_every == 0 or step == sizes.total_steps:
-      m = jax.device_get(m)
-      now = time.perf_counter()
-      metrics = {"train/loss": float(m["loss"]), "train/lr": float(schedule(step - 1)),
-                 "train/grad_norm": float(m["grad_norm"]),
-                 "train/temperature": float(m["temperature"]),
-                 "train/gate_open": _gate_openness(jax.device_get(state.params)),
-                 "train/tokens_per_s": tok_since / max(now - t_last, 1e-9)}
-      t_last, tok_since = now, 0.0
-      log(step, metrics)
-      bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.1e}",
-                      gate=f"{metrics['train/gate_open']:.2f}",
-                      tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-    bar.update(1)
-    if cfg.eval_every and (step % cfg.eval_every == 0 or step == sizes.total_steps):
-      ev = evaluate()
-      log(step, ev)
-      bar.write(f"step {step}: held-out loss C2C {ev['eval/c2c_loss']:.4f} vs receiver "
-                f"alone {ev['eval/receiver_loss']:.4f}")
-      metrics.update(ev)
-    if step % cfg.checkpoint_every == 0 or step == sizes.total_steps:
-      mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                              data=grain.checkpoint.CheckpointSave(it)))
-  bar.close()
-  mngr.wait_until_finished()
-  mngr.close()
+  try:
+    while step < sizes.total_steps:
+      if stop_after is not None and step - start >= stop_after:
+        guard.check()
+        ckpt.close()
+        return {"stopped_at": step}
+      host_batch = next(it)
+      tok_since += float(np.sum(host_batch["attention_mask"])) * hosts
+      state, m = train_step(state, rparams, sparams,
+                            _to_global(host_batch, micro_sh, sizes.accum))
+      step += 1
+      guard.add(step, m)
+      if step % cfg.log_every == 0 or step == sizes.total_steps:
+        m = jax.device_get(m)
+        now = time.perf_counter()
+        metrics = {"train/loss": float(m["loss"]), "train/lr": float(schedule(step - 1)),
+                   "train/grad_norm": float(m["grad_norm"]),
+                   "train/temperature": float(m["temperature"]),
+                   "train/gate_open": _gate_openness(jax.device_get(state.params)),
+                   "train/tokens_per_s": tok_since / max(now - t_last, 1e-9)}
+        t_last, tok_since = now, 0.0
+        log.log(step, metrics)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.1e}",
+                        gate=f"{metrics['train/gate_open']:.2f}",
+                        tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+        guard.check()
+      bar.update(1)
+      if cfg.eval_every and (step % cfg.eval_every == 0 or step == sizes.total_steps):
+        guard.check()
+        ev = evaluate()
+        log.log(step, ev)
+        bar.write(f"step {step}: held-out loss C2C {ev['eval/c2c_loss']:.4f} vs receiver "
+                  f"alone {ev['eval/receiver_loss']:.4f}")
+      if step % cfg.checkpoint_every == 0 or step == sizes.total_steps:
+        guard.check()  # never save a non-finite state
+        ckpt.save(step, ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                           data=grain.checkpoint.CheckpointSave(it)))
+    guard.check()
+    ckpt.close()
+  except BaseException:
+    ckpt.close(quiet=True)  # finish the last good checkpoint's write
+    raise
+  finally:
+    bar.close()
+    log.close()
 
-  # Final export that c2cjax.fuse / C2C load directly.
+  # Final export that c2cjax.fuse / C2C load directly; final_metrics.json last (atomic).
+  final = {"step": step, **log.last}
   if jax.process_index() == 0:
     params = jax.device_get(state.params)
     single = len(params) == 1
-    meta = {"receiver": cfg.receiver, "sharers": list(cfg.sharers) if not cfg.self_fusion
-            else [cfg.receiver], "self_fusion": bool(cfg.self_fusion), "step": int(step),
+    meta = {"receiver": cfg.receiver, "sharers": sharer_names,
+            "self_fusion": bool(cfg.self_fusion), "step": int(step),
             "alignment": cfg.alignment, "fusion_mode": cfg.fusion_mode}
     fuse_lib.save(workdir / "fuser", params[0] if single else params,
                   c2c.fusers[0].config if single else tuple(f.config for f in c2c.fusers),
                   c2c.fusers[0].layer_map if single else tuple(f.layer_map for f in c2c.fusers),
                   meta, overwrite=True)
-    final = {"step": step, **metrics}
-    (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
-  log_file.close()
-  if writer is not None:
-    writer.close()
-  return metrics
+    files.atomic_write_text(workdir / rundir.FINAL, files.dumps_strict(final, indent=2))
+  return final
 
 
 def main(argv):
   del argv
   from absl import flags, logging as absl_logging
-  cfg = flags.FLAGS.config
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
   enable_compilation_cache()  # a resumed run loads its compiled step
-  out = train_and_evaluate(cfg, flags.FLAGS.workdir)
-  print(json.dumps(out, indent=2))
+  try:
+    cfg = flags.FLAGS.config
+    cfg.keys()  # ml_collections loads the file lazily, here
+  except Exception as e:  # pylint: disable=broad-except
+    cause = " ".join(str(e.__cause__ or e).split())
+    config_check.exit_with(f"c2cjax.train: cannot load --config: {cause}", 2)
+  try:
+    out = train_and_evaluate(cfg, flags.FLAGS.workdir,
+                             allow_config_change=flags.FLAGS.allow_config_change)
+  except config_check.ConfigError as e:
+    config_check.exit_with(f"c2cjax.train: {e}", 2)
+  except (rundir.RunDirError, rundir.NonFiniteError, rundir.CheckpointIOError,
+          files.CorruptFileError, FileNotFoundError) as e:
+    # os._exit for I/O errors: orbax's background threads can hold the exit for minutes.
+    config_check.exit_with(f"c2cjax.train: error: {e}", 1,
+                           hard=isinstance(e, rundir.CheckpointIOError))
+  print(files.dumps_strict(out, indent=2))
 
 
 if __name__ == "__main__":
@@ -382,5 +303,8 @@ if __name__ == "__main__":
 
   config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
   flags.DEFINE_string("workdir", None, "overrides config.workdir")
+  flags.DEFINE_bool("allow_config_change", False, "resume although fields of "
+                    "c2cjax.config_check.SAFE_TO_CHANGE (run length, logging, checkpointing, "
+                    "device layout) differ from the run's manifest")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=config_check.flags_parser("c2cjax.train"))

@@ -1,0 +1,136 @@
+"""The training step: losses, optimizer and the compiled step functions of ``c2cjax.train``.
+
+Both LLMs are frozen (they are arguments of the step, never differentiated, never in the
+optimizer); only the fuser params train. One optimizer step = one compiled call that
+scans over ``accum`` micro-batches and averages the gradient over every response token
+of the global batch, so the result does not depend on how the batch is split across
+devices or micro-batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from c2cjax import fuse as fuse_lib
+from c2cjax.c2c import C2C
+
+Batch = dict[str, Any]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # optimizer steps done
+  params: Any  # tuple of fuser params, one per sharer
+  opt_state: Any
+  rng: jax.Array
+
+
+# --- losses ---------------------------------------------------------------------------------
+def token_nll(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array):
+  """Summed next-token NLL over target tokens and their count.
+
+  logits [B, T, V] predict tokens[:, 1:]; ``loss_mask[b, t]`` marks token t as a target.
+  """
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  w = loss_mask[:, 1:].astype(jnp.float32)
+  return jnp.sum(nll * w), jnp.sum(w)
+
+
+def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, rng=None,
+            step=0):
+  """Receiver loss on the response tokens, reading a cache fused on the prompt tokens.
+
+  Pass 1 prefills receiver and sharers on the whole sequence and fuses the ``fuse_mask``
+  slots; pass 2 reruns the receiver over the sequence on that cache, keeping the fused
+  slots (``keep``) and computing fresh keys/values elsewhere: exactly what the last prompt
+  token and the response see in C2C generation.
+  """
+  tokens, mask = batch["receiver_ids"], batch["attention_mask"]
+  sharer_ids = batch["sharer_ids"]
+  sharer_ids = sharer_ids if isinstance(sharer_ids, tuple) else (sharer_ids,)
+  fuse_mask = batch["fuse_mask"].astype(bool) & mask.astype(bool)
+  cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,
+                          tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)
+  logits, _ = c2c.receiver.module_apply(rparams, tokens, cache.replace(end=jnp.int32(0)),
+                                        keep=fuse_mask)
+  return token_nll(logits, tokens, batch["loss_mask"])
+
+
+def receiver_nll(c2c: C2C, rparams, batch: Batch):
+  """The receiver alone on the same tokens (the baseline C2C must beat)."""
+  tokens = batch["receiver_ids"]
+  r = c2c.receiver
+  logits, _ = r.module_apply(rparams, tokens, r.init_cache(*tokens.shape),
+                             batch["attention_mask"])
+  return token_nll(logits, tokens, batch["loss_mask"])
+
+
+# --- optimizer and steps ---------------------------------------------------------------------
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
+  o = cfg.optimizer
+  warmup = max(1, int(o.warmup_fraction * total_steps))
+  schedule = optax.join_schedules(
+      [optax.linear_schedule(0.0, o.lr, warmup),
+       optax.linear_schedule(o.lr, o.final_lr, max(1, total_steps - warmup))], [warmup])
+  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                   optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+  return tx, schedule
+
+
+def make_train_step(c2c: C2C, tx):
+  """``(state, rparams, sparams, batch [A, B, T]) -> (state, metrics)``; jit it.
+
+  ``metrics["finite"]`` is False when the loss, the gradient norm or any new param is not
+  finite (NaN or inf).
+  """
+
+  def step_fn(state: TrainState, rparams, sparams, batch: Batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def micro(carry, xs):
+      grads, loss, count = carry
+      mb, i = xs
+      key = jax.random.fold_in(rng, i)
+
+      def f(fparams):
+        s, n = c2c_nll(c2c, fparams, rparams, sparams, mb, train=True, rng=key,
+                       step=state.step)
+        return s, n
+
+      (s, n), g = jax.value_and_grad(f, has_aux=True)(state.params)
+      grads = jax.tree.map(jnp.add, grads, g)
+      return (grads, loss + s, count + n), None
+
+    accum = batch["receiver_ids"].shape[0]
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, loss, count), _ = jax.lax.scan(
+        micro, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum)))
+    denom = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    loss, grad_norm = loss / denom, optax.global_norm(grads)
+    # The finite-loss guard: the host reads this flag before any checkpoint or export.
+    finite = jax.tree.reduce(jnp.logical_and,
+                             jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), params),
+                             jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+    metrics = {"loss": loss, "tokens": count, "grad_norm": grad_norm, "finite": finite,
+               "temperature": fuse_lib.temperature(c2c.fusers[0].config, state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step_fn
+
+
+def make_eval_step(c2c: C2C):
+  def eval_fn(fparams, rparams, sparams, batch: Batch):
+    s, n = c2c_nll(c2c, fparams, rparams, sparams, batch, train=False)
+    r, _ = receiver_nll(c2c, rparams, batch)
+    return {"c2c": s, "receiver": r, "tokens": n}
+  return eval_fn
