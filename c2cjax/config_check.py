@@ -153,13 +153,18 @@ def _name(v):
   return None if isinstance(v, str) and v.strip() else "must be a non-empty string"
 
 
+def _alignments() -> tuple[str, ...]:
+  """Token strategies and, where the package defines them, alignment scheme names."""
+  from c2cjax import align, c2c
+  return tuple(align.STRATEGIES) + tuple(getattr(c2c, "ALIGNMENTS", ()))
+
+
 def _rules() -> dict[str, Callable[[Any], str | None]]:
-  from c2cjax import align
   pos, nonneg = _int(1), _int(0)
   return {
       "receiver": _name, "llm_dtype": _one_of(*LLM_DTYPES), "seed": _int(),
       "self_fusion": _boolean, "remat": _boolean,
-      "layer_map": _one_of(*LAYER_MAPS), "alignment": _one_of(*align.STRATEGIES),
+      "layer_map": _one_of(*LAYER_MAPS), "alignment": _one_of(*_alignments()),
       "fusion_mode": _one_of(*FUSION_MODES),
       "fuser.hidden_dim": pos, "fuser.intermediate_dim": pos, "fuser.num_layers": _int(3),
       "fuser.dropout": _num(0.0, 1.0, hi_open=True),

@@ -230,19 +230,21 @@ def write_report(records: Iterable[Record], out_dir: str | pathlib.Path,
                  name: str = "report") -> dict[str, pathlib.Path]:
   """Writes {name}.json, {name}.md and {name}_accuracy.png under `out_dir`; returns the paths.
 
-  Each file is written atomically (a temporary file renamed over it): an interrupted write
-  leaves the previous report, never a truncated one.
+  The three are written to temporary files first and renamed over the old ones only when all
+  are complete: a failed or interrupted write leaves the previous report, never a mix or a
+  truncated file.
   """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   summary = summarize(records)
   paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md",
            "chart": out / f"{name}_accuracy.png"}
-  files.atomic_write_text(paths["json"], files.dumps_strict(summary, indent=2,
-                                                             ensure_ascii=False) + "\n")
-  files.atomic_write_text(paths["markdown"], markdown(summary))
-  with files.atomic_path(paths["chart"]) as tmp:
-    plot_accuracy(summary, tmp)
+  with (files.atomic_path(paths["json"]) as tmp_json, files.atomic_path(paths["markdown"]) as
+        tmp_md, files.atomic_path(paths["chart"]) as tmp_chart):
+    tmp_json.write_text(files.dumps_strict(summary, indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+    tmp_md.write_text(markdown(summary), encoding="utf-8")
+    plot_accuracy(summary, tmp_chart)
   return paths
 
 
