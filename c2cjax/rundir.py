@@ -168,11 +168,15 @@ class MetricsLog:
     if not self.enabled:
       return
     self.last.update(metrics)
-    self.file.write(files.dumps_strict({"step": step, **metrics}) + "\n")
-    self.file.flush()
-    if self.writer is not None:
-      for k, v in metrics.items():
-        self.writer.add_scalar(k, v, step)
+    try:
+      self.file.write(files.dumps_strict({"step": step, **metrics}) + "\n")
+      self.file.flush()
+      if self.writer is not None:
+        for k, v in metrics.items():
+          self.writer.add_scalar(k, v, step)
+    except OSError as e:
+      raise RunDirError(f"cannot write the metrics of step {step} to {self.path.parent}: "
+                        f"{e.strerror or e}") from e
 
   def close(self) -> None:
     for f in (self.file, self.writer):
@@ -256,9 +260,11 @@ def committed_steps(checkpoints: pathlib.Path) -> list[int]:
   return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.is_dir())
 
 
-def io_error(action: str, path: pathlib.Path, err: BaseException) -> CheckpointIOError:
-  """One line: what failed, where, why, and which checkpoint is still good."""
-  steps = committed_steps(path)
+def io_error(action: str, path: pathlib.Path, err: BaseException,
+             checkpoints: pathlib.Path | None = None) -> CheckpointIOError:
+  """One line: what failed, where, why, and which checkpoint (in ``checkpoints``, default
+  ``path``) is still good."""
+  steps = committed_steps(checkpoints or path)
   why = getattr(err, "strerror", None) or (str(err).splitlines() or ["no message"])[0]
   good = (f"the last good checkpoint, step {steps[-1]}, is intact" if steps
           else "no earlier checkpoint exists")

@@ -265,11 +265,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     meta = {"receiver": cfg.receiver, "sharers": sharer_names,
             "self_fusion": bool(cfg.self_fusion), "step": int(step),
             "alignment": cfg.alignment, "fusion_mode": cfg.fusion_mode}
-    fuse_lib.save(workdir / "fuser", params[0] if single else params,
-                  c2c.fusers[0].config if single else tuple(f.config for f in c2c.fusers),
-                  c2c.fusers[0].layer_map if single else tuple(f.layer_map for f in c2c.fusers),
-                  meta, overwrite=True)
-    files.atomic_write_text(workdir / rundir.FINAL, files.dumps_strict(final, indent=2))
+    try:
+      fuse_lib.save(workdir / "fuser", params[0] if single else params,
+                    c2c.fusers[0].config if single else tuple(f.config for f in c2c.fusers),
+                    c2c.fusers[0].layer_map if single else
+                    tuple(f.layer_map for f in c2c.fusers), meta, overwrite=True)
+      files.atomic_write_text(workdir / rundir.FINAL, files.dumps_strict(final, indent=2))
+    except Exception as e:  # rerunning exports again from the last checkpoint
+      raise rundir.io_error("exporting the fuser and final metrics", workdir, e,
+                            ckpt.dir) from e
   return final
 
 

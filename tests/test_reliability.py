@@ -327,6 +327,29 @@ def test_checkpoint_disk_full_is_one_error_keeping_last_good(interrupted, tmp_pa
   assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
 
 
+def test_export_failure_keeps_checkpoint_and_rerun_exports(interrupted, tmp_path,
+                                                            monkeypatch):
+  from c2cjax import train
+  cfg, run = interrupted
+  run = _copy(run, tmp_path)
+
+  def full_disk(*a, **k):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(train.fuse_lib, "save", full_disk)
+  with pytest.raises(rundir.CheckpointIOError, match=(
+      f"exporting the fuser and final metrics under {run} failed \\(OSError: No space left "
+      "on device\\); the last good checkpoint, step 6, is intact")):
+    train.train_and_evaluate(cfg, str(run))
+  assert not (run / "final_metrics.json").exists()
+  monkeypatch.undo()
+  final = train.train_and_evaluate(cfg, str(run))  # no step left: exports only
+  assert (run / "fuser").is_dir()
+  saved = strict_json((run / "final_metrics.json").read_text())
+  assert saved == final and saved["step"] == 6 and saved["train/loss"] is not None
+  assert saved["eval/c2c_loss"] is not None  # recovered from metrics.jsonl
+
+
 # --- the finite-loss guard --------------------------------------------------------------------------
 def test_nan_loss_stops_run_keeps_last_good_checkpoint(tmp_path):
   """The issue's reproduction: lr=1e30 on configs/tiny.py."""
