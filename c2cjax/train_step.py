@@ -53,8 +53,7 @@ def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, r
   token and the response see in C2C generation.
   """
   tokens, mask = batch["receiver_ids"], batch["attention_mask"]
-  sharer_ids = batch["sharer_ids"]
-  sharer_ids = sharer_ids if isinstance(sharer_ids, tuple) else (sharer_ids,)
+  sharer_ids = batch["sharer_ids"]  # a tuple: one [B, T] per sharer
   fuse_mask = batch["fuse_mask"].astype(bool) & mask.astype(bool)
   cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,
                           tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)

@@ -5,7 +5,7 @@
 
 Batches are dicts of ``[B, T]`` int32 arrays: ``receiver_ids``, ``attention_mask``,
 ``loss_mask`` (token t is a target), ``fuse_mask`` (fuse the sharer at t) and, with
-aligners, ``sharer_ids`` (a tuple of arrays for several sharers). Training batches
+aligners, ``sharer_ids`` (always a tuple of arrays, one per sharer). Training batches
 are right-padded; ``T`` is the smallest of a few bucket lengths that fits the batch
 (or always ``max_len``), so a jitted step compiles once per bucket. A short final
 batch (``drop_remainder=False``) is filled with empty rows (all masks 0).
@@ -19,8 +19,8 @@ import dataclasses
 from typing import Any, Literal, Mapping, Sequence
 
 import grain
-import numpy as np
 
+from c2cjax import text
 from c2cjax.data import chat
 
 Side = Literal["right", "left"]
@@ -48,16 +48,7 @@ def pad_examples(examples: Sequence[Mapping[str, Any]], *, length: int,
     raise ValueError(f"need 1..{batch_size} examples, got {len(examples)}")
 
   def stack(rows, pad):
-    out = np.full((batch_size, length), pad, np.int32)
-    for i, row in enumerate(rows):
-      n = len(row)
-      if n > length:
-        raise ValueError(f"example of length {n} does not fit length {length}")
-      if side == "right":
-        out[i, :n] = row
-      else:
-        out[i, length - n:] = row
-    return out
+    return text.pad_rows(rows, length, pad, batch=batch_size, side=side)[0]
 
   batch = {}
   for key, first in examples[0].items():
