@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import align, fuse as fuse_lib, sampling, text
+from c2cjax import align, fuse as fuse_lib, inputs, sampling, text
 from c2cjax.data import chat
 from c2cjax.fuse import Fuser, layer_map_by_name  # noqa: F401 (re-exported)
 from c2cjax.models import lm as lm_lib
@@ -304,6 +304,10 @@ class C2C:
     aligned sharer ids [B, P], one per sharer."""
     if any(a is None for a in self.aligners):
       raise ValueError("every sharer needs a tokenizer to align prompts")
+    prompts = inputs.check_prompts(prompts)
+    if not all(isinstance(p, str) or isinstance(p[0], dict) for p in prompts):
+      raise TypeError("C2C prompts are strings or chat message lists (token ids cannot be "
+                      "aligned to the sharers: use generate_ids)")
     enc = chat.ChatEncoder(self.receiver.tokenizer, self.max_len, self.aligners)
     rows = [enc.prompt(text.as_messages(p)) for p in prompts]
     width = text.round_up(max(len(r["receiver_ids"]) for r in rows), multiple_of)
@@ -423,6 +427,12 @@ class C2C:
     if len(sharer_tokens) != len(self.sharers):
       raise ValueError(f"need sharer ids for all {len(self.sharers)} sharers")
     cfg = self.receiver.sampling_config(eos_ids=eos_ids, **sampling_kw)
+    for lm, ids, who in ((self.receiver, tokens, "the receiver"),
+                         *((s, t, f"sharer {i}") for i, (s, t) in
+                           enumerate(zip(self.sharers, sharer_tokens)))):
+      inputs.check_token_batch(ids, mask, vocab_size=lm.config.vocab_size,
+                               max_positions=lm.config.max_position_embeddings,
+                               max_new_tokens=cfg.max_new_tokens, who=who)
     max_len = sampling.cache_length(
         tokens.shape[1], cfg, max_len,
         " (with fuse_response the sharer caches too)" if fuse_response else "")

@@ -87,3 +87,15 @@ def check_positions(prompt_len: int, max_new_tokens: int, max_positions: int,
         f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens = "
         f"{prompt_len + max_new_tokens} positions, more than {who}'s "
         f"max_position_embeddings ({max_positions}); shorten the prompt or max_new_tokens")
+
+
+def check_token_batch(tokens, mask, *, vocab_size: int, max_positions: int,
+                      max_new_tokens: int, who: str = "the model") -> None:
+  """Left-padded ``tokens``/``mask`` [B, P]: a non-empty batch, real ids in the vocabulary,
+  the longest prompt + ``max_new_tokens`` within ``max_positions``."""
+  tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
+  if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape != mask.shape:
+    raise ValueError(f"tokens and mask must be [B, P] with B >= 1, got {tokens.shape} and "
+                     f"{mask.shape}")
+  check_ids([row[m] for row, m in zip(tokens, mask)], vocab_size, who)
+  check_positions(int(mask.sum(1).max()), max_new_tokens, max_positions, who)
