@@ -264,7 +264,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     single = len(params) == 1
     meta = {"receiver": cfg.receiver, "sharers": sharer_names,
             "self_fusion": bool(cfg.self_fusion), "step": int(step),
-            "alignment": cfg.alignment, "fusion_mode": cfg.fusion_mode}
+            "alignment": cfg.alignment, "fusion_mode": cfg.fusion_mode,
+            "models": models}  # identities: c2cjax.fuse.io.check_models
     try:
       fuse_lib.save(workdir / "fuser", params[0] if single else params,
                     c2c.fusers[0].config if single else tuple(f.config for f in c2c.fusers),

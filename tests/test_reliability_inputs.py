@@ -166,3 +166,68 @@ def test_c2c_rejects_bad_generation_inputs(tiny_pair):
   with pytest.raises(ValueError, match=r"must be \[B, P\] with B >= 1"):
     c2c.generate_ids(np.zeros((0, 6), np.int32), np.zeros((0, 6), np.int32),
                      (np.zeros((0, 6), np.int32),), max_new_tokens=2)
+
+
+# --- fuser checkpoints ---------------------------------------------------------------------------
+def _saved_fuser(path, tiny_pair, models=None):
+  from c2cjax import fuse
+  r, s, c2c = tiny_pair
+  f = c2c.fusers[0]
+  fuse.save(path, f.params, f.config, f.layer_map, {"models": models} if models else None)
+  return path
+
+
+def test_fuser_load_on_a_run_directory_names_the_fuser(tmp_path, tiny_pair):
+  from c2cjax.fuse import Fuser
+  _saved_fuser(tmp_path / "run" / "fuser", tiny_pair)
+  (tmp_path / "run" / "checkpoints").mkdir()
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'run'} is a training run "
+                                              f"directory; the fuser is at "
+                                              f"{tmp_path / 'run' / 'fuser'}"):
+    Fuser.load(tmp_path / "run")
+  assert Fuser.load(tmp_path / "run" / "fuser").layer_map == tiny_pair[2].fusers[0].layer_map
+  with pytest.raises(FileNotFoundError, match=f"fuser checkpoint not found: {tmp_path / 'x'}"):
+    Fuser.load(tmp_path / "x")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="is not a fuser checkpoint"):
+    Fuser.load(tmp_path / "empty")
+
+
+def test_corrupt_fuser_metadata_names_file(tmp_path, tiny_pair):
+  from c2cjax.fuse import Fuser
+  path = _saved_fuser(tmp_path / "f", tiny_pair)
+  meta = path / "fuser" / "metadata"
+  meta.write_text(meta.read_text()[:20])
+  with pytest.raises(files.CorruptFileError, match=f"fuser metadata {meta} is not valid JSON"):
+    Fuser.load(path)
+
+
+def test_corrupt_projector_config_names_file(tmp_path):
+  from c2cjax import fuse
+  (tmp_path / "projector_config.json").write_text('{"0": {"1": ')
+  with pytest.raises(files.CorruptFileError, match=f"{tmp_path / 'projector_config.json'} "
+                                                   "is not valid JSON"):
+    fuse.import_rosetta(tmp_path)
+
+
+def test_fuser_models_mismatch_names_both(tiny_pair):
+  from c2cjax.fuse import io
+  from c2cjax.models.identity import identity
+  from c2cjax.models.tiny import tiny_lm
+  r, s, _ = tiny_pair
+  meta = {"models": {"receiver": identity(r, fingerprint=False),
+                     "sharers": [identity(s, fingerprint=False)]}}
+  io.check_models(meta, r, [s])  # the models it was trained for
+  io.check_models({}, r, [s])  # older checkpoints carry no record
+  deeper = tiny_lm("qwen3", seed=0, num_hidden_layers=6)
+  with pytest.raises(ValueError) as e:
+    io.check_models(meta, deeper, [s])
+  msg = str(e.value)
+  assert "receiver: trained for qwen3 'tiny:qwen3' (3 layers" in msg
+  assert "given qwen3 'tiny:qwen3' (6 layers" in msg and "num_layers: 3 != 6" in msg
+  assert "allow_mismatch=True" in msg
+  with pytest.raises(ValueError, match="sharer 0: trained for llama 'tiny:llama3'.*given "
+                                       "qwen3.*arch: 'llama' != 'qwen3'"):
+    io.check_models(meta, r, [r])
+  with pytest.warns(UserWarning, match="trained for other models"):
+    io.check_models(meta, deeper, [s], allow_mismatch=True)
