@@ -72,14 +72,14 @@ def main():
   def answer(model, text, n):
     ids = model.encode(text, special=False)
     batch = pad_left([ids], bucket(len(ids[0]), buckets), 1)
-    out, lengths = model.generate(*batch, n, eos_ids=())
+    out, lengths = model.generate(*batch, max_new_tokens=n, eos_ids=())
     model.decode(np.asarray(out), np.asarray(lengths))
     return len(ids[0])
 
   def t2t(q, n):
     ids = writer.encode(background_prompt(q, stok), special=not stok.chat_template)
     batch = pad_left([ids], bucket(len(ids[0]), buckets), 1)
-    out, lengths = writer.generate(*batch, args.background, eos_ids=())
+    out, lengths = writer.generate(*batch, max_new_tokens=args.background, eos_ids=())
     background = writer.decode(np.asarray(out), np.asarray(lengths))[0]
     return answer(solo, t2t_receiver_prompt(q, background, rtok), n)
 

@@ -18,8 +18,10 @@ The device programs are pure functions of a static :class:`Spec` (the modules, f
 configs, layer maps and mode) and ``params = (receiver params, tuple of sharer params,
 tuple of fuser params)``, callable inside a user's own ``jax.jit``: :func:`fused_cache`,
 :func:`fuse_caches`, :func:`prefill`, :func:`response_step`, :func:`decode` and
-:func:`generate`. :class:`C2C` is the host side over them: encoding and alignment, vocab
-maps, checks, jit and detokenising.
+:func:`generate`, and for the release alignment scheme (``c2cjax.sections``: sections,
+pads inside prompts, message runs fused in turn) :func:`prefill_release` and
+:func:`generate_release`. :class:`C2C` is the host side over them: encoding and
+alignment, vocab maps, checks, jit and detokenising.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import align, fuse as fuse_lib, inputs, sampling, text
-from c2cjax.data import chat
+from c2cjax import align, fuse as fuse_lib, inputs, sampling, sections, text
+from c2cjax.data import chat, pipeline
 from c2cjax.fuse import Fuser, layer_map_by_name  # noqa: F401 (re-exported)
 from c2cjax.models import lm as lm_lib
 from c2cjax.models.cache import KVCache
 from c2cjax.models.layers import Decoder
 from c2cjax.models.lm import LM
+from c2cjax.release_prefill import fused_runs, release_prefill
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +232,43 @@ def generate(spec: Spec, params, tokens, mask, sharer_tokens, rng, cfg: sampling
                 vocab_maps=vocab_maps, fuse_response=fuse_response)
 
 
+def prefill_release(spec: Spec, params, tokens, mask, sharer_tokens, sharer_masks, runs,
+                    active: tuple[int, ...], num_runs: int, max_len: int):
+  """The release scheme's prefill: logits [B, V] and the fused cache (``max_len`` slots).
+
+  Args:
+    tokens, mask: [B, P] receiver ids and mask (0 at left padding and at pads inside);
+    sharer_tokens, sharer_masks: tuples over all sharers of [B, P];
+    runs: [B, P] from :func:`c2cjax.release_prefill.fused_runs`; num_runs (static): its max.
+  """
+  rparams, sparams, fparams = params
+  b, p = tokens.shape
+  caches = tuple(lm_lib.prefill_cache(spec.sharers[i], sparams[i], sharer_tokens[i],
+                                      lm_lib.init_cache(spec.sharers[i], b, p, holes=True),
+                                      sharer_masks[i]) for i in active)
+  fuse = lambda rc, cs, tm: fuse_caches(spec, fparams, rc, cs, tm, active)
+  logits, cache = release_prefill(spec.receiver, rparams, tokens, mask, caches, fuse, runs,
+                                  num_runs if active else 0, max_len)
+  return logits[:, -1], cache
+
+
+def generate_release(spec: Spec, params, tokens, mask, sharer_tokens, sharer_masks, runs, rng,
+                     cfg: sampling.SamplingConfig, max_len: int, active: tuple[int, ...],
+                     num_runs: int):
+  """:func:`prefill_release` then :func:`decode`: tokens [B, N] and lengths [B]."""
+  logits, cache = prefill_release(spec, params, tokens, mask, sharer_tokens, sharer_masks,
+                                  runs, active, num_runs, max_len)
+  seen = (sampling.seen_tokens(tokens, mask, spec.receiver.cfg.vocab_size)
+          if cfg.repetition_penalty != 1.0 else None)
+  return decode(spec, params, logits, cache, rng, cfg, seen=seen)
+
+
+def _check_release_options(sharer_masks, fuse_last, fuse_response) -> None:
+  if fuse_last or fuse_response or sharer_masks is None:
+    raise ValueError("a fuse_mask (the release scheme) needs sharer_masks, and "
+                     "fuse_last / fuse_response are options of the offsets scheme")
+
+
 # --- the host-side class ---------------------------------------------------------------------
 class C2C:
   """Receiver + sharers + fusers.
@@ -238,7 +278,13 @@ class C2C:
     sharers: sharer LMs.
     fusers: one :class:`Fuser` per sharer.
     mode: with several sharers, "parallel" or "sequential" fusion (see ``c2cjax.fuse``).
-    alignment: "first" or "longest" token alignment for sharers with another tokenizer.
+    alignment: the alignment scheme, "release" (the released C2C's: each sharer reads its
+      own chat template, sections aligned, message contents fused, run by run; see
+      ``c2cjax.sections`` and ``c2cjax.release_prefill``) or "offsets" (the receiver's text
+      re-tokenised, every prompt token but the last fused). None: the scheme the fusers
+      record (``Fuser.alignment``; "offsets" for fusers without one). A token strategy
+      ("first", "longest") is taken as ``strategy`` with the fusers' scheme, as before.
+    strategy: "first" or "longest" token alignment for sharers with another tokenizer.
     vocab_maps: optional, one per sharer: None or a [V_receiver] int map from receiver ids
       to that sharer's ids, used for the generated tokens with ``fuse_response``. None
       (the default) takes :meth:`c2cjax.align.TokenAligner.vocab_map` of the two
@@ -259,8 +305,8 @@ class C2C:
   """
 
   def __init__(self, receiver: LM, sharers: Sequence[LM], fusers: Sequence[Fuser], *,
-               mode: str = "parallel", alignment: str = "first", max_len: int = 4096,
-               vocab_maps: Sequence[Any] | None = None):
+               mode: str = "parallel", alignment: str | None = None, strategy: str = "first",
+               max_len: int = 4096, vocab_maps: Sequence[Any] | None = None):
     if len(sharers) != len(fusers):
       raise ValueError(f"{len(sharers)} sharers but {len(fusers)} fusers")
     if not sharers:
@@ -273,8 +319,18 @@ class C2C:
                                           want.receiver_kv_heads, want.receiver_head_dim):
         raise ValueError(f"fuser {i} was built for other cache shapes ({f.config}) than "
                          f"receiver {receiver} / sharer {s}")
+    if alignment in align.STRATEGIES:  # the old meaning of ``alignment``
+      alignment, strategy = None, alignment
+    if alignment is None:
+      recorded = {getattr(f, "alignment", "offsets") for f in self.fusers}
+      if len(recorded) > 1:
+        raise ValueError(f"the fusers were trained with different alignment schemes "
+                         f"{sorted(recorded)}; pass alignment= to choose one")
+      alignment = recorded.pop()
+    self.alignment = sections.check_scheme(alignment)
+    make = sections.ReleaseAligner if alignment == "release" else align.TokenAligner
     self.aligners = tuple(
-        align.TokenAligner(receiver.tokenizer, s.tokenizer, alignment)
+        make(receiver.tokenizer, s.tokenizer, strategy)
         if receiver.tokenizer is not None and s.tokenizer is not None else None
         for s in self.sharers)
     self.max_len = max_len
@@ -285,6 +341,8 @@ class C2C:
                      tuple(f.layer_map for f in self.fusers), mode)
     self._generate = jax.jit(generate, static_argnums=(0, 6, 7, 8, 10, 11))
     self._prefill = jax.jit(prefill, static_argnums=(0, 5, 6, 7, 8))
+    self._generate_release = jax.jit(generate_release, static_argnums=(0, 8, 9, 10, 11))
+    self._prefill_release = jax.jit(prefill_release, static_argnums=(0, 7, 8, 9))
 
   def fused_cache(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, fuse_mask,
                   active: tuple[int, ...], **kw):
@@ -299,9 +357,33 @@ class C2C:
     return (self.receiver.params, tuple(s.params for s in self.sharers),
             tuple(f.params for f in self.fusers))
 
+  def encode_batch(self, prompts: Sequence, multiple_of: int = 8) -> dict[str, Any]:
+    """Messages (or user strings) -> a left-padded batch with this C2C's scheme.
+
+    Returns:
+      ``receiver_ids``, ``attention_mask`` [B, P] and tuples over sharers of
+      ``sharer_ids`` and ``sharer_attention_mask``; the release scheme adds
+      ``fuse_mask`` [B, P].
+    """
+    if any(a is None for a in self.aligners):
+      raise ValueError("every sharer needs a tokenizer to align prompts")
+    if self.alignment == "offsets":
+      tokens, mask, sharer = self.encode(prompts, multiple_of)
+      return {"receiver_ids": tokens, "attention_mask": mask, "sharer_ids": sharer,
+              "sharer_attention_mask": tuple(mask for _ in sharer)}
+    enc = chat.ChatEncoder(self.receiver.tokenizer, self.max_len, self.aligners,
+                           alignment="release")
+    rows = [enc.prompt(text.as_messages(p)) for p in prompts]
+    width = text.round_up(max(len(r["receiver_ids"]) for r in rows), multiple_of)
+    pads = {**enc.pad_ids, "receiver_ids": self.receiver.config.pad_token_id or 0}
+    return pipeline.pad_examples(rows, length=width, pad_ids=pads, side="left")
+
   def encode(self, prompts: Sequence, multiple_of: int = 8):
     """Messages (or user strings) -> left-padded receiver ids, mask [B, P] and a tuple of
-    aligned sharer ids [B, P], one per sharer."""
+    aligned sharer ids [B, P], one per sharer (the "offsets" scheme; :meth:`encode_batch`
+    for either)."""
+    if self.alignment != "offsets":
+      raise ValueError("encode gives the offsets scheme's arrays; use encode_batch")
     if any(a is None for a in self.aligners):
       raise ValueError("every sharer needs a tokenizer to align prompts")
     prompts = inputs.check_prompts(prompts)
@@ -378,16 +460,26 @@ class C2C:
     return active
 
   def prefill(self, tokens, mask, sharer_tokens, *, sharers=None, max_len=None,
-              fuse_last: bool = False, fuse_response: bool = False):
+              fuse_last: bool = False, fuse_response: bool = False, sharer_masks=None,
+              fuse_mask=None):
     """Logits [B, V] after the prompt and the fused receiver cache (``max_len`` slots).
 
     With ``fuse_response`` the cache is the decode state ``(fused receiver cache,
-    receiver-alone cache, tuple of the active sharers' caches)`` (see :class:`C2C`).
+    receiver-alone cache, tuple of the active sharers' caches)`` (see :class:`C2C`). The
+    release scheme passes ``sharer_masks`` and ``fuse_mask`` (see :meth:`generate_ids`).
     """
     max_len = max_len or tokens.shape[1]
     if tokens.shape[1] > max_len:
       raise ValueError(f"prompt of {tokens.shape[1]} tokens is longer than the cache ({max_len})")
     active = self.active_sharers(sharers)
+    if fuse_mask is not None:
+      _check_release_options(sharer_masks, fuse_last, fuse_response)
+      runs, num_runs = fused_runs(fuse_mask)
+      return self._prefill_release(
+          self.spec, self.params, jnp.asarray(tokens), jnp.asarray(mask),
+          tuple(jnp.asarray(t) for t in sharer_tokens),
+          tuple(jnp.asarray(m) for m in sharer_masks), jnp.asarray(runs), active, num_runs,
+          max_len)
     on = bool(active)  # nothing to fuse without sharers: the default program
     return self._prefill(self.spec, self.params, jnp.asarray(tokens), jnp.asarray(mask),
                          tuple(jnp.asarray(t) for t in sharer_tokens), active, max_len,
@@ -404,15 +496,19 @@ class C2C:
     Returns:
       decoded strings (or ``(tokens [B, N], lengths [B])`` with ``return_tokens``).
     """
-    tokens, mask, sharer_tokens = self.encode(prompts)
-    out, lengths, cfg = self.generate_ids(tokens, mask, sharer_tokens, **kw)
+    batch = self.encode_batch(prompts)
+    release = {} if self.alignment == "offsets" else {
+        "sharer_masks": batch["sharer_attention_mask"], "fuse_mask": batch["fuse_mask"]}
+    out, lengths, cfg = self.generate_ids(batch["receiver_ids"], batch["attention_mask"],
+                                          batch["sharer_ids"], **release, **kw)
     if return_tokens:
       return out, lengths
     return self.receiver.decode_texts(out, lengths, cfg)
 
   def generate_ids(self, tokens, mask, sharer_tokens, *, seed: int = 0, sharers=None,
                    max_len: int | None = None, eos_ids=None, fuse_last: bool = False,
-                   fuse_response: bool = False, **sampling_kw):
+                   fuse_response: bool = False, sharer_masks=None, fuse_mask=None,
+                   **sampling_kw):
     """Token-level :meth:`generate`: left-padded ``tokens``/``mask`` [B, P] and one
     aligned [B, P] id array per sharer. Returns tokens [B, N], lengths [B], the config.
 
@@ -420,6 +516,9 @@ class C2C:
       sharers: indices of the sharers to use for this request (default: all).
       fuse_last, fuse_response: also fuse the last prompt token / the generated tokens
         (see :class:`C2C`); off by default, as in the paper.
+      sharer_masks, fuse_mask: the release scheme's (:meth:`encode_batch`): one [B, P]
+        mask per sharer and the [B, P] fuse mask; the prompt is then prefilled run by run
+        (``c2cjax.release_prefill``).
       **sampling_kw: :class:`~c2cjax.sampling.SamplingConfig` fields.
     """
     if tokens.shape[1] < 2:
@@ -427,16 +526,26 @@ class C2C:
     if len(sharer_tokens) != len(self.sharers):
       raise ValueError(f"need sharer ids for all {len(self.sharers)} sharers")
     cfg = self.receiver.sampling_config(eos_ids=eos_ids, **sampling_kw)
-    for lm, ids, who in ((self.receiver, tokens, "the receiver"),
-                         *((s, t, f"sharer {i}") for i, (s, t) in
-                           enumerate(zip(self.sharers, sharer_tokens)))):
-      inputs.check_token_batch(ids, mask, vocab_size=lm.config.vocab_size,
+    masks = sharer_masks if sharer_masks is not None else (mask,) * len(self.sharers)
+    for lm, ids, m, who in ((self.receiver, tokens, mask, "the receiver"),
+                            *((s, t, sm, f"sharer {i}") for i, (s, t, sm) in
+                              enumerate(zip(self.sharers, sharer_tokens, masks)))):
+      inputs.check_token_batch(ids, m, vocab_size=lm.config.vocab_size,
                                max_positions=lm.config.max_position_embeddings,
                                max_new_tokens=cfg.max_new_tokens, who=who)
     max_len = sampling.cache_length(
         tokens.shape[1], cfg, max_len,
         " (with fuse_response the sharer caches too)" if fuse_response else "")
     active = self.active_sharers(sharers)
+    if fuse_mask is not None:
+      _check_release_options(sharer_masks, fuse_last, fuse_response)
+      runs, num_runs = fused_runs(fuse_mask)
+      out, lengths = self._generate_release(
+          self.spec, self.params, jnp.asarray(tokens), jnp.asarray(mask),
+          tuple(jnp.asarray(t) for t in sharer_tokens),
+          tuple(jnp.asarray(m) for m in sharer_masks), jnp.asarray(runs),
+          jax.random.PRNGKey(seed), cfg, max_len, active, num_runs)
+      return np.asarray(out), np.asarray(lengths), cfg
     fuse_last, fuse_response, maps = self.options(active, fuse_last, fuse_response)
     out, lengths = self._generate(self.spec, self.params, jnp.asarray(tokens),
                                   jnp.asarray(mask),

@@ -16,7 +16,7 @@ import math
 from typing import Any, Callable, Mapping
 
 LLM_DTYPES = ("float32", "bfloat16")
-LAYER_MAPS = ("last_aligned", "k_nearest")
+LAYER_MAPS = ("last_aligned", "k_nearest", "last_aligned_clamped")
 FUSION_MODES = ("parallel", "sequential")
 
 # Fields a resumed run may change (with --allow_config_change), and why that is safe.
@@ -153,18 +153,13 @@ def _name(v):
   return None if isinstance(v, str) and v.strip() else "must be a non-empty string"
 
 
-def _alignments() -> tuple[str, ...]:
-  """Token strategies and, where the package defines them, alignment scheme names."""
-  from c2cjax import align, c2c
-  return tuple(align.STRATEGIES) + tuple(getattr(c2c, "ALIGNMENTS", ()))
-
-
 def _rules() -> dict[str, Callable[[Any], str | None]]:
+  from c2cjax import sections
   pos, nonneg = _int(1), _int(0)
   return {
       "receiver": _name, "llm_dtype": _one_of(*LLM_DTYPES), "seed": _int(),
       "self_fusion": _boolean, "remat": _boolean,
-      "layer_map": _one_of(*LAYER_MAPS), "alignment": _one_of(*_alignments()),
+      "layer_map": _one_of(*LAYER_MAPS), "alignment": _one_of(*sections.SCHEMES),
       "fusion_mode": _one_of(*FUSION_MODES),
       "fuser.hidden_dim": pos, "fuser.intermediate_dim": pos, "fuser.num_layers": _int(3),
       "fuser.dropout": _num(0.0, 1.0, hi_open=True),
@@ -194,9 +189,13 @@ def validate_train_config(cfg) -> None:
       problems.append(f"{field}: missing")
     elif (msg := check(v)) is not None:
       problems.append(f"{field}={v!r}: {msg}")
-  for field in ("fuse_last", "fuse_response"):  # optional
+  from c2cjax import sections
+  optional = {"fuse_last": _boolean, "fuse_response": _boolean,
+              "alignment_strategy": _one_of(*sections.STRATEGIES),
+              "data.max_fused_runs": _int(1)}
+  for field, check in optional.items():
     v = _get(cfg, field)
-    if v is not _MISSING and (msg := _boolean(v)):
+    if v is not _MISSING and (msg := check(v)):
       problems.append(f"{field}={v!r}: {msg}")
   sharers, self_fusion = _get(cfg, "sharers"), _get(cfg, "self_fusion")
   if self_fusion is not True and (not isinstance(sharers, (tuple, list)) or not sharers

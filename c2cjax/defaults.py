@@ -10,7 +10,10 @@ from ml_collections import config_dict
 # The paper's pair and C2C options: trained and evaluated by default.
 RECEIVER = "Qwen/Qwen3-0.6B"
 SHARERS = ("Qwen/Qwen2.5-0.5B-Instruct",)
-ALIGNMENT = "first"
+# Alignment scheme "offsets" (c2cjax's) or "release" (the released C2C's; c2cjax.sections)
+# and the token strategy ("first", "longest") for sharers with another tokenizer.
+ALIGNMENT = "offsets"
+ALIGNMENT_STRATEGY = "first"
 FUSION_MODE = "parallel"
 
 def train_config() -> ml_collections.ConfigDict:
@@ -28,8 +31,15 @@ def train_config() -> ml_collections.ConfigDict:
   c.fuser = ml_collections.ConfigDict(dict(
       hidden_dim=1024, intermediate_dim=1024, num_layers=3, dropout=0.1,
       initial_temperature=1.0, final_temperature=0.001, anneal_steps=1929))
+  # "last_aligned" leaves receiver layers without a sharer layer unfused;
+  # "last_aligned_clamped" (the released C2C's) maps them all to sharer layer 0.
   c.layer_map = "last_aligned"
+  # The alignment scheme: "release" (the released C2C's data path: the sharer's own chat
+  # template, sections, message contents fused; c2cjax.sections) or "offsets" (the
+  # receiver's text re-tokenised by character offsets, every prompt token but the last
+  # fused). The strategy picks one sharer token per receiver token ("first", "longest").
   c.alignment = ALIGNMENT
+  c.alignment_strategy = ALIGNMENT_STRATEGY
   c.fusion_mode = FUSION_MODE
   c.fuse_last = False  # training fuse_mask also covers the last prompt token
   c.fuse_response = False  # ... and the response (C2C generation options of these names)
@@ -37,7 +47,8 @@ def train_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source="open_hermes25", data_dir="", manual_dir="", max_examples=500_000,
       heldout_fraction=0.01, split_seed=0, seed=0, max_len=2048,
-      bucket_lengths=(256, 512, 1024), read_threads=4, worker_count=0, prefetch_batches=2))
+      bucket_lengths=(256, 512, 1024), read_threads=4, worker_count=0, prefetch_batches=2,
+      max_fused_runs=4))  # release scheme: longer conversations are skipped
 
   c.per_device_batch_size = 4
   c.global_batch_size = 256
@@ -74,7 +85,8 @@ def eval_config() -> ml_collections.ConfigDict:
   c.random_fuser = False  # missing fuser: a fresh one with open gates (smoke runs only)
   c.dtype = "float32"
   c.seed = 0  # question selection; tiny:* models are built with the training seeds
-  c.alignment = ALIGNMENT
+  c.alignment = ""  # "": each fuser's recorded scheme; or "offsets" / "release"
+  c.alignment_strategy = ALIGNMENT_STRATEGY
   c.fusion_mode = FUSION_MODE
 
   c.benchmarks = ("mmlu_redux", "openbookqa", "arc_challenge")  # + ceval

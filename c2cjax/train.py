@@ -49,7 +49,7 @@ def build_c2c(cfg: ml_collections.ConfigDict, rng) -> C2C:
   fusers = [Fuser.init(receiver, s, jax.random.fold_in(rng, i), cfg.layer_map,
                        **dict(cfg.fuser)) for i, s in enumerate(sharers)]
   return C2C(receiver, sharers, fusers, mode=cfg.fusion_mode, alignment=cfg.alignment,
-             max_len=cfg.data.max_len)
+             strategy=cfg.get("alignment_strategy", "first"), max_len=cfg.data.max_len)
 
 
 def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int):
@@ -59,11 +59,17 @@ def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int):
   train_src, held_src = sources.split_source(src, max_examples=cfg.data.max_examples or None,
                                              heldout_fraction=cfg.data.heldout_fraction,
                                              seed=cfg.data.split_seed)
-  aligners = tuple(align.TokenAligner(c2c.receiver.tokenizer, s.tokenizer, cfg.alignment)
-                   for s in c2c.sharers)
-  encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, aligners,
-                             fuse_last=cfg.get("fuse_last", False),
-                             fuse_response=cfg.get("fuse_response", False))
+  if c2c.alignment == "release":
+    encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, c2c.aligners,
+                               alignment="release",
+                               max_runs=cfg.data.get("max_fused_runs", 4))
+  else:
+    aligners = tuple(align.TokenAligner(c2c.receiver.tokenizer, s.tokenizer,
+                                        cfg.get("alignment_strategy", "first"))
+                     for s in c2c.sharers)
+    encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, aligners,
+                               fuse_last=cfg.get("fuse_last", False),
+                               fuse_response=cfg.get("fuse_response", False))
   pcfg = pipeline.PipelineConfig(
       batch_size=batch_size, bucket_lengths=tuple(cfg.data.bucket_lengths), seed=seed,
       shuffle=not heldout, num_epochs=1 if heldout else None, drop_remainder=not heldout,
@@ -170,9 +176,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   micro_sh = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
   flat_sh = sharding.batch_sharding(mesh)
 
-  train_step = jax.jit(make_train_step(c2c, tx), in_shardings=(state_sh, r_sh, s_sh, micro_sh),
+  max_runs = cfg.data.get("max_fused_runs", 4)
+  train_step = jax.jit(make_train_step(c2c, tx, max_runs),
+                       in_shardings=(state_sh, r_sh, s_sh, micro_sh),
                        out_shardings=(state_sh, rep), donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(c2c), in_shardings=(f_sh, r_sh, s_sh, flat_sh),
+  eval_step = jax.jit(make_eval_step(c2c, max_runs), in_shardings=(f_sh, r_sh, s_sh, flat_sh),
                       out_shardings=rep)
 
   it = iter(data)
@@ -264,7 +272,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     single = len(params) == 1
     meta = {"receiver": cfg.receiver, "sharers": sharer_names,
             "self_fusion": bool(cfg.self_fusion), "step": int(step),
-            "alignment": cfg.alignment, "fusion_mode": cfg.fusion_mode,
+            "alignment": cfg.alignment, "layer_map_name": cfg.layer_map,
+            "alignment_strategy": cfg.get("alignment_strategy", "first"),
+            "fusion_mode": cfg.fusion_mode,
             "models": models}  # identities: c2cjax.fuse.io.check_models
     try:
       fuse_lib.save(workdir / "fuser", params[0] if single else params,

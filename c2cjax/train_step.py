@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from c2cjax import fuse as fuse_lib
+from c2cjax import c2c as c2c_lib, fuse as fuse_lib
 from c2cjax.c2c import C2C
+from c2cjax.release_prefill import release_prefill, run_index
 
 Batch = dict[str, Any]
 
@@ -44,17 +45,32 @@ def token_nll(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array):
 
 
 def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, rng=None,
-            step=0):
+            step=0, max_runs: int = 4):
   """Receiver loss on the response tokens, reading a cache fused on the prompt tokens.
 
   Pass 1 prefills receiver and sharers on the whole sequence and fuses the ``fuse_mask``
   slots; pass 2 reruns the receiver over the sequence on that cache, keeping the fused
   slots (``keep``) and computing fresh keys/values elsewhere: exactly what the last prompt
-  token and the response see in C2C generation.
+  token and the response see in C2C generation. With the release scheme
+  (``c2c.alignment == "release"``) each run of fused slots is fused in its own pass, up
+  to ``max_runs`` (static; see ``c2cjax.release_prefill``), and the sharers read their
+  own ``sharer_attention_mask``.
   """
   tokens, mask = batch["receiver_ids"], batch["attention_mask"]
   sharer_ids = batch["sharer_ids"]  # a tuple: one [B, T] per sharer
   fuse_mask = batch["fuse_mask"].astype(bool) & mask.astype(bool)
+  if c2c.alignment == "release":
+    smasks = batch["sharer_attention_mask"]  # a tuple, as sharer_ids
+    b, t = tokens.shape
+    active = tuple(range(len(c2c.sharers)))
+    caches = tuple(c2c.sharers[i].module_prefill(
+        sparams[i], sharer_ids[i], c2c.sharers[i].init_cache(b, t, holes=True), smasks[i])
+        for i in active)
+    fuse = lambda rc, cs, tm: c2c_lib.fuse_caches(c2c.spec, fparams, rc, cs, tm, active,
+                                                  train=train, rng=rng, step=step)
+    logits, _ = release_prefill(c2c.receiver.module, rparams, tokens, mask, caches, fuse,
+                                run_index(fuse_mask), max_runs, t, last_only=False)
+    return token_nll(logits, tokens, batch["loss_mask"])
   cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,
                           tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)
   logits, _ = c2c.receiver.module_apply(rparams, tokens, cache.replace(end=jnp.int32(0)),
@@ -83,8 +99,9 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
   return tx, schedule
 
 
-def make_train_step(c2c: C2C, tx):
+def make_train_step(c2c: C2C, tx, max_runs: int = 4):
   """``(state, rparams, sparams, batch [A, B, T]) -> (state, metrics)``; jit it.
+  ``max_runs``: fused runs per example with the release scheme (see :func:`c2c_nll`).
 
   ``metrics["finite"]`` is False when the loss, the gradient norm or any new param is not
   finite (NaN or inf).
@@ -100,7 +117,7 @@ def make_train_step(c2c: C2C, tx):
 
       def f(fparams):
         s, n = c2c_nll(c2c, fparams, rparams, sparams, mb, train=True, rng=key,
-                       step=state.step)
+                       step=state.step, max_runs=max_runs)
         return s, n
 
       (s, n), g = jax.value_and_grad(f, has_aux=True)(state.params)
@@ -127,9 +144,9 @@ def make_train_step(c2c: C2C, tx):
   return step_fn
 
 
-def make_eval_step(c2c: C2C):
+def make_eval_step(c2c: C2C, max_runs: int = 4):
   def eval_fn(fparams, rparams, sparams, batch: Batch):
-    s, n = c2c_nll(c2c, fparams, rparams, sparams, batch, train=False)
+    s, n = c2c_nll(c2c, fparams, rparams, sparams, batch, train=False, max_runs=max_runs)
     r, _ = receiver_nll(c2c, rparams, batch)
     return {"c2c": s, "receiver": r, "tokens": n}
   return eval_fn

@@ -6,6 +6,12 @@ packages; the instruction data shipped with the package (GPTeacher + Alpaca demo
 
   python -m c2cjax.train --config configs/local.py          # ~11 min on 2 idle cores
   python -m c2cjax.train --config configs/local.py:short    # smoke run
+
+Alignment: the "offsets" scheme, not the released C2C's. Gemma-3-270M (a base model) has
+no chat template; the release then renders the sharer's side with its fallback template,
+which drops system messages and puts nothing after the response, so the release's own code
+cannot build one training example for this pair (its sections do not match SmolLM2's:
+``tests/fixtures/rosetta/alignment_real.json``). Offsets alignment works for any pair.
 """
 
 from c2cjax.defaults import train_config
@@ -16,6 +22,7 @@ def get_config(variant: str = "full"):
   c.receiver = "offline:smollm2"
   c.sharers = ("offline:gemma3",)
   c.llm_dtype = "float32"  # bf16 matmuls are slow on CPU
+  c.alignment = "offsets"  # see the module docstring
   c.workdir = "runs/local"
   c.fuser.hidden_dim = 256
   c.fuser.intermediate_dim = 256

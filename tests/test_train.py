@@ -125,6 +125,11 @@ def test_paper_pair_configs():
     c = pairs.get_config(name)
     assert tuple(c.sharers) == sharers and c.receiver == base.receiver
     assert c.optimizer.lr == base.optimizer.lr and c.workdir.endswith(name)
+    # the paper's recipe: the released C2C's data path and clamped layer map
+    assert (c.alignment, c.layer_map) == ("release", "last_aligned_clamped")
+  main = _config_module("qwen3").get_config()
+  assert (main.alignment, main.layer_map) == ("release", "last_aligned_clamped")
+  assert _config_module("local").get_config().alignment == "offsets"
   with pytest.raises(ValueError, match="unknown pair"):
     pairs.get_config("nope")
 

@@ -16,6 +16,12 @@ Both come from character offsets: the full conversation is rendered once and
 tokenised with offsets, and tokens starting at or after the prompt's length in
 characters are response tokens. Templates whose prompt is not a prefix of the
 conversation fall back to the last occurrence of the response's content.
+
+That is the ``"offsets"`` alignment scheme. With ``alignment="release"`` the encoder
+follows the released C2C instead (:mod:`c2cjax.sections`): each sharer renders with its
+own chat template, the two renderings are aligned section by section (pads masked out on
+either side: ``attention_mask`` for the receiver, ``sharer_attention_mask`` for the
+sharer), only message contents are fused, and the loss starts at the last message.
 """
 
 import dataclasses
@@ -23,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from c2cjax import align
+from c2cjax import align, sections
 from c2cjax.text import encode_prompt, render, require_chat_template  # noqa: F401 (re-exported)
 
 ROLES = {"system": "system", "user": "user", "assistant": "assistant",
@@ -105,22 +111,43 @@ class ChatEncoder:
   Attributes:
     tokenizer: the receiver's HF fast tokenizer (must have a chat template).
     max_len: training examples are cut to this many tokens.
-    aligners: one :class:`c2cjax.align.TokenAligner` per sharer, each with this
-      receiver tokenizer; none: no ``sharer_ids``.
-    fuse_last: ``fuse_mask`` also covers the last prompt token.
-    fuse_response: ``fuse_mask`` also covers the response tokens.
+    aligners: one aligner per sharer, each with this receiver tokenizer: a
+      :class:`c2cjax.align.TokenAligner` ("offsets") or a
+      :class:`c2cjax.sections.ReleaseAligner` ("release"); none: no ``sharer_ids``.
+    fuse_last: ``fuse_mask`` also covers the last prompt token ("offsets" only).
+    fuse_response: ``fuse_mask`` also covers the response tokens ("offsets" only).
+    alignment: the scheme, "offsets" or "release" (see the module docstring).
+    max_runs: release scheme: training examples with more runs of fused tokens (message
+      contents before the last message) are skipped; the training step fuses each run in
+      its own pass up to a static bound (``c2cjax.release_prefill``). None: no limit.
   """
   tokenizer: Any
   max_len: int
-  aligners: tuple[align.TokenAligner, ...] = ()
+  aligners: tuple[Any, ...] = ()
   fuse_last: bool = False
   fuse_response: bool = False
+  alignment: str = "offsets"
+  max_runs: int | None = None
 
   def __post_init__(self):
     require_chat_template(self.tokenizer)
     if self.max_len < 2:
       raise ValueError(f"max_len must be >= 2, got {self.max_len}")
     object.__setattr__(self, "aligners", tuple(self.aligners))
+    sections.check_scheme(self.alignment)
+    want = sections.ReleaseAligner if self.alignment == "release" else align.TokenAligner
+    for a in self.aligners:
+      if not isinstance(a, want):
+        raise TypeError(f"alignment {self.alignment!r} needs {want.__name__} aligners, "
+                        f"got {type(a).__name__}")
+      if a.receiver is not self.tokenizer:
+        raise ValueError("every aligner must have this encoder's tokenizer as its receiver")
+    if self.alignment == "release":
+      if not self.aligners:
+        raise ValueError("the release scheme needs one ReleaseAligner per sharer")
+      if self.fuse_last or self.fuse_response:
+        raise ValueError("fuse_last / fuse_response are options of the offsets scheme; "
+                         "the release scheme fuses message contents only")
 
   @property
   def pad_ids(self) -> dict[str, Any]:
@@ -129,6 +156,20 @@ class ChatEncoder:
     rec = next((int(t) for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
     sharers = tuple(a.sharer_pad_id for a in self.aligners)
     return {"receiver_ids": rec, "sharer_ids": sharers}
+
+  def _release(self, rows: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The sharers' release-scheme rows merged: receiver fields must agree across sharers
+    (they differ when two sharers' templates pad the receiver differently)."""
+    first = rows[0]
+    for r in rows[1:]:
+      if any(not np.array_equal(first[k], r[k]) for k in first
+             if k not in ("sharer_ids", "sharer_attention_mask")):
+        raise ValueError("these sharers' chat templates align the receiver differently; the "
+                         "release scheme aligns several sharers only when they agree")
+    out = {k: v for k, v in first.items() if k != "positions"}  # positions are the slots
+    for k in ("sharer_ids", "sharer_attention_mask"):  # a tuple per sharer, as sharer_ids
+      out[k] = tuple(r[k] for r in rows)
+    return out
 
   def split(self, messages: Sequence[Mapping[str, str]]) -> tuple[str, int]:
     """The full rendered conversation and the prompt's length in characters."""
@@ -161,8 +202,19 @@ class ChatEncoder:
     Returns:
       ``receiver_ids [L] int32``, ``attention_mask``, ``loss_mask``, ``fuse_mask``
       ``[L] int32`` and, with aligners, ``sharer_ids``, a tuple of ``[L] int32`` (one per
-      sharer); ``L <= max_len``.
+      sharer); ``L <= max_len``. The release scheme adds ``sharer_attention_mask`` (a
+      tuple like ``sharer_ids``); its ``attention_mask`` has 0 at the receiver's pads
+      inside the sequence.
     """
+    if self.alignment == "release":
+      ex = self._release([a.example(messages) for a in self.aligners])
+      n = min(len(ex["receiver_ids"]), self.max_len)
+      fuse = ex["fuse_mask"][:n].astype(bool)
+      runs = int(np.sum(fuse[1:] & ~fuse[:-1])) + int(fuse[:1].sum())
+      if not ex["loss_mask"][:n].any() or (self.max_runs is not None and runs > self.max_runs):
+        return None
+      cut = lambda v: tuple(x[:n] for x in v) if isinstance(v, tuple) else v[:n]
+      return {k: cut(v) for k, v in ex.items()}
     text, prompt_chars = self.split(messages)
     ids, offsets = align.encode(self.tokenizer, text)
     is_response = _token_starts(offsets) >= prompt_chars
@@ -187,6 +239,8 @@ class ChatEncoder:
       ``receiver_ids``, ``attention_mask``, ``fuse_mask`` (all but the last token; all
       with ``fuse_last``) ``[P] int32`` and, with aligners, ``sharer_ids``.
     """
+    if self.alignment == "release":
+      return self._release([a.prompt(messages) for a in self.aligners])
     text = render(self.tokenizer, messages, add_generation_prompt=True)
     ids, offsets = align.encode(self.tokenizer, text)
     if not len(ids):

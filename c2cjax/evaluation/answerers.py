@@ -21,12 +21,15 @@ import numpy as np
 
 from c2cjax import align, text
 from c2cjax.c2c import C2C
+from c2cjax.data import chat
 from c2cjax.evaluation import prompts
 from c2cjax.models.cache import KVCache
 from c2cjax.models import lm as lm_lib
 from c2cjax.models.lm import LM
 
-Encoded = tuple[np.ndarray, tuple[np.ndarray, ...]]  # receiver ids [P], sharer ids [P] each
+# receiver ids [P], sharer ids [P] each; the release scheme adds a dict of [P] masks
+# (``attention_mask``, ``sharer_masks`` per sharer, ``fuse_mask``).
+Encoded = tuple
 
 
 def bucket(n: int, buckets: Sequence[int]) -> int:
@@ -38,12 +41,20 @@ def bucket(n: int, buckets: Sequence[int]) -> int:
 
 
 def pad_left(rows: Sequence[Encoded], width: int, batch: int):
-  """Left-padded tokens, mask [batch, width] and sharer ids; missing rows repeat the last."""
+  """Left-padded tokens, mask [batch, width] and sharer ids; missing rows repeat the last.
+  Release-scheme rows also give ``{"sharer_masks", "fuse_mask"}`` [batch, width] arrays,
+  and their mask is 0 at the pads inside a prompt too."""
   rows = list(rows) + [rows[-1]] * (batch - len(rows))
-  tokens, mask = text.pad_rows([ids for ids, _ in rows], width)
-  sharer = tuple(text.pad_rows([sids[j] for _, sids in rows], width)[0]
-                 for j in range(len(rows[0][1])))
-  return tokens, mask, sharer
+  tokens, mask = text.pad_rows([r[0] for r in rows], width)
+  n = len(rows[0][1])
+  sharer = tuple(text.pad_rows([r[1][j] for r in rows], width)[0] for j in range(n))
+  if len(rows[0]) == 2:
+    return tokens, mask, sharer
+  pad = lambda key: text.pad_rows([r[2][key] for r in rows], width)[0]
+  smasks = tuple(text.pad_rows([r[2]["sharer_masks"][j] for r in rows], width)[0]
+                 for j in range(n))
+  return tokens, pad("attention_mask"), sharer, {"sharer_masks": smasks,
+                                                 "fuse_mask": pad("fuse_mask")}
 
 
 def letter_token_ids(tokenizer, n: int) -> list[list[int]]:
@@ -118,7 +129,7 @@ class Solo:
   def score(self, last_logits, cache, cont):
     return continuation_fn(self.lm)(self.lm.params, last_logits, cache, jnp.asarray(cont))
 
-  def generate(self, tokens, mask, sharer_tokens, max_new_tokens: int, eos_ids=None):
+  def generate(self, tokens, mask, sharer_tokens, *, max_new_tokens: int, eos_ids=None):
     """Greedy tokens [B, N] and lengths [B] (EOS included)."""
     del sharer_tokens
     out, lengths, _ = self.lm.generate_ids(tokens, mask, max_new_tokens=max_new_tokens,
@@ -136,25 +147,43 @@ class Fused:
     if any(a is None for a in c2c.aligners):
       raise ValueError("C2C evaluation needs tokenizers on the receiver and every sharer")
     self.c2c = c2c
+    # The release scheme renders chat messages with each model's own template: the
+    # evaluator hands this answerer messages (prompts.mcq_messages), not rendered text.
+    self.messages = c2c.alignment == "release"
 
   @property
   def tokenizer(self):
     return self.c2c.receiver.tokenizer
 
-  def encode(self, text: str, special: bool) -> Encoded:
-    alignments = [a.align(text, special) for a in self.c2c.aligners]
+  @functools.cached_property
+  def _release_encoder(self):
+    return chat.ChatEncoder(self.tokenizer, self.c2c.max_len, self.c2c.aligners,
+                            alignment="release")
+
+  def encode(self, prompt, special: bool) -> Encoded:
+    if self.messages:
+      if isinstance(prompt, str):
+        raise ValueError("the release alignment scheme aligns chat messages; this answer "
+                         "method gives plain text (use the logits or generate method)")
+      r = self._release_encoder.prompt(prompt)
+      return r["receiver_ids"], r["sharer_ids"], {
+          "attention_mask": r["attention_mask"], "sharer_masks": r["sharer_attention_mask"],
+          "fuse_mask": r["fuse_mask"]}
+    alignments = [a.align(prompt, special) for a in self.c2c.aligners]
     return alignments[0].receiver_ids, tuple(a.sharer_ids for a in alignments)
 
-  def prefill(self, tokens, mask, sharer_tokens, max_len: int):
-    return self.c2c.prefill(tokens, mask, sharer_tokens, max_len=max_len)
+  def prefill(self, tokens, mask, sharer_tokens, release=None, *, max_len: int):
+    return self.c2c.prefill(tokens, mask, sharer_tokens, max_len=max_len, **(release or {}))
 
   def score(self, last_logits, cache, cont):
     r = self.c2c.receiver
     return continuation_fn(r)(r.params, last_logits, cache, jnp.asarray(cont))
 
-  def generate(self, tokens, mask, sharer_tokens, max_new_tokens: int, eos_ids=None):
+  def generate(self, tokens, mask, sharer_tokens, release=None, *, max_new_tokens: int,
+               eos_ids=None):
     out, lengths, _ = self.c2c.generate_ids(tokens, mask, sharer_tokens,
-                                            max_new_tokens=max_new_tokens, eos_ids=eos_ids)
+                                            max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                                            **(release or {}))
     return out, lengths
 
   def decode(self, out, lengths) -> list[str]:

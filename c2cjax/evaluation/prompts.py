@@ -99,12 +99,29 @@ def has_chat_template(tokenizer: Any) -> bool:
   return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_chat(tokenizer: Any, user: str, config: PromptConfig = DEFAULT) -> str:
-  """One user turn (plus optional system turn) through the tokenizer's chat template, ready for
-  the assistant's reply. `enable_thinking` is passed only to templates that mention it."""
+def chat_messages(user: str, config: PromptConfig = DEFAULT) -> list[dict[str, str]]:
+  """One user turn, after the optional system turn, as chat messages."""
   messages = [{"role": "user", "content": user}]
   if config.system is not None:
     messages.insert(0, {"role": "system", "content": config.system})
+  return messages
+
+
+def mcq_messages(q: Question, config: PromptConfig = DEFAULT,
+                 background: str | None = None) -> list[dict[str, str]]:
+  """The chat-model MCQ prompt of `q` as messages, not yet rendered: for the release
+  alignment scheme (`c2cjax.sections`), where each model renders them with its own chat
+  template. With `background` (T2T), the sharer's text comes first (context template)."""
+  text = config.mcq.format(**_fields(q))
+  if background is not None:
+    text = config.context.format(background=background.strip(), prompt=text)
+  return chat_messages(text, config)
+
+
+def render_chat(tokenizer: Any, user: str, config: PromptConfig = DEFAULT) -> str:
+  """One user turn (plus optional system turn) through the tokenizer's chat template, ready for
+  the assistant's reply. `enable_thinking` is passed only to templates that mention it."""
+  messages = chat_messages(user, config)
   kwargs = {}
   template = tokenizer.chat_template
   if "enable_thinking" in (template if isinstance(template, str) else str(template)):

@@ -170,7 +170,8 @@ class Evaluator:
             max(len(enc[i][0]) for i in idx), s.buckets), size)
         (out, lengths), secs = self._timed(
             ("bg", id(writer), tokens.shape),
-            lambda: writer.generate(tokens, mask, sharer, s.background_tokens))
+            lambda: writer.generate(tokens, mask, sharer,
+                                    max_new_tokens=s.background_tokens))
         texts = writer.decode(out, lengths)
         for row, i in enumerate(idx):
           self._backgrounds[(id(writer), todo[i].id)] = Background(
@@ -178,10 +179,18 @@ class Evaluator:
     return [self._backgrounds[(id(writer), q.id)] for q in questions]
 
   # --- methods ---------------------------------------------------------------------------------
+  def _mcq_prompts(self, a: Answerer, questions: Sequence[Question], bgs) -> list:
+    """Rendered MCQ prompts, or chat messages for answerers that render them (release)."""
+    s = self.settings
+    if getattr(a, "messages", False):
+      return [prompts.mcq_messages(q, s.prompts, None if bg is None else bg.text)
+              for q, bg in zip(questions, bgs)]
+    return [prompts.mcq_prompt(q, a.tokenizer, s.prompts, None if bg is None else bg.text)
+            for q, bg in zip(questions, bgs)]
+
   def letters(self, system: System, questions: Sequence[Question], bgs) -> list[Prediction]:
     s, a = self.settings, system.answerer
-    texts = [prompts.mcq_prompt(q, a.tokenizer, s.prompts, None if bg is None else bg.text)
-             for q, bg in zip(questions, bgs)]
+    texts = self._mcq_prompts(a, questions, bgs)
     enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer))
     ids = letter_token_ids(a.tokenizer, max(len(q.choices) for q in questions))
     preds = [None] * len(questions)
@@ -238,8 +247,7 @@ class Evaluator:
 
   def generate(self, system: System, questions: Sequence[Question], bgs) -> list[Prediction]:
     s, a = self.settings, system.answerer
-    texts = [prompts.mcq_prompt(q, a.tokenizer, s.prompts, None if bg is None else bg.text)
-             for q, bg in zip(questions, bgs)]
+    texts = self._mcq_prompts(a, questions, bgs)
     enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer))
     preds = [None] * len(questions)
     size = min(s.batch_size, len(questions))
@@ -247,7 +255,8 @@ class Evaluator:
       width = bucket(max(len(enc[i][0]) for i in idx), s.buckets)
       batch = pad_left([enc[i] for i in idx], width, size)
       (out, lengths), secs = self._timed(("generate", id(a), width),
-                                         lambda: a.generate(*batch, s.max_new_tokens))
+                                         lambda: a.generate(*batch,
+                                                            max_new_tokens=s.max_new_tokens))
       replies = a.decode(out, lengths)
       for row, i in enumerate(idx):
         q = questions[i]

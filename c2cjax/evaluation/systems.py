@@ -51,7 +51,7 @@ def open_gates(fuser: Fuser, logit: float = 1.0) -> Fuser:
   params = dict(fuser.params)
   for k in ("key_gate_logit", "value_gate_logit"):
     params[k] = jnp.full_like(params[k], logit)
-  return Fuser(params, fuser.config, fuser.layer_map)
+  return dataclasses.replace(fuser, params=params)
 
 
 def load_fusers(path, prune: bool = True) -> list[Fuser]:
@@ -60,10 +60,12 @@ def load_fusers(path, prune: bool = True) -> list[Fuser]:
   ``prune`` drops layer pairs whose gates are both closed: with inference's hard gates they
   are the identity, so answers are unchanged and C2C prefill gets cheaper.
   """
-  params, config, layer_map, _ = fuse_lib.load(path)
+  params, config, layer_map, meta = fuse_lib.load(path)
   if not isinstance(config, tuple):
     params, config, layer_map = (params,), (config,), (layer_map,)
-  fusers = [Fuser(p, c, m) for p, c, m in zip(params, config, layer_map)]
+  scheme = fuse_lib.checkpoint_alignment(meta)
+  fusers = [Fuser(p, c, m, scheme, meta.get("layer_map_name"))
+            for p, c, m in zip(params, config, layer_map)]
   return [f.pruned() for f in fusers] if prune else fusers
 
 
@@ -100,7 +102,8 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
           "c2cjax.train`, or pass --config.random_fuser=True for a smoke run)")
       fusers = None
 
-  kw = dict(mode=config.fusion_mode, alignment=config.alignment)
+  kw = dict(mode=config.fusion_mode, alignment=config.alignment or None,
+            strategy=config.get("alignment_strategy", "first"))
   systems = []
   for name in names:
     if name == "receiver":

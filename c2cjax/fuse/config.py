@@ -145,6 +145,17 @@ def last_aligned(num_receiver_layers: int, num_sharer_layers: int) -> LayerMap:
   return LayerMap(tuple(receiver), tuple(t + offset for t in receiver))
 
 
+def last_aligned_clamped(num_receiver_layers: int, num_sharer_layers: int) -> LayerMap:
+  """The released C2C's ``last_aligned``: like :func:`last_aligned`, but every receiver
+  layer with no sharer layer left (a deeper receiver) maps to sharer layer 0, so every
+  receiver layer gets a fuser."""
+  if num_receiver_layers < 1 or num_sharer_layers < 1:
+    raise ValueError(f"need >= 1 layer each, got {num_receiver_layers} -> {num_sharer_layers}")
+  offset = num_sharer_layers - num_receiver_layers
+  return LayerMap(tuple(range(num_receiver_layers)),
+                  tuple(max(t + offset, 0) for t in range(num_receiver_layers)))
+
+
 def k_nearest(num_receiver_layers: int, num_sharer_layers: int) -> LayerMap:
   """Each receiver layer -> the sharer layer nearest in relative depth (C2C, K = 1).
 

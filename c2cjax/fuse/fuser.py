@@ -1,4 +1,5 @@
-"""``Fuser``: one sharer's trained fuser as a value (params, config, layer map)."""
+"""``Fuser``: one sharer's trained fuser as a value (params, config, layer map, and the
+alignment scheme it was trained with); in and out of the released C2C format."""
 
 from __future__ import annotations
 
@@ -6,40 +7,104 @@ import dataclasses
 from typing import Any
 
 from c2cjax.fuse.apply import init as init_params, prune
-from c2cjax.fuse.config import FuserConfig, LayerMap, k_nearest, last_aligned
-from c2cjax.fuse.io import load as load_checkpoint
+from c2cjax.fuse.config import (FuserConfig, LayerMap, k_nearest, last_aligned,
+                                last_aligned_clamped)
+from c2cjax.fuse.io import (export_rosetta, import_rosetta, load as load_checkpoint,
+                            resolve_rosetta, save as save_checkpoint)
+
+
+ALIGNMENTS = ("release", "offsets")  # the schemes of ``c2cjax.sections``
+
+
+def checkpoint_alignment(meta: dict | None) -> str:
+  """The alignment scheme a fuser checkpoint's ``meta`` records; ``"offsets"`` for
+  checkpoints written before schemes had names (their ``alignment`` was a token strategy)."""
+  value = (meta or {}).get("alignment")
+  return value if value in ALIGNMENTS else "offsets"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Fuser:
-  """One sharer's trained fuser: params, config and receiver->sharer layer map."""
+  """One sharer's trained fuser: params, config and receiver->sharer layer map.
+
+  ``alignment`` names the scheme it was trained with (``"release"``: the released C2C's
+  sections and the sharer's own chat template; ``"offsets"``: the receiver's text
+  re-tokenised by character offsets); ``C2C`` uses it unless told otherwise.
+  ``layer_map_name`` is the name the layer map was built from, None when it was given
+  as pairs (or stored in a released checkpoint).
+  """
 
   params: Any
   config: FuserConfig
   layer_map: LayerMap
+  alignment: str = "offsets"
+  layer_map_name: str | None = None
+
+  def __post_init__(self):
+    if self.alignment not in ALIGNMENTS:
+      raise ValueError(f"unknown alignment scheme {self.alignment!r}; choose from {ALIGNMENTS}")
 
   @classmethod
-  def init(cls, receiver, sharer, rng, layer_map: str | LayerMap = "last_aligned",
-           **overrides) -> "Fuser":
+  def init(cls, receiver, sharer, rng, layer_map: str | LayerMap = "last_aligned", *,
+           alignment: str = "offsets", **overrides) -> "Fuser":
     config = FuserConfig.for_models(receiver.config, sharer.config, **overrides)
+    name = layer_map if isinstance(layer_map, str) else None
     if isinstance(layer_map, str):
       layer_map = layer_map_by_name(layer_map, receiver.config.num_layers,
                                     sharer.config.num_layers)
-    return cls(init_params(config, layer_map, rng), config, layer_map)
+    return cls(init_params(config, layer_map, rng), config, layer_map, alignment, name)
 
   @classmethod
   def load(cls, path) -> "Fuser":
-    params, config, layer_map, _ = load_checkpoint(path)
-    return cls(params, config, layer_map)
+    """A :meth:`save` (or ``fuse.save``) checkpoint of one sharer's fuser."""
+    params, config, layer_map, meta = load_checkpoint(path)
+    if isinstance(config, tuple):
+      raise ValueError(f"{path} holds {len(config)} fusers; load them with "
+                       "c2cjax.evaluation.systems.load_fusers")
+    return cls(params, config, layer_map, checkpoint_alignment(meta),
+               meta.get("layer_map_name"))
+
+  def save(self, path, meta: dict | None = None, *, overwrite: bool = False) -> None:
+    """``fuse.save`` with the alignment scheme and layer-map name in its metadata."""
+    meta = {**(meta or {}), "alignment": self.alignment,
+            "layer_map_name": self.layer_map_name}
+    save_checkpoint(path, self.params, self.config, self.layer_map, meta, overwrite=overwrite)
+
+  @classmethod
+  def from_rosetta(cls, path_or_hub_id, subfolder: str | None = None, *,
+                   param_dtype: str = "float32") -> "Fuser":
+    """A fuser in the released C2C format (``projector_{i}.pt/.json`` and
+    ``projector_config.json``), marked with the release scheme and its stored layer map.
+
+    Args:
+      path_or_hub_id: a local folder, or a hub repo id (e.g. ``nics-efc/C2C_Fuser``) read
+        through ``huggingface_hub`` and its cache (offline from a populated cache with
+        ``HF_HUB_OFFLINE=1``).
+      subfolder: the folder inside it that holds the fuser.
+      param_dtype: dtype of the imported params.
+    """
+    folder = resolve_rosetta(path_or_hub_id, subfolder)
+    out = import_rosetta(folder, param_dtype=param_dtype)
+    if isinstance(out[1], tuple):
+      raise ValueError(f"{folder} holds fusers of {len(out[1])} sharers; import them with "
+                       "c2cjax.fuse.import_rosetta")
+    params, config, layer_map = out
+    return cls(params, config, layer_map, "release", None)
+
+  def to_rosetta(self, path, *, overwrite: bool = False) -> None:
+    """Writes this fuser in the released C2C format (see ``fuse.export_rosetta``), which
+    the released code loads; the format has no field for the alignment scheme."""
+    export_rosetta(path, self.params, self.config, self.layer_map, overwrite=overwrite)
 
   def pruned(self) -> "Fuser":
     """Drops layers whose gates are both closed (inference only)."""
     params, layer_map = prune(self.params, self.layer_map)
-    return Fuser(params, self.config, layer_map)
+    return dataclasses.replace(self, params=params, layer_map=layer_map)
 
 
 def layer_map_by_name(name: str, num_receiver: int, num_sharer: int) -> LayerMap:
-  maps = {"last_aligned": last_aligned, "k_nearest": k_nearest}
+  maps = {"last_aligned": last_aligned, "k_nearest": k_nearest,
+          "last_aligned_clamped": last_aligned_clamped}
   if name not in maps:
     raise ValueError(f"unknown layer map {name!r}; choose from {sorted(maps)}")
   return maps[name](num_receiver, num_sharer)

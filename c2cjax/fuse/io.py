@@ -1,13 +1,16 @@
-"""Fuser checkpoints: orbax save/load and import of the released PyTorch format."""
+"""Fuser checkpoints: orbax save/load; the released PyTorch format in and out (local
+folders or hub ids)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import warnings
 from typing import Any
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +18,7 @@ import orbax.checkpoint as ocp
 
 from c2cjax import files
 from c2cjax.fuse.config import BRANCHES, FuserConfig, LayerMap, Params
-from c2cjax.fuse.apply import init
+from c2cjax.fuse.apply import init, num_pairs
 
 FORMAT = "c2cjax.fuser/v1"
 
@@ -249,3 +252,98 @@ def import_rosetta(path: str | os.PathLike, *, param_dtype: str = "float32"):
   if len(results) == 1:
     return results[0]
   return tuple(zip(*results))
+
+
+# --- export to the released PyTorch format and hub ids ----------------------------------
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def state_dict_from_params(params: Params, config: FuserConfig) -> dict[str, np.ndarray]:
+  """One fuser's (unstacked) params as a ``C2CProjector`` state dict of float32 arrays.
+
+  The inverse of :func:`params_from_state_dict`; ``gate_temperature`` (a buffer that
+  inference does not read) is ``final_temperature``.
+  """
+  flat = traverse_util.flatten_dict(params)
+  out = {"gate_temperature": np.float32(config.final_temperature)}
+  for name, path, shape, transpose in _torch_layout(config):
+    if path not in flat:
+      raise ValueError(f"params lack {'/'.join(path)} (torch tensor {name!r}).")
+    x = np.asarray(flat[path], np.float32)
+    out[name] = np.ascontiguousarray(x.T if transpose else x).reshape(shape)
+  return out
+
+
+def _init_args(config: FuserConfig) -> dict[str, Any]:
+  """``C2CProjector`` constructor arguments in the released JSON encoding."""
+  return {"source_dim": config.sharer_head_dim, "target_dim": config.receiver_head_dim,
+          "source_num_heads": config.sharer_kv_heads,
+          "target_num_heads": config.receiver_kv_heads,
+          "intermediate_dim": config.intermediate_dim, "hidden_dim": config.hidden_dim,
+          "num_layers": config.num_layers, "dropout": config.dropout,
+          "initial_temperature": config.initial_temperature,
+          "final_temperature": config.final_temperature,
+          "anneal_steps": config.anneal_steps,
+          "dtype": {"__type__": "torch.dtype", "value": config.param_dtype}}
+
+
+def export_rosetta(path: str | os.PathLike, params: Params, config: FuserConfig,
+                   layer_map: LayerMap, *, overwrite: bool = False) -> None:
+  """Writes one sharer's fuser in the released format, readable by :func:`import_rosetta`
+  and by the released code's loader.
+
+  Layout: ``projector_{i}.pt`` (state dict, ``torch.save``) and ``projector_{i}.json``
+  (class and init args) for pair ``i`` of ``layer_map``, and ``projector_config.json``
+  mapping receiver model ``"0"`` <- sharer model ``"1"``: receiver layer ->
+  ``[[sharer layer, i]]``. Tensors are in the config's dtype. Needs torch.
+  """
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("export_rosetta needs PyTorch to write .pt files: "
+                      "pip install torch==2.13.0 (CPU wheel is enough).") from e
+  if num_pairs(params) != len(layer_map):
+    raise ValueError(f"params hold {num_pairs(params)} fusers but the layer map has "
+                     f"{len(layer_map)} pairs.")
+  path = os.fspath(path)
+  if os.path.exists(os.path.join(path, "projector_config.json")) and not overwrite:
+    raise FileExistsError(f"{path} already holds a released fuser; pass overwrite=True.")
+  os.makedirs(path, exist_ok=True)
+  dtype = getattr(torch, config.param_dtype)
+  mapping: dict[str, list[list[int]]] = {}
+  for i, (r, s) in enumerate(layer_map.pairs()):
+    one = jax.tree.map(lambda x, i=i: np.asarray(x[i], np.float32), params)
+    sd = {k: torch.tensor(np.array(v)).to(dtype)
+          for k, v in state_dict_from_params(one, config).items()}
+    torch.save(sd, os.path.join(path, f"projector_{i}.pt"))
+    with open(os.path.join(path, f"projector_{i}.json"), "w") as f:
+      json.dump({"class": "C2CProjector", "init_args": _init_args(config)}, f, indent=2)
+    mapping[str(r)] = [[s, i]]
+  with open(os.path.join(path, "projector_config.json"), "w") as f:
+    json.dump({"0": {"1": mapping}}, f)
+
+
+def resolve_rosetta(path_or_hub_id: str | os.PathLike, subfolder: str | None = None) -> str:
+  """The local folder of a released fuser: a directory, or a hub id fetched into the
+  ``huggingface_hub`` cache (only ``subfolder``'s files; offline with ``HF_HUB_OFFLINE=1``
+  from a populated cache).
+
+  Args:
+    path_or_hub_id: a local directory, or a hub repo id such as ``nics-efc/C2C_Fuser``.
+    subfolder: folder inside it that holds ``projector_config.json``.
+  """
+  source = os.fspath(path_or_hub_id)
+  if os.path.isdir(source):
+    root = source
+  elif _HUB_ID.match(source) and not os.path.exists(source):
+    from huggingface_hub import snapshot_download  # pylint: disable=import-outside-toplevel
+    patterns = [f"{subfolder.strip('/')}/*"] if subfolder else None
+    root = snapshot_download(source, allow_patterns=patterns)
+  else:
+    raise FileNotFoundError(f"{source!r} is neither a directory nor a hub id (org/name).")
+  folder = os.path.join(root, subfolder) if subfolder else root
+  if not os.path.isfile(os.path.join(folder, "projector_config.json")):
+    where = f"{source!r}" + (f" subfolder {subfolder!r}" if subfolder else "")
+    raise FileNotFoundError(f"{where} has no projector_config.json (a released C2C fuser "
+                            f"folder holds it with projector_{{i}}.pt/.json).")
+  return folder

@@ -11,6 +11,11 @@ Batches are left-padded: sequence ``b`` occupies slots ``start[b] .. end-1`` and
 sequence in the batch writes its next token at the same slot ``end``. The RoPE position
 of slot ``t`` of sequence ``b`` is ``t - start[b]``. Writes are one
 ``lax.dynamic_update_slice`` per call, inside ``jax.jit``.
+
+A cache made with ``holes=True`` also records pads *inside* a sequence (the released
+C2C's section padding): such a slot keeps its position (pads take positions) but no
+query attends to it. Calls with an ``attention_mask`` mark its zeros after ``start`` as
+holes.
 """
 
 from __future__ import annotations
@@ -29,22 +34,25 @@ class KVCache:
     v: [L, B, K, T, H] values.
     start: [B] int32, first valid slot of each sequence (= its left padding).
     end: [] int32, next slot to write (shared by the batch).
+    holes: None, or [B, T] bool: slots holding a pad inside the sequence, never attended.
   """
 
   k: jax.Array
   v: jax.Array
   start: jax.Array
   end: jax.Array
+  holes: jax.Array | None = None
 
   @classmethod
   def init(cls, num_layers: int, batch: int, num_kv_heads: int, max_len: int,
-           head_dim: int, dtype=jnp.float32) -> "KVCache":
+           head_dim: int, dtype=jnp.float32, holes: bool = False) -> "KVCache":
     shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
     return cls(
         k=jnp.zeros(shape, dtype),
         v=jnp.zeros(shape, dtype),
         start=jnp.zeros((batch,), jnp.int32),
         end=jnp.zeros((), jnp.int32),
+        holes=jnp.zeros((batch, max_len), bool) if holes else None,
     )
 
   # --- static shape helpers -------------------------------------------------------
@@ -69,7 +77,8 @@ class KVCache:
   def valid_mask(self) -> jax.Array:
     """[B, T] True where a slot holds a real token."""
     t = jnp.arange(self.max_len, dtype=jnp.int32)
-    return (t[None, :] >= self.start[:, None]) & (t[None, :] < self.end)
+    valid = (t[None, :] >= self.start[:, None]) & (t[None, :] < self.end)
+    return valid if self.holes is None else valid & ~self.holes
 
   def positions(self) -> jax.Array:
     """[B, T] RoPE position of each slot (meaningful only where valid)."""
@@ -82,7 +91,8 @@ class KVCache:
     if extra < 0:
       raise ValueError(f"cannot shrink a cache of {self.max_len} slots to {max_len}")
     widths = [(0, 0)] * 3 + [(0, extra), (0, 0)]
-    return self.replace(k=jnp.pad(self.k, widths), v=jnp.pad(self.v, widths))
+    holes = None if self.holes is None else jnp.pad(self.holes, ((0, 0), (0, extra)))
+    return self.replace(k=jnp.pad(self.k, widths), v=jnp.pad(self.v, widths), holes=holes)
 
   def layer(self, i: int) -> tuple[jax.Array, jax.Array]:
     """Keys and values of layer ``i`` in HF layout, ``[B, K, T, H]`` each."""

@@ -220,7 +220,12 @@ class Decoder(nn.Module):
     slots = jnp.arange(cache.max_len, dtype=jnp.int32)
     q_slots = write_at + jnp.arange(s, dtype=jnp.int32)
     q_pos = q_slots[None, :] - cache.start[:, None]  # [B, S]
+    if attention_mask is not None and cache.holes is not None:  # pads inside the sequence
+      new = ~attention_mask.astype(bool) & (q_slots[None, :] >= cache.start[:, None])
+      cache = cache.replace(holes=jax.lax.dynamic_update_slice(cache.holes, new, (0, write_at)))
     valid = (slots[None, :] >= cache.start[:, None]) & (slots[None, :] < end)  # [B, T]
+    if cache.holes is not None:
+      valid = valid & ~cache.holes
     causal = slots[None, :] <= q_slots[:, None]  # [S, T]
     mask_global = valid[:, None, :] & causal[None]
     mask_local = mask_global

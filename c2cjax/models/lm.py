@@ -28,11 +28,13 @@ from c2cjax.models.layers import Decoder
 
 
 # --- pure functions (call inside jit) -------------------------------------------------------
-def init_cache(module: Decoder, batch: int, max_len: int, dtype=None) -> KVCache:
-  """An empty cache [L, batch, K, max_len, H] for ``module``'s config."""
+def init_cache(module: Decoder, batch: int, max_len: int, dtype=None,
+               holes: bool = False) -> KVCache:
+  """An empty cache [L, batch, K, max_len, H] for ``module``'s config; ``holes`` records
+  pads inside sequences (see :class:`KVCache`)."""
   c = module.cfg
   return KVCache.init(c.num_layers, batch, c.num_kv_heads, max_len, c.head_dim,
-                      dtype or module.dtype)
+                      dtype or module.dtype, holes)
 
 
 def forward(module: Decoder, params, tokens: jax.Array, cache: KVCache, attention_mask=None,
@@ -140,8 +142,8 @@ class LM:
     return f"LM({self.config.arch}, layers={self.config.num_layers}, source={self.source!r})"
 
   # --- cache and forward -----------------------------------------------------------------
-  def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-    return init_cache(self.module, batch, max_len, dtype)
+  def init_cache(self, batch: int, max_len: int, dtype=None, holes: bool = False) -> KVCache:
+    return init_cache(self.module, batch, max_len, dtype, holes)
 
   def init_params(self, rng: jax.Array):
     """Random params of the right structure (tests, shapes)."""
