@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import align, fuse as fuse_lib, sampling, sections, text
+from c2cjax import align, fuse as fuse_lib, inputs, sampling, sections, text
 from c2cjax.data import chat, pipeline
 from c2cjax.fuse import Fuser, layer_map_by_name  # noqa: F401 (re-exported)
 from c2cjax.models import lm as lm_lib
@@ -386,6 +386,10 @@ class C2C:
       raise ValueError("encode gives the offsets scheme's arrays; use encode_batch")
     if any(a is None for a in self.aligners):
       raise ValueError("every sharer needs a tokenizer to align prompts")
+    prompts = inputs.check_prompts(prompts)
+    if not all(isinstance(p, str) or isinstance(p[0], dict) for p in prompts):
+      raise TypeError("C2C prompts are strings or chat message lists (token ids cannot be "
+                      "aligned to the sharers: use generate_ids)")
     enc = chat.ChatEncoder(self.receiver.tokenizer, self.max_len, self.aligners)
     rows = [enc.prompt(text.as_messages(p)) for p in prompts]
     width = text.round_up(max(len(r["receiver_ids"]) for r in rows), multiple_of)
@@ -522,6 +526,13 @@ class C2C:
     if len(sharer_tokens) != len(self.sharers):
       raise ValueError(f"need sharer ids for all {len(self.sharers)} sharers")
     cfg = self.receiver.sampling_config(eos_ids=eos_ids, **sampling_kw)
+    masks = sharer_masks if sharer_masks is not None else (mask,) * len(self.sharers)
+    for lm, ids, m, who in ((self.receiver, tokens, mask, "the receiver"),
+                            *((s, t, sm, f"sharer {i}") for i, (s, t, sm) in
+                              enumerate(zip(self.sharers, sharer_tokens, masks)))):
+      inputs.check_token_batch(ids, m, vocab_size=lm.config.vocab_size,
+                               max_positions=lm.config.max_position_embeddings,
+                               max_new_tokens=cfg.max_new_tokens, who=who)
     max_len = sampling.cache_length(
         tokens.shape[1], cfg, max_len,
         " (with fuse_response the sharer caches too)" if fuse_response else "")

@@ -17,6 +17,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from c2cjax import config_check
 from c2cjax.evaluation import experiment
 from c2cjax.runtime import enable_compilation_cache
 
@@ -35,4 +36,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=config_check.flags_parser("c2cjax.eval"))

@@ -11,6 +11,8 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from c2cjax import inputs
+
 Side = Literal["left", "right"]
 
 
@@ -85,18 +87,22 @@ def encode_prompts(tokenizer, prompts: Sequence, *, chat: bool | None = None, pa
 
   Strings are tokenised as-is (with the tokenizer's special tokens) unless ``chat``; chat
   message lists (and strings with ``chat``) go through the chat template; P is rounded up
-  to ``multiple_of`` (fewer compiled shapes).
+  to ``multiple_of`` (fewer compiled shapes). An empty batch, an empty or malformed prompt
+  or a string the tokenizer cannot encode is a ValueError/TypeError naming the prompt
+  (:mod:`c2cjax.inputs`).
   """
   ids = []
-  for p in prompts:
+  for i, p in enumerate(inputs.check_prompts(prompts)):
     if isinstance(p, str) and not chat:
-      ids.append(tokenizer(p, add_special_tokens=True)["input_ids"])
+      ids.append(inputs.encode_text(tokenizer, p, i, add_special_tokens=True))
     elif isinstance(p, str) or _is_messages(p):
+      if tokenizer is None:
+        raise ValueError(f"prompt {i} is text but there is no tokenizer: pass token ids")
       ids.append(encode_prompt(tokenizer, as_messages(p)))
     else:
       ids.append([int(t) for t in p])
   if any(len(x) == 0 for x in ids):
-    raise ValueError("empty prompt")
+    raise ValueError(f"prompt {[len(x) for x in ids].index(0)} encodes to no tokens")
   return pad_rows(ids, round_up(max(len(x) for x in ids), multiple_of), pad_id)
 
 

@@ -62,8 +62,13 @@ def load_questions(config, log: Callable[[str], None] = print) -> dict[str, list
         kw["source"] = "hub"
       try:
         out[name] = datasets.load_ceval(**kw)
-      except (datasets.HubError, FileNotFoundError) as e:
-        log(f"C-Eval unavailable ({e}); set --config.ceval_path: skipped")
+      except (datasets.HubError, FileNotFoundError) as e:  # asked for: never skipped
+        where = (f"--config.ceval_path={config.ceval_path}" if config.ceval_path else
+                 "the Hugging Face hub (no --config.ceval_path)")
+        raise FileNotFoundError(
+            f"C-Eval is in benchmarks but cannot be read from {where}: {e}; set "
+            "--config.ceval_path to a C-Eval directory, or leave ceval out of benchmarks"
+        ) from e
       continue
     out[name] = datasets.load_benchmark(name, **kw)
   return {name: qs[k::n] for name, qs in out.items()}

@@ -6,9 +6,9 @@ replies in ``predictions.jsonl``, and the config in ``config.json``.
 
 A long run goes in parts: ``--config.shard=k/n`` evaluates every n-th question from the k-th;
 ``merge`` then writes the reports of all the parts' predictions, without loading a model.
-It checks that the parts ran the same models, fusers and prompts, and that no question is
-counted twice. Parts written before configs took tuples (comma-separated strings) merge with
-newer ones.
+It checks that the parts ran the same models, fusers and prompts, that no question is
+counted twice, and that the output is none of the parts. Every file is written atomically.
+Parts written before configs took tuples (comma-separated strings) merge with newer ones.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+from c2cjax import files
 from c2cjax.evaluation import report
 from c2cjax.evaluation.datasets import Question
 from c2cjax.evaluation.runner import Prediction
@@ -35,7 +36,7 @@ def _write_reports(records: dict[str, list[report.Record]], prediction_lines: Se
     paths[f"{method}.records"] = out / f"{method}_records.jsonl"
     report.save_records(recs, paths[f"{method}.records"])
   paths["predictions"] = out / "predictions.jsonl"
-  paths["predictions"].write_text("".join(prediction_lines), encoding="utf-8")
+  files.atomic_write_text(paths["predictions"], "".join(prediction_lines))
   return paths
 
 
@@ -50,7 +51,7 @@ def write_outputs(predictions: Sequence[Prediction], questions: dict[str, list[Q
   paths = _write_reports(records, lines, out_dir)
   if config is not None:
     paths["config"] = pathlib.Path(out_dir) / "config.json"
-    paths["config"].write_text(config.to_json_best_effort(indent=2) + "\n")
+    files.atomic_write_text(paths["config"], config.to_json_best_effort(indent=2) + "\n")
   return paths
 
 
@@ -78,6 +79,12 @@ def merge(parts: Sequence[str | pathlib.Path], out_dir) -> dict[str, pathlib.Pat
   """
   if not parts:
     raise ValueError("merge needs at least one output folder")
+  out = pathlib.Path(out_dir).resolve()
+  for part in map(pathlib.Path, parts):
+    if part.resolve() == out:
+      raise ValueError(f"the merge output {out_dir} is one of its parts ({part}): merging "
+                       "would overwrite that part's records; choose another name or "
+                       "output_dir")
   configs, predictions, records = [], [], {}
   seen: dict[tuple, pathlib.Path] = {}
   for part in map(pathlib.Path, parts):
@@ -85,7 +92,7 @@ def merge(parts: Sequence[str | pathlib.Path], out_dir) -> dict[str, pathlib.Pat
       if not (part / f).is_file():
         raise FileNotFoundError(f"{part / f} not found: is {part} an evaluation's output "
                                 "folder ({output_dir}/{name})?")
-    config = json.loads((part / "config.json").read_text())
+    config = files.read_json(part / "config.json", "evaluation config")
     if configs:
       first, first_path = configs[0]
       for key in sorted(set(first) | set(config)):
@@ -108,5 +115,5 @@ def merge(parts: Sequence[str | pathlib.Path], out_dir) -> dict[str, pathlib.Pat
   # The first part's config, naming the parts, so a merged folder can be merged again.
   config = dict(configs[0][0], shard="", merge=[str(p) for _, p in configs])
   paths["config"] = pathlib.Path(out_dir) / "config.json"
-  paths["config"].write_text(json.dumps(config, indent=2) + "\n")
+  files.atomic_write_text(paths["config"], json.dumps(config, indent=2) + "\n")
   return paths

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from c2cjax import files
+
 Z95 = 1.959963984540054
 CI_METHOD = "Wilson score interval, 95% (z=1.96)"
 BASELINE = "receiver"
@@ -226,28 +228,45 @@ def plot_accuracy(summary: dict[str, Any], path: str | pathlib.Path) -> None:
 
 def write_report(records: Iterable[Record], out_dir: str | pathlib.Path,
                  name: str = "report") -> dict[str, pathlib.Path]:
-  """Writes {name}.json, {name}.md and {name}_accuracy.png under `out_dir`; returns the paths."""
+  """Writes {name}.json, {name}.md and {name}_accuracy.png under `out_dir`; returns the paths.
+
+  The three are written to temporary files first and renamed over the old ones only when all
+  are complete: a failed or interrupted write leaves the previous report, never a mix or a
+  truncated file.
+  """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   summary = summarize(records)
   paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md",
            "chart": out / f"{name}_accuracy.png"}
-  paths["json"].write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-  paths["markdown"].write_text(markdown(summary))
-  plot_accuracy(summary, paths["chart"])
+  with (files.atomic_path(paths["json"]) as tmp_json, files.atomic_path(paths["markdown"]) as
+        tmp_md, files.atomic_path(paths["chart"]) as tmp_chart):
+    tmp_json.write_text(files.dumps_strict(summary, indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+    tmp_md.write_text(markdown(summary), encoding="utf-8")
+    plot_accuracy(summary, tmp_chart)
   return paths
 
 
 def save_records(records: Iterable[Record], path: str | pathlib.Path) -> None:
-  """One JSON object per line, so a report can be rebuilt (or merged) later."""
-  with open(path, "w", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n")
+  """One JSON object per line, so a report can be rebuilt (or merged) later; atomic."""
+  files.atomic_write_text(path, "".join(
+      files.dumps_strict(dataclasses.asdict(r), ensure_ascii=False) + "\n"
+      for r in records))
 
 
 def load_records(path: str | pathlib.Path) -> list[Record]:
+  """The records of :func:`save_records`; a bad line is an error naming the file and line."""
+  out = []
   with open(path, encoding="utf-8") as f:
-    return [Record(**json.loads(line)) for line in f if line.strip()]
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        out.append(Record(**json.loads(line)))
+      except (json.JSONDecodeError, TypeError) as e:
+        raise files.CorruptFileError(f"{path}, line {i}: not a record ({e})") from None
+  return out
 
 
 def _pct(o: dict[str, Any]) -> str:

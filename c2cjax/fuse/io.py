@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from c2cjax import files
 from c2cjax.fuse.config import BRANCHES, FuserConfig, LayerMap, Params
 from c2cjax.fuse.apply import init, num_pairs
 
@@ -68,6 +69,7 @@ def load(path: str | os.PathLike):
     (params, config, layer_map, meta); tuples per sharer if saved as sequences.
   """
   path = os.path.abspath(path)
+  check_checkpoint_dir(path)
   ckptr = _checkpointer()
   info = ckptr.restore(path, args=ocp.args.Composite(fuser=ocp.args.JsonRestore()))["fuser"]
   if info.get("format") != FORMAT:
@@ -83,6 +85,51 @@ def load(path: str | os.PathLike):
   if info["multi"]:
     return tuple(params), tuple(configs), tuple(maps), info["meta"]
   return params, configs[0], maps[0], info["meta"]
+
+
+def check_checkpoint_dir(path: str | os.PathLike) -> None:
+  """Raises an error naming the right file when ``path`` is not a :func:`save` checkpoint:
+  missing, a training run directory (its fuser is ``<run>/fuser``), a released-format
+  folder, or metadata that is not valid JSON."""
+  path = os.path.abspath(path)
+  meta = os.path.join(path, "fuser", "metadata")
+  if os.path.isfile(meta):
+    files.read_json(meta, "fuser metadata")  # corrupt JSON names the file
+    return
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"fuser checkpoint not found: {path}")
+  if os.path.isfile(os.path.join(path, "fuser", "fuser", "metadata")):
+    raise FileNotFoundError(f"{path} is a training run directory; the fuser is at "
+                            f"{os.path.join(path, 'fuser')}")
+  if os.path.isfile(os.path.join(path, "projector_config.json")):
+    raise ValueError(f"{path} holds a fuser in the released PyTorch format; read it with "
+                     "c2cjax.fuse.import_rosetta")
+  raise FileNotFoundError(f"{path} is not a fuser checkpoint (no {meta})")
+
+
+def check_models(meta: dict, receiver, sharers, *, allow_mismatch: bool = False) -> None:
+  """Compares the models a checkpoint's ``meta["models"]`` records (``c2cjax.train``
+  writes them) with ``receiver`` and ``sharers`` (LMs or identity dicts): a different
+  architecture, layer count, kv heads, head dim, hidden size or vocabulary is a ValueError
+  naming both, or only a warning with ``allow_mismatch`` (research use). Checkpoints
+  without the record pass."""
+  from c2cjax.models import identity as ident_lib
+  recorded = (meta or {}).get("models")
+  if not recorded:
+    return
+  as_ident = lambda m: m if isinstance(m, dict) else ident_lib.identity(m, fingerprint=False)
+  pairs = [("receiver", recorded.get("receiver"), as_ident(receiver))]
+  pairs += [(f"sharer {i}", rec, as_ident(s))
+            for i, (rec, s) in enumerate(zip(recorded.get("sharers", []), sharers))]
+  problems = [f"{role}: trained for {ident_lib.describe(rec)}, given "
+              f"{ident_lib.describe(got)} ({'; '.join(diff)})"
+              for role, rec, got in pairs if rec
+              for diff in [ident_lib.differences(rec, got)] if diff]
+  if problems:
+    msg = "the fuser was trained for other models:\n  " + "\n  ".join(problems)
+    if not allow_mismatch:
+      raise ValueError(msg + "\npass allow_mismatch=True to use it anyway (research use)")
+    warnings.warn(msg, stacklevel=2)
 
 
 # --- import of the released PyTorch format ----------------------------------------------
@@ -176,8 +223,8 @@ def import_rosetta(path: str | os.PathLike, *, param_dtype: str = "float32"):
     raise ImportError("import_rosetta needs PyTorch to read .pt files: "
                       "pip install torch==2.13.0 (CPU wheel is enough).") from e
   path = os.fspath(path)
-  with open(os.path.join(path, "projector_config.json")) as f:
-    mapping = json.load(f)
+  mapping = files.read_json(os.path.join(path, "projector_config.json"),
+                            "released fuser config")
   if list(mapping) != ["0"]:
     raise ValueError(f"Expected receiver model '0' only in projector_config.json, got "
                      f"{list(mapping)}.")
@@ -186,8 +233,8 @@ def import_rosetta(path: str | os.PathLike, *, param_dtype: str = "float32"):
   def projector(idx: int) -> tuple[FuserConfig, Params]:
     if idx not in cache:
       stem = os.path.join(path, f"projector_{idx}")
-      with open(stem + ".json") as f:
-        cfg = _config_from_init_args(json.load(f), stem + ".json", param_dtype)
+      cfg = _config_from_init_args(files.read_json(stem + ".json", "projector config"),
+                                   stem + ".json", param_dtype)
       sd = torch.load(stem + ".pt", map_location="cpu", weights_only=True)
       sd = {k: t.detach().to(torch.float32).numpy() for k, t in sd.items()}
       cache[idx] = cfg, params_from_state_dict(sd, cfg, stem + ".pt")

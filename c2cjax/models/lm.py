@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import sampling, text
+from c2cjax import inputs, sampling, text
 from c2cjax.models.cache import KVCache
 from c2cjax.models.config import ModelConfig
 from c2cjax.models.layers import Decoder
@@ -229,8 +229,16 @@ class LM:
   def generate_ids(self, tokens, mask, *, seed: int = 0, max_len: int | None = None,
                    eos_ids: Sequence[int] | None = None, params=None, **sampling_kw):
     """Token-level :meth:`generate` on left-padded ``tokens``/``mask`` [B, P] (as they are:
-    no re-padding). Returns tokens [B, N], lengths [B] (numpy) and the sampling config."""
+    no re-padding). Returns tokens [B, N], lengths [B] (numpy) and the sampling config.
+
+    Raises ValueError for ids outside the vocabulary and for a prompt + ``max_new_tokens``
+    longer than the model's ``max_position_embeddings`` (positions it was never trained on).
+    """
     cfg = self.sampling_config(eos_ids=eos_ids, **sampling_kw)
+    c = self.config
+    inputs.check_token_batch(tokens, mask, vocab_size=c.vocab_size,
+                             max_positions=c.max_position_embeddings,
+                             max_new_tokens=cfg.max_new_tokens)
     max_len = sampling.cache_length(tokens.shape[1], cfg, max_len)
     out, lengths = self._generate(self.module, self.params if params is None else params,
                                   jnp.asarray(tokens), jnp.asarray(mask),

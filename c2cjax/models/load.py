@@ -7,14 +7,18 @@ skips conversion (and GGUF dequantisation) entirely.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from c2cjax import files
 from c2cjax.models import gemma, llama
 from c2cjax.models.config import ModelConfig
 from c2cjax.models.convert import params_from_hf
@@ -24,22 +28,31 @@ from c2cjax.models.registry import (SUPPORTED_MODEL_TYPES, arch_module,  # noqa:
 from c2cjax.runtime import cache_root
 
 _CACHE_VERSION = "1"
+# Any one of these makes a loadable tokenizer (fast, SentencePiece, BPE, WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json",
+                   "vocab.txt")
 
 
 # --- reading sources into HF-named NumPy tensors -------------------------------------------
 def _read_safetensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
+  from safetensors import SafetensorError
   from safetensors.numpy import load_file
 
-  files = sorted(directory.glob("*.safetensors"))
-  if not files:
+  paths = sorted(directory.glob("*.safetensors"))
+  if not paths:
     raise FileNotFoundError(f"no *.safetensors files in {directory}")
   state = {}
-  for f in files:
+  for f in paths:
     try:
-      state.update(load_file(str(f)))
-    except TypeError:  # bf16 is not a NumPy dtype: go through flax's reader
-      from safetensors.flax import load_file as load_flax
-      state.update({k: np.asarray(v.astype(jnp.float32)) for k, v in load_flax(str(f)).items()})
+      try:
+        state.update(load_file(str(f)))
+      except TypeError:  # bf16 is not a NumPy dtype: go through flax's reader
+        from safetensors.flax import load_file as load_flax
+        state.update({k: np.asarray(v.astype(jnp.float32))
+                      for k, v in load_flax(str(f)).items()})
+    except (SafetensorError, OSError, ValueError) as e:
+      raise files.CorruptFileError(f"safetensors file {f} cannot be read ({e}); it is "
+                                   "truncated or corrupt") from e
   return state
 
 
@@ -84,9 +97,51 @@ def _gguf_state(path: pathlib.Path, model_type: str, cfg: ModelConfig) -> dict[s
   return state
 
 
-def _fingerprint(files: list[pathlib.Path], dtype) -> str:
+def gguf_problem(path: pathlib.Path) -> str | None:
+  """Why ``path`` is not a complete GGUF file (None if it reads). Run after a failure, to
+  tell a truncated or corrupt file from other errors: parsing costs seconds."""
+  import gguf
+
+  size = path.stat().st_size
+  with open(path, "rb") as f:
+    magic = f.read(4)
+  if magic != b"GGUF":
+    return f"is not a GGUF file (it starts with {magic!r}, not b'GGUF')"
+  try:
+    reader = gguf.GGUFReader(str(path))
+  except Exception as e:  # pylint: disable=broad-except  # struct.error, ValueError, ...
+    return (f"is truncated or corrupt ({size} bytes; the GGUF reader failed: "
+            f"{type(e).__name__}: {e})")
+  for t in reader.tensors:
+    end = int(t.data_offset) + int(t.n_bytes)
+    if end > size:
+      return f"is truncated: tensor {t.name!r} ends at byte {end}, the file has {size}"
+  return None
+
+
+@contextlib.contextmanager
+def _named_gguf_errors(path: pathlib.Path | None):
+  """Re-raises a failure while reading ``path`` as CorruptFileError naming it if the file is
+  truncated or corrupt; other errors pass unchanged."""
+  try:
+    yield
+  except Exception as e:
+    problem = gguf_problem(path) if path is not None and path.is_file() else None
+    if problem:
+      raise files.CorruptFileError(f"GGUF file {path} {problem}") from e
+    raise
+
+
+def _check_tokenizer_files(directory: pathlib.Path) -> None:
+  if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+    raise FileNotFoundError(
+        f"no tokenizer files in {directory} (looked for {', '.join(TOKENIZER_FILES)}); add "
+        "the model's tokenizer files there, or pass tokenizer=False to load the weights only")
+
+
+def _fingerprint(paths: list[pathlib.Path], dtype) -> str:
   h = hashlib.sha256(_CACHE_VERSION.encode())
-  for f in sorted(files):
+  for f in sorted(paths):
     st = f.stat()
     h.update(f"{f.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode())
   h.update(jnp.dtype(dtype).name.encode())
@@ -137,13 +192,17 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
   Args:
     source: a hub id (``Qwen/Qwen3-0.6B``), a local HF directory, or a ``.gguf`` file.
     dtype: param/compute dtype (``jnp.float32`` or ``jnp.bfloat16``).
-    tokenizer: also load the HF tokenizer (from the directory or the GGUF).
+    tokenizer: also load the HF tokenizer (from the directory or the GGUF); a directory
+      without tokenizer files is then an error (FileNotFoundError) naming it.
     use_cache: read/write converted params under ``$C2CJAX_CACHE`` (``~/.cache/c2cjax``).
     config_overrides: fields of :class:`ModelConfig` to override.
   """
   from transformers import AutoConfig, AutoTokenizer
 
   directory, gguf_file = _resolve(str(source))
+  if tokenizer and not gguf_file:
+    _check_tokenizer_files(directory)  # before the (slow) weights
+  gguf_path = directory / gguf_file if gguf_file else None
   kw = {"gguf_file": gguf_file} if gguf_file else {}
   weight_files = ([directory / gguf_file] if gguf_file else
                   sorted(directory.glob("*.safetensors")))
@@ -153,30 +212,36 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
   cached = cache_root() / "params" / key
   meta_file = cached.with_suffix(".json")
 
+  params = None
   if use_cache and meta_file.exists() and cached.exists():
-    hf_dict = json.loads(meta_file.read_text())
-    hf_config = AutoConfig.for_model(**hf_dict)
-    cfg = config_from_hf(hf_config, **config_overrides)
-    params = _restore_cached(cached)
-  else:
-    hf_config = AutoConfig.from_pretrained(str(directory), **kw)
-    arch = arch_module(hf_config.model_type)
-    cfg = arch.config_from_hf(hf_config, **config_overrides)
-    state = (_gguf_state(directory / gguf_file, hf_config.model_type, cfg) if gguf_file
-             else _read_safetensors(directory))
+    try:
+      hf_config = AutoConfig.for_model(**files.read_json(meta_file, "converted-params record"))
+      cfg = config_from_hf(hf_config, **config_overrides)
+      params = _restore_cached(cached)
+    except Exception as e:  # pylint: disable=broad-except  # a damaged cache entry
+      logging.warning("ignoring the damaged converted-params cache %s (%s: %s); converting "
+                      "%s again", cached, type(e).__name__, e, source)
+  if params is None:
+    with _named_gguf_errors(gguf_path):
+      hf_config = AutoConfig.from_pretrained(str(directory), **kw)
+      arch = arch_module(hf_config.model_type)
+      cfg = arch.config_from_hf(hf_config, **config_overrides)
+      state = (_gguf_state(gguf_path, hf_config.model_type, cfg) if gguf_file
+               else _read_safetensors(directory))
     np_dtype = np.dtype(jnp.dtype(dtype))
     params = params_from_hf(cfg, state, arch.NORMS, dtype=np_dtype)
     del state
     if use_cache:
       _save_cached(cached, params)
-      meta_file.write_text(json.dumps(hf_config.to_dict()))
+      files.atomic_write_text(meta_file, json.dumps(hf_config.to_dict()))
   params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
 
   tok = None
   if tokenizer:
     from c2cjax import offline
-    tok = (offline.load_tokenizer(directory / gguf_file) if gguf_file
-           else AutoTokenizer.from_pretrained(str(directory)))
+    with _named_gguf_errors(gguf_path):
+      tok = (offline.load_tokenizer(gguf_path) if gguf_file
+             else AutoTokenizer.from_pretrained(str(directory)))
   return LM(cfg, params, tok, dtype=dtype, source=str(source), remat=remat)
 
 
@@ -217,6 +282,8 @@ def resolve(spec: str, dtype=jnp.float32, *, seed: int = 0, remat: bool = False)
       tok = offline.load_tokenizer(_offline_path(tok_spec.split(":", 1)[1]))
     elif tok_spec:
       from transformers import AutoTokenizer
+      if pathlib.Path(tok_spec).expanduser().is_dir():
+        _check_tokenizer_files(pathlib.Path(tok_spec).expanduser())
       tok = AutoTokenizer.from_pretrained(tok_spec)
     lm = tiny_lm(kind, tok, seed=seed, dtype=dtype)
     if remat:
