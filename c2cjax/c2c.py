@@ -9,6 +9,11 @@ Data path (one compiled program per shape, no host syncs between the sections)::
 Sharer ids are aligned 1:1 with the receiver's tokens (``c2cjax.align``), so every cache
 has the same slot layout and the fuser only sees caches, a layer map and a token mask.
 
+Sharer-only context (``sharer_masks``, ``generate(..., sharer_context=...)``): a sharer's ids
+may be wider than the receiver's, ``[B, C + P]``: it prefills its private context and the
+prompt, and only its last P slots, aligned to the receiver's prompt, are fused
+(:mod:`c2cjax.sharer_context`). The receiver never reads the context; its cache keeps P slots.
+
 Options (static, off by default): ``fuse_last`` prefills all P prompt tokens, fuses the
 last one too and reruns it on the fused cache keeping the fused slots; ``fuse_response``
 keeps the sharers (and a receiver-alone cache) stepping on the generated tokens inside
@@ -24,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import align, fuse as fuse_lib, sampling
+from c2cjax import align, fuse as fuse_lib, sampling, sharer_context
 from c2cjax.data import chat
 from c2cjax.models.cache import KVCache
 from c2cjax.models.model import LM, _round_up
@@ -123,13 +128,16 @@ class C2C:
   # --- pure pieces (call inside jit) ------------------------------------------------------
   def fused_cache(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, fuse_mask,
                   active: tuple[int, ...], *, train=False, rng=None, step=0,
-                  return_caches: bool = False):
+                  return_caches: bool = False, sharer_masks=None):
     """Receiver cache of ``tokens [B, S]`` fused from the ``active`` sharers.
 
     Args:
       rparams: receiver params; sparams / fparams: tuples over *all* sharers.
       tokens: [B, S] receiver ids (left-padded; ``mask`` [B, S] marks real tokens).
-      sharer_tokens: tuple over all sharers of [B, S] aligned sharer ids.
+      sharer_tokens: tuple over all sharers of [B, S] aligned sharer ids, or [B, C + S]
+        (context first, see :mod:`c2cjax.sharer_context`) where ``sharer_masks`` has a mask.
+      sharer_masks: None, or a tuple over all sharers of None (ids aligned to ``tokens``) or a
+        [B, C + S] mask of that sharer's real tokens; its last S cache slots are fused.
       fuse_mask: [B, S] slots to fuse (masked by ``mask`` too).
       active: which sharers take part (static).
       return_caches: also return the unfused receiver cache and the active sharers' caches.
@@ -145,7 +153,11 @@ class C2C:
     caches = []
     for i in active:  # a handful of sharers, each its own model: not a layer loop
       sh = self.sharers[i]
-      c = sh.module_prefill(sparams[i], sharer_tokens[i], sh.init_cache(b, s), mask)
+      smask = None if sharer_masks is None else sharer_masks[i]
+      if smask is None:
+        c = sh.module_prefill(sparams[i], sharer_tokens[i], sh.init_cache(b, s), mask)
+      else:
+        c = sharer_context.prefill_slice(sh, sparams[i], sharer_tokens[i], smask, s)
       caches.append(c)
     token_mask = fuse_mask.astype(bool) & mask.astype(bool)
     fused = self._fuse(fparams, rcache, tuple(caches), token_mask, active, train=train,
@@ -160,22 +172,24 @@ class C2C:
         config=tuple(self.fusers[i].config for i in active), mode=self.mode, **kw)
 
   def _prefill_impl(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, active,
-                    max_len, fuse_last=False, fuse_response=False):
+                    max_len, fuse_last=False, fuse_response=False, sharer_masks=None):
     """Fused cache of all prompt tokens but the last, then the last token on it (with an
     option set: :meth:`_prefill_all`)."""
     if fuse_last or fuse_response:
       return self._prefill_all(rparams, sparams, fparams, tokens, mask, sharer_tokens,
-                               active, max_len, fuse_last, fuse_response)
+                               active, max_len, fuse_last, fuse_response, sharer_masks)
     fuse_mask = jnp.ones_like(mask)
+    cut = None if sharer_masks is None else tuple(
+        None if m is None else m[:, :-1] for m in sharer_masks)
     cache = self.fused_cache(rparams, sparams, fparams, tokens[:, :-1], mask[:, :-1],
                              tuple(t[:, :-1] for t in sharer_tokens),
-                             fuse_mask[:, :-1], active)
+                             fuse_mask[:, :-1], active, sharer_masks=cut)
     cache = cache.pad_to(max_len)
     logits, cache = self.receiver.module_apply(rparams, tokens[:, -1:], cache)
     return logits[:, -1], cache
 
   def _prefill_all(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, active,
-                   max_len, fuse_last, fuse_response):
+                   max_len, fuse_last, fuse_response, sharer_masks=None):
     """Prefill on all P prompt tokens, fuse them (the last one only with ``fuse_last``),
     then rerun the last token on the fused cache, keeping the fused slots (``keep``): at
     every layer its query reads fused keys/values, its own slot included when fused.
@@ -191,7 +205,7 @@ class C2C:
     fuse_mask = real if fuse_last else real & (jnp.arange(p) < p - 1)[None]
     fused, clean, caches = self.fused_cache(rparams, sparams, fparams, tokens, mask,
                                             sharer_tokens, fuse_mask, active,
-                                            return_caches=True)
+                                            return_caches=True, sharer_masks=sharer_masks)
     keep = jnp.pad(fuse_mask, ((0, 0), (0, max_len - p)))  # [B, max_len]
     fused = fused.pad_to(max_len)
     logits, fused = self.receiver.module_apply(rparams, tokens[:, -1:],
@@ -236,9 +250,10 @@ class C2C:
     return step
 
   def _generate_impl(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, rng, cfg,
-                     max_len, active, vocab_maps=None, fuse_last=False, fuse_response=False):
+                     max_len, active, vocab_maps=None, fuse_last=False, fuse_response=False,
+                     sharer_masks=None):
     logits, cache = self._prefill_impl(rparams, sparams, fparams, tokens, mask, sharer_tokens,
-                                       active, max_len, fuse_last, fuse_response)
+                                       active, max_len, fuse_last, fuse_response, sharer_masks)
     seen = (sampling.seen_tokens(tokens, mask, self.receiver.config.vocab_size)
             if cfg.repetition_penalty != 1.0 else None)
     if fuse_response:
@@ -279,6 +294,30 @@ class C2C:
       for j in range(n):
         sharer[j][i, width - m:] = sids[j]
     return tokens, mask, tuple(sharer)
+
+  def encode_context(self, prompts: Sequence, contexts: Sequence[str], multiple_of: int = 8):
+    """:meth:`encode` with a private context per prompt that only the sharers read.
+
+    Returns:
+      tokens, mask [B, P]; per sharer, ids and masks [B, C + P]: each row is ``context
+      (in the sharer's tokens, with its special tokens) + aligned prompt ids``,
+      left-padded, so its last P slots line up with the receiver's.
+    """
+    if len(contexts) != len(prompts):
+      raise ValueError(f"{len(contexts)} contexts for {len(prompts)} prompts")
+    tokens, mask, sharer = self.encode(prompts, multiple_of)
+    ids, masks = [], []
+    for a, s in zip(self.aligners, sharer):
+      ctx = [a.sharer(c, add_special_tokens=True)["input_ids"] if c else [] for c in contexts]
+      extra = _round_up(max(len(c) for c in ctx), multiple_of)
+      out = np.full((len(prompts), extra + tokens.shape[1]), a.sharer_pad_id, np.int32)
+      m = np.zeros_like(out)
+      for b, c in enumerate(ctx):
+        row = np.concatenate([np.asarray(c, np.int32), s[b][mask[b] == 1]])
+        out[b, out.shape[1] - len(row):], m[b, out.shape[1] - len(row):] = row, 1
+      ids.append(out)
+      masks.append(m)
+    return tokens, mask, tuple(ids), tuple(masks)
 
   def _check_vocab_maps(self, maps) -> tuple:
     n, vr = len(self.sharers), self.receiver.config.vocab_size
@@ -336,12 +375,14 @@ class C2C:
     return active
 
   def prefill(self, tokens, mask, sharer_tokens, *, sharers=None, max_len=None,
-              fuse_last: bool = False, fuse_response: bool = False):
+              fuse_last: bool = False, fuse_response: bool = False, sharer_masks=None):
     """Logits [B, V] after the prompt and the fused receiver cache (``max_len`` slots).
 
     With ``fuse_response`` the cache is the decode state ``(fused receiver cache,
     receiver-alone cache, tuple of the active sharers' caches)`` (see :class:`C2C`).
+    ``sharer_masks``: see :meth:`generate_ids`.
     """
+    sharer_masks = self._check_context(tokens, sharer_tokens, sharer_masks, fuse_response)
     max_len = max_len or tokens.shape[1]
     if tokens.shape[1] > max_len:
       raise ValueError(f"prompt of {tokens.shape[1]} tokens is longer than the cache ({max_len})")
@@ -349,29 +390,54 @@ class C2C:
     on = bool(active)  # nothing to fuse without sharers: the default program
     return self._prefill(*self.params, jnp.asarray(tokens), jnp.asarray(mask),
                          tuple(jnp.asarray(t) for t in sharer_tokens), active, max_len,
-                         bool(fuse_last) and on, bool(fuse_response) and on)
+                         bool(fuse_last) and on, bool(fuse_response) and on, sharer_masks)
+
+  def _check_context(self, tokens, sharer_tokens, sharer_masks, fuse_response):
+    """Sharer masks as a tuple of None / arrays (None: no sharer reads a context)."""
+    if sharer_masks is None:
+      return None
+    if len(sharer_masks) != len(self.sharers):
+      raise ValueError(f"need one sharer mask (or None) for all {len(self.sharers)} sharers")
+    out = []
+    for i, (t, m) in enumerate(zip(sharer_tokens, sharer_masks)):
+      if m is not None and np.shape(m) != np.shape(t):
+        raise ValueError(f"sharer {i}: mask {np.shape(m)} != ids {np.shape(t)}")
+      if np.shape(t)[1] < tokens.shape[1]:
+        raise ValueError(f"sharer {i}: {np.shape(t)[1]} ids for {tokens.shape[1]} receiver slots")
+      out.append(None if m is None else jnp.asarray(m))
+    if fuse_response and any(m is not None for m in out):
+      raise ValueError("fuse_response with a sharer context is not supported")
+    return tuple(out)
 
   def generate(self, prompts: Sequence, *, max_new_tokens: int = 32, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                seed: int = 0, sharers: Sequence[int] | None = None, max_len: int | None = None,
                eos_ids: Sequence[int] | None = None, return_tokens: bool = False,
-               fuse_last: bool = False, fuse_response: bool = False):
+               fuse_last: bool = False, fuse_response: bool = False,
+               sharer_context: Sequence[str] | None = None):
     """C2C generation for a batch of chat prompts.
 
     Args:
       prompts: chat message lists, or strings taken as one user message.
+      sharer_context: optional, one text per prompt that only the sharers read before the
+        prompt (e.g. a private document); only their slots aligned to the prompt are fused
+        and the receiver's cache keeps the prompt's length.
       sharers: indices of the sharers to use for this request (default: all).
       fuse_last, fuse_response: also fuse the last prompt token / the generated tokens
         (see :class:`C2C`); off by default, as in the paper.
     Returns:
       decoded strings (or ``(tokens [B, N], lengths [B])`` with ``return_tokens``).
     """
-    tokens, mask, sharer_tokens = self.encode(prompts)
+    masks = None
+    if sharer_context is None:
+      tokens, mask, sharer_tokens = self.encode(prompts)
+    else:
+      tokens, mask, sharer_tokens, masks = self.encode_context(prompts, sharer_context)
     out, lengths, cfg = self.generate_ids(
         tokens, mask, sharer_tokens, max_new_tokens=max_new_tokens, temperature=temperature,
         top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
         sharers=sharers, max_len=max_len, eos_ids=eos_ids, fuse_last=fuse_last,
-        fuse_response=fuse_response)
+        fuse_response=fuse_response, sharer_masks=masks)
     if return_tokens:
       return out, lengths
     return self.receiver.decode_texts(out, lengths, cfg)
@@ -380,9 +446,13 @@ class C2C:
                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                    repetition_penalty: float = 1.0, seed: int = 0, sharers=None,
                    max_len: int | None = None, eos_ids=None, fuse_last: bool = False,
-                   fuse_response: bool = False):
+                   fuse_response: bool = False, sharer_masks=None):
     """Token-level :meth:`generate`: left-padded ``tokens``/``mask`` [B, P] and one
-    aligned [B, P] id array per sharer. Returns tokens [B, N], lengths [B], the config."""
+    aligned [B, P] id array per sharer. Returns tokens [B, N], lengths [B], the config.
+
+    ``sharer_masks``: None, or per sharer None or a [B, C + P] mask of its real ids, for
+    sharers that read a context first (ids [B, C + P], see :meth:`encode_context`).
+    """
     if tokens.shape[1] < 2:
       raise ValueError("C2C needs prompts of at least 2 tokens (instruction + last token)")
     if len(sharer_tokens) != len(self.sharers):
@@ -399,8 +469,9 @@ class C2C:
                        f"tokens is longer than the cache{also} (max_len={max_len})")
     active = self._active(sharers)
     fuse_last, fuse_response, maps = self._options(active, fuse_last, fuse_response)
+    sharer_masks = self._check_context(tokens, sharer_tokens, sharer_masks, fuse_response)
     out, lengths = self._generate(*self.params, jnp.asarray(tokens), jnp.asarray(mask),
                                   tuple(jnp.asarray(t) for t in sharer_tokens),
                                   jax.random.PRNGKey(seed), cfg, max_len, active, maps,
-                                  fuse_last, fuse_response)
+                                  fuse_last, fuse_response, sharer_masks)
     return np.asarray(out), np.asarray(lengths), cfg

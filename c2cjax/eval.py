@@ -9,6 +9,14 @@ writes a background for the question (``prompts.background_prompt``, greedy, a t
 and the receiver answers with it in its prompt (``t2t_receiver_prompt``); ``c2c``: the
 receiver answers on its cache fused from the first sharer's; ``c2c_multi``: from all sharers.
 
+Questions with a private document (``Question.context``, the ``synthetic_docs`` benchmark):
+``receiver`` and ``c2c`` never show it to the receiver; ``receiver_doc`` / ``sharer_doc``
+answer with it in their prompt (as a background, the upper bounds); the T2T writer reads it
+before its background request; ``c2c``, ``c2c_self`` (the receiver model as its own sharer,
+``config.self_fusers``) fuse from sharers that read it first (``C2C`` sharer context); and
+``oracle`` is the training-free cache enrichment: the receiver prefills document + question
+and keeps only the question's slots (same cache length as ``receiver``).
+
 Answer methods:
   logits    (the paper's) the MCQ chat prompt, then the argmax over the option letters of
             the next-token logits. A letter's logit is the max over the ids of "A" and " A"
@@ -63,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from c2cjax import align, fuse as fuse_lib
+from c2cjax import align, fuse as fuse_lib, sharer_context
 from c2cjax.c2c import C2C, Fuser
 from c2cjax.evaluation import datasets, prompts, report
 from c2cjax.evaluation.datasets import Question
@@ -72,7 +80,8 @@ from c2cjax.models.cache import KVCache
 from c2cjax.models.model import LM
 from c2cjax.runtime import enable_compilation_cache
 
-SYSTEMS = ("receiver", "sharer", "t2t", "c2c", "c2c_multi")
+SYSTEMS = ("receiver", "sharer", "t2t", "c2c", "c2c_multi", "receiver_doc", "sharer_doc",
+           "c2c_self", "oracle")
 METHODS = ("logits", "cloze", "generate")
 MULTI_SUBJECT = ("mmlu_redux", "ceval")
 
@@ -206,7 +215,8 @@ class Solo:
   def tokenizer(self):
     return self.lm.tokenizer
 
-  def encode(self, text: str, special: bool) -> Encoded:
+  def encode(self, text: str, special: bool, context: str = "") -> Encoded:
+    del context
     return align.encode(self.lm.tokenizer, text, special)[0], ()
 
   def _prefill_impl(self, params, tokens, mask, max_len):
@@ -251,25 +261,82 @@ class Fused:
   def tokenizer(self):
     return self.c2c.receiver.tokenizer
 
-  def encode(self, text: str, special: bool) -> Encoded:
+  def encode(self, text: str, special: bool, context: str = "") -> Encoded:
+    """Receiver ids and per sharer its aligned ids, after ``context`` in its own tokens."""
     alignments = [a.align(text, special) for a in self.c2c.aligners]
-    return alignments[0].receiver_ids, tuple(a.sharer_ids for a in alignments)
+    return alignments[0].receiver_ids, tuple(
+        _with_context(a.sharer, context, x.sharer_ids)
+        for a, x in zip(self.c2c.aligners, alignments))
+
+  @property
+  def pads(self) -> list[int]:
+    return [a.sharer_pad_id for a in self.c2c.aligners]
 
   def prefill(self, tokens, mask, sharer_tokens, max_len: int):
-    return self.c2c.prefill(tokens, mask, sharer_tokens, max_len=max_len)
+    ids, masks = sharer_ids_and_masks(tokens, sharer_tokens, self.pads)
+    return self.c2c.prefill(tokens, mask, ids, max_len=max_len, sharer_masks=masks)
 
   def score(self, last_logits, cache, cont):
     r = self.c2c.receiver
     return _continuation_fn(r)(r.params, last_logits, cache, jnp.asarray(cont))
 
   def generate(self, tokens, mask, sharer_tokens, max_new_tokens: int, eos_ids=None):
-    out, lengths, _ = self.c2c.generate_ids(tokens, mask, sharer_tokens,
-                                            max_new_tokens=max_new_tokens, eos_ids=eos_ids)
+    ids, masks = sharer_ids_and_masks(tokens, sharer_tokens, self.pads)
+    out, lengths, _ = self.c2c.generate_ids(tokens, mask, ids, max_new_tokens=max_new_tokens,
+                                            eos_ids=eos_ids, sharer_masks=masks)
     return out, lengths
 
   def decode(self, out, lengths) -> list[str]:
     r = self.c2c.receiver
     return r.decode_texts(out, lengths, r.sampling_config())
+
+
+def _with_context(tokenizer, context: str, ids: np.ndarray) -> np.ndarray:
+  if not context:
+    return np.asarray(ids, np.int32)
+  ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
+  return np.concatenate([np.asarray(ctx, np.int32), np.asarray(ids, np.int32)])
+
+
+def sharer_ids_and_masks(tokens, sharer_tokens, pads):
+  """``pad_left``'s sharer rows (-1 marks padding) -> ids and masks (None: no context)."""
+  if all(s.shape[1] == tokens.shape[1] for s in sharer_tokens):
+    return tuple(np.maximum(s, 0) for s in sharer_tokens), None
+  return (tuple(np.where(s >= 0, s, p).astype(np.int32) for s, p in zip(sharer_tokens, pads)),
+          tuple((s >= 0).astype(np.int32) for s in sharer_tokens))
+
+
+class Enriched(Solo):
+  """The training-free cache-enrichment oracle: the model prefills ``context + prompt`` and
+  keeps only the prompt's slots (all but the last), then runs the last token on them, with
+  the prompt's own positions (a cache as long as :class:`Solo`'s)."""
+
+  def __init__(self, lm: LM):
+    super().__init__(lm)
+    self._enriched = jax.jit(self._enriched_impl, static_argnames=("max_len",))
+
+  def encode(self, text: str, special: bool, context: str = "") -> Encoded:
+    ids = align.encode(self.lm.tokenizer, text, special)[0]
+    return ids, (_with_context(self.lm.tokenizer, context, ids),)
+
+  def _enriched_impl(self, params, tokens, mask, ids, smask, max_len):
+    lm, p = self.lm, tokens.shape[1]
+    cache = sharer_context.prefill_slice(lm, params, ids[:, :-1], smask[:, :-1], p - 1)
+    first = jnp.argmax(mask.astype(bool), axis=-1).astype(jnp.int32)
+    cache = cache.replace(start=first).pad_to(max_len)
+    logits, cache = lm.module_apply(params, tokens[:, -1:], cache)
+    return logits[:, -1], cache
+
+  def prefill(self, tokens, mask, sharer_tokens, max_len: int):
+    pad = self.lm.config.pad_token_id or 0
+    ids, masks = sharer_ids_and_masks(tokens, sharer_tokens, [pad])
+    if masks is None:
+      masks = (mask,)
+    return self._enriched(self.lm.params, jnp.asarray(tokens), jnp.asarray(mask),
+                          jnp.asarray(ids[0]), jnp.asarray(masks[0]), max_len=max_len)
+
+  def generate(self, tokens, mask, sharer_tokens, max_new_tokens: int, eos_ids=None):
+    raise NotImplementedError("the oracle scores prefill methods (logits, cloze) only")
 
 
 Answerer = Solo | Fused
@@ -282,19 +349,28 @@ class System:
   name: str
   answerer: Answerer
   writer: Solo | None = None
+  document: str = ""  # "prompt": read Question.context in the prompt; "sharer": as context
 
 
-def pad_left(rows: Sequence[Encoded], width: int, batch: int):
-  """Left-padded tokens, mask [batch, width] and sharer ids; missing rows repeat the last."""
+def pad_left(rows: Sequence[Encoded], width: int, batch: int,
+             buckets: Sequence[int] = (32,)):
+  """Left-padded tokens, mask [batch, width] and sharer ids; missing rows repeat the last.
+
+  Sharer rows longer than their receiver row (a context first) widen that sharer's array by
+  a bucket of the longest extra, right-aligned; its padding is then -1 (a mask for
+  :class:`Fused`, which turns it back into pad ids).
+  """
   rows = list(rows) + [rows[-1]] * (batch - len(rows))
   tokens = np.zeros((batch, width), np.int32)
   mask = np.zeros_like(tokens)
-  sharer = tuple(np.zeros_like(tokens) for _ in rows[0][1])
+  extra = [max(len(r[1][j]) - len(r[0]) for r in rows) for j in range(len(rows[0][1]))]
+  sharer = tuple(np.full((batch, width + (bucket(e, buckets) if e else 0)), -1 if e else 0,
+                         np.int32) for e in extra)
   for i, (ids, sids) in enumerate(rows):
     n = len(ids)
     tokens[i, width - n:], mask[i, width - n:] = ids, 1
     for j, s in enumerate(sids):
-      sharer[j][i, width - n:] = s
+      sharer[j][i, sharer[j].shape[1] - len(s):] = s
   return tokens, mask, sharer
 
 
@@ -327,11 +403,13 @@ class Evaluator:
     out = jax.tree.map(np.asarray, fn())
     return out, time.perf_counter() - start
 
-  def _encode_all(self, answerer: Answerer, texts: Sequence[str], special: bool):
+  def _encode_all(self, answerer: Answerer, texts: Sequence[str], special: bool,
+                  contexts: Sequence[str] | None = None):
     enc, secs = [], []
-    for t in texts:
+    for i, t in enumerate(texts):
       start = time.perf_counter()
-      enc.append(answerer.encode(t, special))
+      enc.append(answerer.encode(t, special, contexts[i]) if contexts else
+                 answerer.encode(t, special))
       secs.append(time.perf_counter() - start)
     return enc, np.asarray(secs)
 
@@ -351,7 +429,8 @@ class Evaluator:
     todo = [q for q in questions if (id(writer), q.id) not in self._backgrounds]
     if todo:
       s = self.settings
-      texts = [prompts.background_prompt(q, writer.tokenizer, s.prompts) for q in todo]
+      texts = [q.context + prompts.background_prompt(q, writer.tokenizer, s.prompts)
+               for q in todo]  # the writer reads a question's document first
       enc, enc_s = self._encode_all(writer, texts, not _has_chat(writer.tokenizer))
       size = min(s.batch_size, len(todo))
       for idx in self._batches([len(e[0]) for e in enc], size, "backgrounds"):
@@ -371,14 +450,15 @@ class Evaluator:
     s, a = self.settings, system.answerer
     texts = [prompts.mcq_prompt(q, a.tokenizer, s.prompts, None if bg is None else bg.text)
              for q, bg in zip(questions, bgs)]
-    enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer))
+    enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer),
+                                  _contexts(system, questions))
     ids = letter_token_ids(a.tokenizer, max(len(q.choices) for q in questions))
     preds = [None] * len(questions)
     size = min(s.batch_size, len(questions))
     for idx in self._batches([len(e[0]) for e in enc], size, f"{system.name} logits"):
       width = bucket(max(len(enc[i][0]) for i in idx), s.buckets)
-      batch = pad_left([enc[i] for i in idx], width, size)
-      logits, secs = self._timed(("logits", id(a), width),
+      batch = pad_left([enc[i] for i in idx], width, size, s.buckets)
+      logits, secs = self._timed(("logits", id(a), width, _widths(batch)),
                                  lambda: a.prefill(*batch, max_len=width)[0])
       for row, i in enumerate(idx):
         q = questions[i]
@@ -396,7 +476,8 @@ class Evaluator:
       chars.append(np.array([len(o) for o in options]))
       if bg is not None:
         ctx = s.prompts.plain_context.format(background=bg.text.strip(), prompt=ctx)
-      ctx_enc.append(a.encode(ctx, True))
+      ctx_enc.append(a.encode(ctx, True, q.context) if system.document == "sharer" else
+                     a.encode(ctx, True))
       n = len(ctx_enc[-1][0])
       conts.append([align.encode(a.tokenizer, ctx + o, True)[0][n:] for o in options])
       enc_s.append(time.perf_counter() - start)
@@ -406,13 +487,13 @@ class Evaluator:
     for idx in self._batches([len(e[0]) for e in ctx_enc], size, f"{system.name} cloze"):
       width = bucket(max(len(ctx_enc[i][0]) for i in idx), s.buckets)
       c = bucket(max(max(len(x) for x in conts[i]) for i in idx), s.continuation_buckets)
-      batch = pad_left([ctx_enc[i] for i in idx], width, size)
+      batch = pad_left([ctx_enc[i] for i in idx], width, size, s.buckets)
       cont = np.zeros((size, n_opt, c), np.int32)
       for row, i in enumerate(idx):
         for o, x in enumerate(conts[i]):
           cont[row, o, :len(x)] = x
       logp, secs = self._timed(
-          ("cloze", id(a), width, c, n_opt),
+          ("cloze", id(a), width, c, n_opt, _widths(batch)),
           lambda: a.score(*a.prefill(*batch, max_len=width + c), cont))
       for row, i in enumerate(idx):
         q, t = questions[i], secs / len(idx) + enc_s[i]
@@ -429,13 +510,14 @@ class Evaluator:
     s, a = self.settings, system.answerer
     texts = [prompts.mcq_prompt(q, a.tokenizer, s.prompts, None if bg is None else bg.text)
              for q, bg in zip(questions, bgs)]
-    enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer))
+    enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer),
+                                  _contexts(system, questions))
     preds = [None] * len(questions)
     size = min(s.batch_size, len(questions))
     for idx in self._batches([len(e[0]) for e in enc], size, f"{system.name} generate"):
       width = bucket(max(len(enc[i][0]) for i in idx), s.buckets)
-      batch = pad_left([enc[i] for i in idx], width, size)
-      (out, lengths), secs = self._timed(("generate", id(a), width),
+      batch = pad_left([enc[i] for i in idx], width, size, s.buckets)
+      (out, lengths), secs = self._timed(("generate", id(a), width, _widths(batch)),
                                          lambda: a.generate(*batch, s.max_new_tokens))
       replies = a.decode(out, lengths)
       for row, i in enumerate(idx):
@@ -460,10 +542,23 @@ class Evaluator:
       raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
     if not questions:
       return []
-    bgs = (self.backgrounds(system.writer, questions) if system.writer is not None
-           else [None] * len(questions))
+    if system.writer is not None:
+      bgs = self.backgrounds(system.writer, questions)
+    elif system.document == "prompt":  # the document as a background, free of cost
+      bgs = [_Background(q.context.strip(), 0, 0.0) if q.context else None for q in questions]
+    else:
+      bgs = [None] * len(questions)
     run = {"logits": self.letters, "cloze": self.cloze, "generate": self.generate}
     return [p for m in methods for p in run[m](system, questions, bgs)]
+
+
+def _contexts(system: System, questions: Sequence[Question]) -> list[str] | None:
+  """Per question the document its sharers read first, for ``document="sharer"`` systems."""
+  return [q.context for q in questions] if system.document == "sharer" else None
+
+
+def _widths(batch) -> tuple[int, ...]:
+  return tuple(x.shape[1] for x in batch[2])
 
 
 # --- building systems from a config --------------------------------------------------------
@@ -478,6 +573,7 @@ def default_config():
   c.receiver = "Qwen/Qwen3-0.6B"  # c2cjax.models.load.resolve specs, as in training
   c.sharers = "Qwen/Qwen2.5-0.5B-Instruct"  # the first serves `sharer`, `t2t` and `c2c`
   c.fusers = "runs/default/fuser"  # one checkpoint per sharer (a multi-sharer one counts all)
+  c.self_fusers = ""  # c2c_self: a fuser trained with the receiver as its own sharer
   c.random_fuser = False  # missing fuser: a fresh one with open gates (smoke runs only)
   c.dtype = "float32"
   c.seed = 0  # question selection; tiny:* models are built with the training seeds
@@ -556,9 +652,10 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
   dtype = jnp.dtype(config.dtype)
   receiver = resolve(config.receiver, dtype, seed=config.seed)
   specs = _split(config.sharers)
-  if not specs and set(names) - {"receiver"}:
+  if not specs and set(names) - {"receiver", "receiver_doc", "c2c_self", "oracle"}:
     raise ValueError(f"systems {names} need at least one sharer (config.sharers)")
-  want = len(specs) if "c2c_multi" in names else int(bool(set(names) - {"receiver"}))
+  own = {"receiver", "receiver_doc", "c2c_self", "oracle"}  # the receiver model only
+  want = len(specs) if "c2c_multi" in names else int(bool(set(names) - own))
   sharers = [resolve(s, dtype, seed=config.seed + 1 + i) for i, s in enumerate(specs[:want])]
 
   fusers: list[Fuser] | None = None
@@ -586,12 +683,26 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
   for name in names:
     if name == "receiver":
       systems.append(System(name, Solo(receiver)))
+    elif name == "receiver_doc":
+      systems.append(System(name, Solo(receiver), document="prompt"))
+    elif name == "sharer_doc":
+      systems.append(System(name, Solo(sharers[0]), document="prompt"))
+    elif name == "oracle":
+      systems.append(System(name, Enriched(receiver), document="sharer"))
+    elif name == "c2c_self":
+      paths = [p for p in _split(config.get("self_fusers", "")) if pathlib.Path(p).exists()]
+      if not paths:
+        log(f"self fuser {config.get('self_fusers')!r} not found: skipping c2c_self")
+        continue
+      systems.append(System(name, Fused(C2C(receiver, [receiver], load_fusers(paths[0])[:1],
+                                            **kw)), document="sharer"))
     elif name == "sharer":
       systems.append(System(name, Solo(sharers[0])))
     elif name == "t2t":
       systems.append(System(name, Solo(receiver), writer=Solo(sharers[0])))
     elif name == "c2c" and fusers is not None:
-      systems.append(System(name, Fused(C2C(receiver, sharers[:1], fusers[:1], **kw))))
+      systems.append(System(name, Fused(C2C(receiver, sharers[:1], fusers[:1], **kw)),
+                            document="sharer"))
     elif name == "c2c_multi" and fusers is not None:
       if len(sharers) < 2 or len(fusers) != len(sharers):
         log(f"c2c_multi needs >= 2 sharers and one fuser each ({len(sharers)} sharers, "
@@ -601,7 +712,7 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
   # One Solo per model, so compiled shapes and T2T backgrounds are shared.
   by_lm: dict[int, Solo] = {}
   def share(s):
-    return by_lm.setdefault(id(s.lm), s) if isinstance(s, Solo) else s
+    return by_lm.setdefault(id(s.lm), s) if type(s) is Solo else s
   return [dataclasses.replace(s, answerer=share(s.answerer),
                               writer=None if s.writer is None else share(s.writer))
           for s in systems]

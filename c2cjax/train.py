@@ -11,6 +11,7 @@ optimizer state, rng and the grain iterator state, so a killed run resumes exact
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from c2cjax import align, fuse as fuse_lib, sharding
+from c2cjax import align, fuse as fuse_lib, sharding, sharer_context
 from c2cjax.c2c import C2C, Fuser
 from c2cjax.models.load import resolve
 from c2cjax.runtime import enable_compilation_cache
@@ -63,11 +64,23 @@ def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, r
   token and the response see in C2C generation.
   """
   tokens, mask = batch["receiver_ids"], batch["attention_mask"]
-  sharer_ids = batch["sharer_ids"]
-  sharer_ids = sharer_ids if isinstance(sharer_ids, tuple) else (sharer_ids,)
+  tup = lambda x: x if isinstance(x, tuple) else (x,)
+  sharer_ids = tup(batch["sharer_ids"])
   fuse_mask = batch["fuse_mask"].astype(bool) & mask.astype(bool)
-  cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,
-                          tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)
+  if "sharer_context_ids" in batch:  # each sharer reads its private context first
+    r, (b, s) = c2c.receiver, tokens.shape
+    rcache = r.module_prefill(rparams, tokens, r.init_cache(b, s), mask)
+    caches = tuple(
+        sharer_context.prefill_slice(sh, sparams[i], *sharer_context.join(
+            c, m, sharer_ids[i], mask), s)
+        for i, (sh, c, m) in enumerate(zip(c2c.sharers, tup(batch["sharer_context_ids"]),
+                                           tup(batch["sharer_context_mask"]))))
+    cache = fuse_lib.fuse(fparams, rcache, caches, tuple(f.layer_map for f in c2c.fusers),
+                          fuse_mask, config=tuple(f.config for f in c2c.fusers), mode=c2c.mode,
+                          train=train, rng=rng, step=step)
+  else:
+    cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,
+                            tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)
   logits, _ = c2c.receiver.module_apply(rparams, tokens, cache.replace(end=jnp.int32(0)),
                                         keep=fuse_mask)
   return token_nll(logits, tokens, batch["loss_mask"])
@@ -158,16 +171,24 @@ def build_c2c(cfg: ml_collections.ConfigDict, rng) -> C2C:
 
 def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int):
   from c2cjax.data import chat, pipeline, sources
-  src = sources.load_source(cfg.data.source, data_dir=cfg.data.data_dir or None,
-                            manual_dir=cfg.data.manual_dir or None)
-  train_src, held_src = sources.split_source(src, max_examples=cfg.data.max_examples or None,
-                                             heldout_fraction=cfg.data.heldout_fraction,
-                                             seed=cfg.data.split_seed)
+  load = functools.partial(sources.load_source, cfg.data.source,
+                           data_dir=cfg.data.data_dir or None,
+                           manual_dir=cfg.data.manual_dir or None)
+  held_split = cfg.data.get("heldout_split", "")
+  if held_split:  # the source's own held-out split (synthetic_docs: disjoint entities)
+    train_src, _ = sources.split_source(load(), max_examples=cfg.data.max_examples or None,
+                                        heldout_fraction=0.0)
+    held_src = load(split=held_split)
+  else:
+    train_src, held_src = sources.split_source(load(), max_examples=cfg.data.max_examples or None,
+                                               heldout_fraction=cfg.data.heldout_fraction,
+                                               seed=cfg.data.split_seed)
   aligners = tuple(align.TokenAligner(c2c.receiver.tokenizer, s.tokenizer, cfg.alignment)
                    for s in c2c.sharers)
   encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, aligners,
                              fuse_last=cfg.get("fuse_last", False),
-                             fuse_response=cfg.get("fuse_response", False))
+                             fuse_response=cfg.get("fuse_response", False),
+                             context_len=cfg.data.get("context_len", 0))
   pcfg = pipeline.PipelineConfig(
       batch_size=batch_size, bucket_lengths=tuple(cfg.data.bucket_lengths), seed=seed,
       shuffle=not heldout, num_epochs=1 if heldout else None, drop_remainder=not heldout,

@@ -1,7 +1,5 @@
 """The synthetic private-document task: deterministic, disjoint splits, correct answers."""
 
-import re
-
 import pytest
 
 from c2cjax.data import chat, synthetic
@@ -75,9 +73,10 @@ def test_chat_records_and_benchmark():
   assert mc["sharer_context"] == short["sharer_context"]
   assert mc["sharer_context"].startswith("Document:\n")
   user, reply = chat.to_messages(mc)
-  value = chat.to_messages(short)[-1]["content"]
+  value = chat.to_messages(short)[-1]["content"].removeprefix(synthetic.SHORT_PREFIX + " ")
   assert user["content"].count(f"\n{reply['content']}. {value}\n") == 1
   assert chat.to_messages(short)[0]["content"] in user["content"]
+  assert chat.to_messages(short)[-1]["content"] == f"{synthetic.SHORT_PREFIX} {value}"
   qs = datasets.load_benchmark("synthetic_docs", limit=40, seed=2)
   assert len(qs) == 40 and all(q.context.startswith("Document:\n") for q in qs)
   assert all(q.choices[q.answer] in q.context for q in qs)

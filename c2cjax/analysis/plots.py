@@ -143,8 +143,8 @@ def plot_transform(result: dict, path) -> pathlib.Path:
       pts = np.asarray(r["embedding"][name])
       ax.scatter(pts[:, 0], pts[:, 1], s=5, alpha=0.6, color=color, label=name)
     ax.set_title(f"{'keys' if kv == 'k' else 'values'}: held-out rel. error "
-                 f"{r['heldout_relative_error']:.2f} (linear {r['heldout_linear_relative_error']:.2f})",
-                 fontsize=9)
+                 f"{r['heldout_relative_error']:.2f} "
+                 f"(linear {r['heldout_linear_relative_error']:.2f})", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=7)

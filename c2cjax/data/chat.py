@@ -12,7 +12,13 @@ end-of-turn token and what the template puts after it). Per receiver token ``t``
     ``t < num_prompt_tokens - 1``; ``fuse_last`` adds the last prompt token and
     ``fuse_response`` the response tokens (C2C generation's options of the same names).
 
-Both come from character offsets: the full conversation is rendered once and
+A sharer may also read a private context first (``sharer_context``, e.g. a document the
+receiver never sees): with ``context_len > 0`` every example carries, per sharer,
+``sharer_context_ids [context_len]`` (the context in the sharer's tokens, left-padded) and
+``sharer_context_mask``. The sharer then prefills ``context + its aligned ids``: slot
+``context_len + t`` of its cache is aligned to receiver token ``t`` (see ``c2cjax.c2c``).
+
+Both masks come from character offsets: the full conversation is rendered once and
 tokenised with offsets, and tokens starting at or after the prompt's length in
 characters are response tokens. Templates whose prompt is not a prefix of the
 conversation fall back to the last occurrence of the response's content.
@@ -133,17 +139,21 @@ class ChatEncoder:
       receiver tokenizer; none: no ``sharer_ids``.
     fuse_last: ``fuse_mask`` also covers the last prompt token.
     fuse_response: ``fuse_mask`` also covers the response tokens.
+    context_len: slots for a sharer-only context (0: none); longer contexts drop the example.
   """
   tokenizer: Any
   max_len: int
   aligners: tuple[align.TokenAligner, ...] = ()
   fuse_last: bool = False
   fuse_response: bool = False
+  context_len: int = 0
 
   def __post_init__(self):
     require_chat_template(self.tokenizer)
     if self.max_len < 2:
       raise ValueError(f"max_len must be >= 2, got {self.max_len}")
+    if self.context_len < 0 or (self.context_len and not self.aligners):
+      raise ValueError("context_len must be >= 0, and a sharer context needs aligners")
     object.__setattr__(self, "aligners", tuple(self.aligners))
 
   @property
@@ -152,7 +162,31 @@ class ChatEncoder:
     tok = self.tokenizer
     rec = next((int(t) for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
     sharers = tuple(a.sharer_pad_id for a in self.aligners)
-    return {"receiver_ids": rec, "sharer_ids": sharers[0] if len(sharers) == 1 else sharers}
+    one = lambda x: x[0] if len(x) == 1 else x
+    out = {"receiver_ids": rec, "sharer_ids": one(sharers)}
+    if self.context_len:
+      out["sharer_context_ids"] = one(sharers)
+    return out
+
+  def context(self, text: str | bytes | None) -> dict[str, Any] | None:
+    """``sharer_context_ids`` / ``sharer_context_mask`` ``[context_len]`` (a tuple of them
+    for several sharers) of ``text`` in each sharer's tokens, left-padded; None when it does
+    not fit. Empty or None text: an all-padding context.
+    """
+    text = _text(text) if text is not None else ""
+    ids, masks = [], []
+    for a in self.aligners:
+      row = np.full(self.context_len, a.sharer_pad_id, np.int32)
+      mask = np.zeros(self.context_len, np.int32)
+      if text:
+        x = np.asarray(a.sharer(text, add_special_tokens=True)["input_ids"], np.int32)
+        if len(x) > self.context_len:
+          return None
+        row[self.context_len - len(x):], mask[self.context_len - len(x):] = x, 1
+      ids.append(row)
+      masks.append(mask)
+    one = lambda x: x[0] if len(x) == 1 else tuple(x)
+    return {"sharer_context_ids": one(ids), "sharer_context_mask": one(masks)}
 
   def split(self, messages: Sequence[Mapping[str, str]]) -> tuple[str, int]:
     """The full rendered conversation and the prompt's length in characters."""
@@ -180,14 +214,19 @@ class ChatEncoder:
     out = tuple(a.sharer_ids_for(text, ids, offsets)[:n] for a in self.aligners)
     return out[0] if len(out) == 1 else out
 
-  def __call__(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any] | None:
-    """One training example, or None when no response token survives truncation.
+  def __call__(self, messages: Sequence[Mapping[str, str]],
+               context: str | bytes | None = None) -> dict[str, Any] | None:
+    """One training example, or None when no response token survives truncation (or the
+    sharer ``context`` does not fit ``context_len``).
 
     Returns:
       ``receiver_ids [L] int32``, ``attention_mask``, ``loss_mask``, ``fuse_mask``
       ``[L] int32`` and, with aligners, ``sharer_ids [L] int32`` (a tuple of them for
-      several sharers); ``L <= max_len``.
+      several sharers); ``L <= max_len``. With ``context_len``, also :meth:`context`'s
+      fields.
     """
+    if context and not self.context_len:
+      raise ValueError("a sharer context needs ChatEncoder(context_len > 0)")
     text, prompt_chars = self.split(messages)
     ids, offsets = align.encode(self.tokenizer, text)
     is_response = _token_starts(offsets) >= prompt_chars
@@ -203,6 +242,11 @@ class ChatEncoder:
     }
     if self.aligners:
       example["sharer_ids"] = self._sharer_ids(text, ids, offsets, n)
+    if self.context_len:
+      ctx = self.context(context)
+      if ctx is None:
+        return None
+      example.update(ctx)
     return example
 
   def prompt(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:

@@ -5,7 +5,9 @@
 
 Batches are dicts of ``[B, T]`` int32 arrays: ``receiver_ids``, ``attention_mask``,
 ``loss_mask`` (token t is a target), ``fuse_mask`` (fuse the sharer at t) and, with
-aligners, ``sharer_ids`` (a tuple of arrays for several sharers). Training batches
+aligners, ``sharer_ids`` (a tuple of arrays for several sharers); with a sharer-only
+context, ``sharer_context_ids`` / ``sharer_context_mask`` ``[B, C]`` (fixed C, already
+left-padded by the encoder, from the record's ``sharer_context``). Training batches
 are right-padded; ``T`` is the smallest of a few bucket lengths that fits the batch
 (or always ``max_len``), so a jitted step compiles once per bucket. A short final
 batch (``drop_remainder=False``) is filled with empty rows (all masks 0).
@@ -47,12 +49,13 @@ def pad_examples(examples: Sequence[Mapping[str, Any]], *, length: int,
   if not examples or len(examples) > batch_size:
     raise ValueError(f"need 1..{batch_size} examples, got {len(examples)}")
 
-  def stack(rows, pad):
-    out = np.full((batch_size, length), pad, np.int32)
+  def stack(rows, pad, fixed=False):
+    width = len(rows[0]) if fixed else length
+    out = np.full((batch_size, width), pad, np.int32)
     for i, row in enumerate(rows):
       n = len(row)
-      if n > length:
-        raise ValueError(f"example of length {n} does not fit length {length}")
+      if n > width or (fixed and n != width):
+        raise ValueError(f"example of length {n} does not fit length {width}")
       if side == "right":
         out[i, :n] = row
       else:
@@ -62,12 +65,13 @@ def pad_examples(examples: Sequence[Mapping[str, Any]], *, length: int,
   batch = {}
   for key, first in examples[0].items():
     pad = pad_ids.get(key, 0)
+    fixed = key.startswith("sharer_context")  # encoded at their final width
     if isinstance(first, tuple):
       pads = pad if isinstance(pad, tuple) else (pad,) * len(first)
-      batch[key] = tuple(stack([e[key][j] for e in examples], pads[j])
+      batch[key] = tuple(stack([e[key][j] for e in examples], pads[j], fixed)
                          for j in range(len(first)))
     else:
-      batch[key] = stack([e[key] for e in examples], pad)
+      batch[key] = stack([e[key] for e in examples], pad, fixed)
   return batch
 
 
@@ -105,6 +109,8 @@ class EncodeChat(grain.transforms.Map):
     messages = chat.to_messages(element, drop_system=self.drop_system)
     if not messages or messages[-1]["role"] != "assistant":
       return None
+    if self.encoder.context_len:
+      return self.encoder(messages, element.get("sharer_context"))
     return self.encoder(messages)
 
 

@@ -152,7 +152,8 @@ class OpenHermes25(_Builder):
 class SyntheticDocs(_Builder):
   """The synthetic private-document task (``synthetic.TaskConfig()`` sizes)."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "short MCQ template; short answers start 'The answer is:'"}
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="mc", description="multiple choice"),
                      tfds.core.BuilderConfig(name="short", description="short answer"),
                      tfds.core.BuilderConfig(name="all", description="both forms")]

@@ -10,7 +10,8 @@ so anything the receiver gets right beyond chance came through the fused cache.
 
 Every question exists in two forms: 4-option multiple choice with the options in the question
 (the user turn follows ``MCQ_TEMPLATE``, the reply is the letter) and short answer (the bare
-question, the reply is the attribute's value). Distractors are values of the same attribute
+question, the reply is ``"The answer is: {value}"``, so that scoring the four values as
+continuations of ``... The answer is:`` reads exactly what training taught). Distractors are values of the same attribute
 that the document does *not* mention (``distractors="absent"``, the easy form: reading the
 document suffices) or, with ``"present"``, preferably values it gives other people (binding).
 
@@ -34,9 +35,9 @@ SPLITS = ("train", "heldout")
 LETTERS = "ABCD"
 
 # The user turn of the multiple-choice form; the reply is the letter alone.
-MCQ_TEMPLATE = (
-    "Answer the following multiple-choice question.\n\n{question}\n\nOptions:\n{options}\n\n"
-    "Reply with the letter of the correct option only.")
+MCQ_TEMPLATE = "{question}\n{options}\nAnswer with the letter only."
+# The short-answer reply starts with this; the value follows after a space.
+SHORT_PREFIX = "The answer is:"
 
 _ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "pr", "r",
            "s", "st", "t", "tr", "v", "z", "sh", "th", "qu", "j", "w", "y")
@@ -289,7 +290,17 @@ def mc_messages(qa: QA, template: str = MCQ_TEMPLATE) -> list[dict[str, str]]:
 
 def short_messages(qa: QA) -> list[dict[str, str]]:
   return [{"role": "user", "content": qa.question},
-          {"role": "assistant", "content": qa.answer_text}]
+          {"role": "assistant", "content": f"{SHORT_PREFIX} {qa.answer_text}"}]
+
+
+def cloze_template(tokenizer) -> str:
+  """The short-answer prompt as an evaluation cloze template (``PromptConfig.cloze``, field
+  ``{question}``): the chat-rendered question followed by ``SHORT_PREFIX``; each option is
+  then scored as the continuation ``" {value}"``, as the training reply continues."""
+  text = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False,
+                                       add_generation_prompt=True)
+  text = text.replace("{", "{{").replace("}", "}}").replace("\x00", "{question}")
+  return text + SHORT_PREFIX
 
 
 def context_text(doc: Document) -> str:
