@@ -44,46 +44,48 @@ def main():
   ap.add_argument("--background", type=int, default=64, help="T2T background tokens")
   args = ap.parse_args()
 
-  from c2cjax import eval as ev, load_model, offline
+  from c2cjax import load_model, offline
   from c2cjax.c2c import C2C, Fuser
   from c2cjax.evaluation import (background_prompt, load_arc_challenge, mcq_prompt,
                                  t2t_receiver_prompt)
+  from c2cjax.evaluation.answerers import Fused, Solo, bucket, pad_left
+  from c2cjax.evaluation.systems import load_fusers, open_gates
 
   receiver = load_model(offline.smollm2_gguf())
   sharer = load_model(offline.gemma3_gguf())
   if args.fuser:
-    fuser = ev.load_fusers(args.fuser)[0]  # closed-gate pairs pruned: identity at inference
+    fuser = load_fusers(args.fuser)[0]  # closed-gate pairs pruned: identity at inference
     fuser_note = f"checkpoint {args.fuser}, closed-gate pairs pruned"
   else:
-    fuser = ev.open_gates(Fuser.init(receiver, sharer, jax.random.PRNGKey(0)))
+    fuser = open_gates(Fuser.init(receiver, sharer, jax.random.PRNGKey(0)))
     fuser_note = "fresh init, gates forced open"
   fc = fuser.config
   fuser_note += (f" (hidden {fc.hidden_dim}, intermediate {fc.intermediate_dim}, "
                  f"{fc.num_layers} layers, {len(fuser.layer_map)} layer pairs, "
                  f"{sum(x.size for x in jax.tree.leaves(fuser.params)) / 1e6:.1f}M params)")
-  solo, writer = ev.Solo(receiver), ev.Solo(sharer)
-  fused = ev.Fused(C2C(receiver, [sharer], [fuser]))
+  solo, writer = Solo(receiver), Solo(sharer)
+  fused = Fused(C2C(receiver, [sharer], [fuser]))
   rtok, stok = receiver.tokenizer, sharer.tokenizer
   questions = load_arc_challenge(limit=args.questions, seed=0)
   buckets = tuple(range(32, 4097, 32))
 
   def answer(model, text, n):
     ids = model.encode(text, special=False)
-    batch = ev.pad_left([ids], ev.bucket(len(ids[0]), buckets), 1)
+    batch = pad_left([ids], bucket(len(ids[0]), buckets), 1)
     out, lengths = model.generate(*batch, n, eos_ids=())
     model.decode(np.asarray(out), np.asarray(lengths))
     return len(ids[0])
 
   def t2t(q, n):
     ids = writer.encode(background_prompt(q, stok), special=not stok.chat_template)
-    batch = ev.pad_left([ids], ev.bucket(len(ids[0]), buckets), 1)
+    batch = pad_left([ids], bucket(len(ids[0]), buckets), 1)
     out, lengths = writer.generate(*batch, args.background, eos_ids=())
     background = writer.decode(np.asarray(out), np.asarray(lengths))[0]
     return answer(solo, t2t_receiver_prompt(q, background, rtok), n)
 
   def prefill(model, q):
     ids = model.encode(mcq_prompt(q, rtok), special=False)
-    batch = ev.pad_left([ids], ev.bucket(len(ids[0]), buckets), 1)
+    batch = pad_left([ids], bucket(len(ids[0]), buckets), 1)
     np.asarray(model.prefill(*batch, max_len=batch[0].shape[1])[0])
 
   systems = {"receiver prefill": lambda q: prefill(solo, q),

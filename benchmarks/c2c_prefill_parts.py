@@ -35,15 +35,18 @@ def main():
   ap.add_argument("--batch", type=int, default=8)
   args = ap.parse_args()
 
-  from c2cjax import eval as ev, load_model, offline
+  from c2cjax import load_model, offline
+  from c2cjax import c2c as c2c_lib
   from c2cjax.c2c import C2C
   from c2cjax.evaluation import load_benchmark, mcq_prompt
+  from c2cjax.evaluation.answerers import Fused, Solo, bucket, pad_left
+  from c2cjax.evaluation.systems import load_fusers
 
   receiver = load_model(offline.smollm2_gguf())
   sharer = load_model(offline.gemma3_gguf())
-  fuser = ev.load_fusers(args.fuser)[0]
+  fuser = load_fusers(args.fuser)[0]
   c2c = C2C(receiver, [sharer], [fuser])
-  fused = ev.Fused(c2c)
+  fused = Fused(c2c)
   questions = load_benchmark("mmlu_redux", limit=args.questions, seed=0)
   rows = [fused.encode(mcq_prompt(q, receiver.tokenizer), special=False) for q in questions]
   rows.sort(key=lambda r: -len(r[0]))  # as eval batches them: longest prompts first
@@ -51,11 +54,11 @@ def main():
   batches = []
   for i in range(0, len(rows), args.batch):
     chunk = rows[i:i + args.batch]
-    width = ev.bucket(max(len(r[0]) for r in chunk), buckets)
-    batches.append(ev.pad_left(chunk, width, args.batch))
+    width = bucket(max(len(r[0]) for r in chunk), buckets)
+    batches.append(pad_left(chunk, width, args.batch))
   rparams, sparams, fparams = c2c.params
 
-  solo = ev.Solo(receiver)  # one instance: its jit (and compiled shapes) is per instance
+  solo = Solo(receiver)  # its jit (and compiled shapes) is per model
 
   def receiver_part(tokens, mask, stoks):
     return solo.prefill(tokens, mask, stoks, max_len=tokens.shape[1])[0]
@@ -72,7 +75,7 @@ def main():
 
   @jax.jit
   def fuse_jit(fparams, rcache, scache, mask):
-    return c2c._fuse((fparams,), rcache, (scache,), mask.astype(bool), (0,))  # pylint: disable=protected-access
+    return c2c_lib.fuse_caches(c2c.spec, (fparams,), rcache, (scache,), mask.astype(bool), (0,))
 
   inputs = []
   for tokens, mask, (stoks,) in batches:

@@ -147,7 +147,7 @@ def run_jax(spec: dict) -> dict:
   sparams = tuple(s.params for s in c2c.sharers)
   batch_np = synthetic_batch(spec, c2c.receiver.config.vocab_size,
                              c2c.sharers[0].config.vocab_size)
-  batch = jax.tree.map(jnp.asarray, batch_np)
+  batch = jax.tree.map(jnp.asarray, _jax_batch(batch_np))
   jax.block_until_ready((state, rparams, sparams, batch))
   load_s = time.perf_counter() - t0
   rss_loaded = mem.rss_mib()
@@ -372,6 +372,11 @@ class TorchC2C:
             "grad_norm": float(grad_norm)}
 
 
+def _jax_batch(batch_np):
+  """c2cjax batches carry a tuple of sharer ids, one per sharer."""
+  return dict(batch_np, sharer_ids=(batch_np["sharer_ids"],))
+
+
 def _torch_batch(batch_np):
   import torch  # pylint: disable=import-outside-toplevel
   return {k: torch.from_numpy(v).long() if k.endswith("ids") else torch.from_numpy(v)
@@ -436,7 +441,7 @@ def run_check(spec: dict) -> None:
       {k: v.detach().numpy() for k, v in f.state_dict().items()}, fcfg) for f in tm.fusers]
   fparams = (jax.tree.map(lambda *x: jnp.stack(x), *per_layer),)
   batch_np = synthetic_batch(spec, *tm.vocab)
-  mb = jax.tree.map(lambda x: jnp.asarray(x[0]), batch_np)
+  mb = jax.tree.map(lambda x: jnp.asarray(x[0]), _jax_batch(batch_np))
 
   def f(p):
     return train.c2c_nll(c2c, p, c2c.receiver.params, tuple(s.params for s in c2c.sharers),

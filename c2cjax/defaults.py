@@ -1,12 +1,23 @@
-"""Default training config; files in ``configs/`` start from it and override fields."""
+"""The default training and evaluation configs; files in ``configs/`` start from one of
+them and override fields. Lists are tuples in both (on the command line:
+``--config.sharers="('a', 'b')"``, or the flag repeated once per item)."""
+
+import dataclasses
 
 import ml_collections
+from ml_collections import config_dict
 
+# The paper's pair and C2C options: trained and evaluated by default.
+RECEIVER = "Qwen/Qwen3-0.6B"
+SHARERS = ("Qwen/Qwen2.5-0.5B-Instruct",)
+ALIGNMENT = "first"
+FUSION_MODE = "parallel"
 
 def train_config() -> ml_collections.ConfigDict:
+  """``python -m c2cjax.train``'s fields: the paper's recipe."""
   c = ml_collections.ConfigDict()
-  c.receiver = "Qwen/Qwen3-0.6B"
-  c.sharers = ("Qwen/Qwen2.5-0.5B-Instruct",)
+  c.receiver = RECEIVER
+  c.sharers = SHARERS
   c.self_fusion = False  # ablation: fuse the receiver's own cache instead of a sharer's
   c.llm_dtype = "bfloat16"
   c.remat = True
@@ -18,8 +29,8 @@ def train_config() -> ml_collections.ConfigDict:
       hidden_dim=1024, intermediate_dim=1024, num_layers=3, dropout=0.1,
       initial_temperature=1.0, final_temperature=0.001, anneal_steps=1929))
   c.layer_map = "last_aligned"
-  c.alignment = "first"
-  c.fusion_mode = "parallel"
+  c.alignment = ALIGNMENT
+  c.fusion_mode = FUSION_MODE
   c.fuse_last = False  # training fuse_mask also covers the last prompt token
   c.fuse_response = False  # ... and the response (C2C generation options of these names)
 
@@ -48,4 +59,44 @@ def train_config() -> ml_collections.ConfigDict:
   c.async_checkpointing = True
   c.tensorboard = True
   c.progress_bar = True
+  return c
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  """``python -m c2cjax.eval``'s fields; batching and prompts default to ``Settings()``."""
+  from c2cjax.evaluation.runner import Settings  # pylint: disable=import-outside-toplevel
+
+  c = ml_collections.ConfigDict()
+  c.name = "default"  # reports go to {output_dir}/{name}/
+  c.output_dir = "outputs/eval"
+  c.receiver = RECEIVER  # c2cjax.models.load.resolve specs, as in training
+  c.sharers = SHARERS  # the first serves `sharer`, `t2t` and `c2c`
+  c.fusers = ("runs/default/fuser",)  # one checkpoint per sharer (a multi-sharer one counts all)
+  c.self_fusers = ()  # c2c_self: a fuser trained with the receiver as its own sharer
+  c.random_fuser = False  # missing fuser: a fresh one with open gates (smoke runs only)
+  c.dtype = "float32"
+  c.seed = 0  # question selection; tiny:* models are built with the training seeds
+  c.alignment = ALIGNMENT
+  c.fusion_mode = FUSION_MODE
+
+  c.benchmarks = ("mmlu_redux", "openbookqa", "arc_challenge")  # + ceval
+  c.subjects = ()  # for mmlu_redux / ceval; empty: all
+  c.limit = config_dict.placeholder(int)  # questions per benchmark (seeded); None: all
+  c.ceval_path = config_dict.placeholder(str)  # C-Eval directory; None: the HF hub
+  c.shard = ""  # "k/n": every n-th question from the k-th (per benchmark); empty: all
+  c.merge = ()  # output folders of shards: merge their reports, run nothing
+  c.methods = ("logits",)  # logits, cloze, generate
+  c.systems = ("receiver", "sharer", "t2t", "c2c")  # + c2c_multi with several sharers
+
+  s = Settings()
+  c.batch_size = s.batch_size
+  c.cloze_batch_size = s.cloze_batch_size
+  c.buckets = s.buckets
+  c.continuation_buckets = s.continuation_buckets
+  c.max_new_tokens = s.max_new_tokens  # generate method
+  c.background_tokens = s.background_tokens  # T2T background budget
+  c.warmup = s.warmup  # time after compiling each shape
+  c.progress = s.progress
+  c.prompts = ml_collections.ConfigDict(dataclasses.asdict(s.prompts))
+  c.prompts.system = config_dict.placeholder(str)
   return c

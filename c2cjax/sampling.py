@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from flax import struct
 import jax
 import jax.numpy as jnp
 
@@ -36,6 +37,20 @@ class SamplingConfig:
       raise ValueError(f"bad sampling settings: {self}")
     if self.repetition_penalty <= 0:
       raise ValueError("repetition_penalty must be > 0")
+
+
+def cache_length(prompt_len: int, cfg: SamplingConfig, max_len: int | None = None,
+                 note: str = "") -> int:
+  """Cache slots for a prompt of ``prompt_len`` (padded) and ``cfg.max_new_tokens``: the
+  given ``max_len`` (a clear error when too short) or just enough (the last sampled token
+  is never written)."""
+  need = prompt_len + cfg.max_new_tokens - 1
+  max_len = max_len or need
+  if need > max_len:
+    raise ValueError(
+        f"prompt of {prompt_len} tokens (padded) + {cfg.max_new_tokens} new tokens is longer "
+        f"than the cache{note} (max_len={max_len})")
+  return max_len
 
 
 def seen_tokens(tokens: jax.Array, mask: jax.Array, vocab: int) -> jax.Array:
@@ -69,6 +84,20 @@ def sample(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig, seen: jax.Arr
         drop_sorted)
     logits = jnp.where(drop, neg, logits)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@struct.dataclass
+class DecodeState:
+  """The decode loop's carry (all [B] arrays are per sequence)."""
+
+  i: jax.Array  # int32 scalar: the next column of ``out`` to write
+  out: jax.Array  # [B, max_new_tokens] int32 tokens so far (``pad_id`` after EOS)
+  lengths: jax.Array  # [B] int32, tokens up to and including EOS
+  cache: Any  # the model's cache (or any pytree ``step`` threads through)
+  done: jax.Array  # [B] bool, EOS seen
+  tok: jax.Array  # [B] int32, the last sampled token (the next step's input)
+  seen: jax.Array  # [B, V] bool, ids in the prompt or sampled (repetition penalty)
+  rng: jax.Array  # PRNG key
 
 
 StepFn = Callable[[jax.Array, Any], tuple[jax.Array, Any]]  # cache: KVCache or a pytree
@@ -107,19 +136,19 @@ def decode(step: StepFn, cache: KVCache, logits: jax.Array, rng: jax.Array, cfg:
   out = jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
   lengths = jnp.ones((b,), jnp.int32)
 
-  def cond(state):
-    i, _, _, _, done, *_ = state
-    return (i < cfg.max_new_tokens) & ~jnp.all(done)
+  def cond(state: DecodeState):
+    return (state.i < cfg.max_new_tokens) & ~jnp.all(state.done)
 
-  def body(state):
-    i, out, lengths, cache, done, tok, seen, rng = state
-    logits, cache = step(tok[:, None], cache)
-    rng, sub = jax.random.split(rng)
-    new_tok, seen, new_done = pick(logits[:, -1], sub, seen, done)
-    out = jax.lax.dynamic_update_index_in_dim(out, new_tok, i, 1)
-    lengths = lengths + (~done).astype(jnp.int32)
-    return i + 1, out, lengths, cache, new_done, new_tok, seen, rng
+  def body(state: DecodeState) -> DecodeState:
+    logits, cache = step(state.tok[:, None], state.cache)
+    rng, sub = jax.random.split(state.rng)
+    new_tok, seen, new_done = pick(logits[:, -1], sub, state.seen, state.done)
+    out = jax.lax.dynamic_update_index_in_dim(state.out, new_tok, state.i, 1)
+    lengths = state.lengths + (~state.done).astype(jnp.int32)
+    return DecodeState(i=state.i + 1, out=out, lengths=lengths, cache=cache, done=new_done,
+                       tok=new_tok, seen=seen, rng=rng)
 
-  state = (jnp.int32(1), out, lengths, cache, done, tok, seen, rng)
-  _, out, lengths, cache, *_ = jax.lax.while_loop(cond, body, state)
-  return out, lengths, cache
+  state = DecodeState(i=jnp.int32(1), out=out, lengths=lengths, cache=cache, done=done,
+                      tok=tok, seen=seen, rng=rng)
+  state = jax.lax.while_loop(cond, body, state)
+  return state.out, state.lengths, state.cache

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from c2cjax.models import lm as lm_lib
 from c2cjax.models.cache import KVCache
 
 
@@ -30,9 +31,10 @@ def join(context_ids, context_mask, ids, mask):
           jnp.concatenate([context_mask, mask], axis=1))
 
 
-def prefill_slice(lm, params, ids, mask, length: int) -> KVCache:
-  """Cache-only prefill of ``ids [B, C + S]`` (``mask`` marks real tokens), cut to its last
-  ``length`` slots (``S``), the slots aligned to the receiver's.
+def prefill_slice(module, params, ids, mask, length: int) -> KVCache:
+  """Cache-only prefill of ``ids [B, C + S]`` by a model's ``module`` (``LM.module``;
+  ``mask`` marks real tokens), cut to its last ``length`` slots (``S``), the slots aligned
+  to the receiver's.
 
   The returned cache's ``k``/``v`` have ``length`` slots; ``end = length`` and ``start`` is
   clipped to them (what the fuser reads is ``k``/``v`` and the receiver's token mask).
@@ -40,7 +42,7 @@ def prefill_slice(lm, params, ids, mask, length: int) -> KVCache:
   b, total = ids.shape
   if total < length:
     raise ValueError(f"sharer ids of {total} slots cannot hold {length} receiver slots")
-  cache = lm.module_prefill(params, ids, lm.init_cache(b, total), mask)
+  cache = lm_lib.prefill_cache(module, params, ids, lm_lib.init_cache(module, b, total), mask)
   cut = total - length
   return cache.replace(k=cache.k[:, :, :, cut:], v=cache.v[:, :, :, cut:],
                        start=jnp.clip(cache.start - cut, 0, length),

@@ -64,23 +64,17 @@ def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, r
   token and the response see in C2C generation.
   """
   tokens, mask = batch["receiver_ids"], batch["attention_mask"]
-  tup = lambda x: x if isinstance(x, tuple) else (x,)
-  sharer_ids = tup(batch["sharer_ids"])
+  sharer_ids = batch["sharer_ids"]  # a tuple: one [B, T] per sharer
   fuse_mask = batch["fuse_mask"].astype(bool) & mask.astype(bool)
+  sharer_masks = None
   if "sharer_context_ids" in batch:  # each sharer reads its private context first
-    r, (b, s) = c2c.receiver, tokens.shape
-    rcache = r.module_prefill(rparams, tokens, r.init_cache(b, s), mask)
-    caches = tuple(
-        sharer_context.prefill_slice(sh, sparams[i], *sharer_context.join(
-            c, m, sharer_ids[i], mask), s)
-        for i, (sh, c, m) in enumerate(zip(c2c.sharers, tup(batch["sharer_context_ids"]),
-                                           tup(batch["sharer_context_mask"]))))
-    cache = fuse_lib.fuse(fparams, rcache, caches, tuple(f.layer_map for f in c2c.fusers),
-                          fuse_mask, config=tuple(f.config for f in c2c.fusers), mode=c2c.mode,
-                          train=train, rng=rng, step=step)
-  else:
-    cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,
-                            tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)
+    joined = [sharer_context.join(c, m, ids, mask) for c, m, ids in zip(
+        batch["sharer_context_ids"], batch["sharer_context_mask"], sharer_ids)]
+    sharer_ids = tuple(ids for ids, _ in joined)
+    sharer_masks = tuple(m for _, m in joined)
+  cache = c2c.fused_cache(rparams, sparams, fparams, tokens, mask, sharer_ids, fuse_mask,
+                          tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step,
+                          sharer_masks=sharer_masks)
   logits, _ = c2c.receiver.module_apply(rparams, tokens, cache.replace(end=jnp.int32(0)),
                                         keep=fuse_mask)
   return token_nll(logits, tokens, batch["loss_mask"])

@@ -8,25 +8,26 @@ receiver's chat-rendered question, then "The answer is:"; each option's value sc
 continuation; ``cloze`` sums its log-probs, ``cloze_norm`` divides by its characters).
 ``--config.methods=logits`` scores the multiple-choice form by its letter instead.
 
-  python -m c2cjax.eval --config configs/eval_transfer.py [--config.limit=500]
+  python -m c2cjax.eval --config configs/eval_transfer.py [--config.limit=500] \\
+      [--config.systems="('receiver', 'c2c_self')"]
 """
 
 from c2cjax import offline
 from c2cjax.data import synthetic
-from c2cjax.eval import default_config
+from c2cjax.defaults import eval_config
 
 
 def get_config():
-  c = default_config()
+  c = eval_config()
   c.name = "transfer"
   c.receiver = "offline:smollm2"
-  c.sharers = "offline:gemma3"
-  c.fusers = "runs/transfer/fuser"
-  c.self_fusers = "runs/transfer_self/fuser"
-  c.benchmarks = "synthetic_docs"
+  c.sharers = ("offline:gemma3",)
+  c.fusers = ("runs/transfer/fuser",)
+  c.self_fusers = ("runs/transfer_self/fuser",)
+  c.benchmarks = ("synthetic_docs",)
   c.limit = 500
-  c.methods = "cloze"
-  c.systems = "receiver,receiver_doc,sharer_doc,t2t,c2c,c2c_self,oracle"
+  c.methods = ("cloze",)
+  c.systems = ("receiver", "receiver_doc", "sharer_doc", "t2t", "c2c", "c2c_self", "oracle")
   c.prompts.mcq = synthetic.MCQ_TEMPLATE
   c.prompts.cloze = synthetic.cloze_template(offline.load_tokenizer(offline.smollm2_gguf()))
   c.prompts.plain_mcq = "Question: {question}\n{options}\nAnswer:"

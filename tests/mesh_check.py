@@ -29,7 +29,7 @@ def run(mesh_shape):
   A, B, T = 2, 4, 16
   batch = {
       "receiver_ids": rng.integers(3, 128, (A, B, T)).astype(np.int32),
-      "sharer_ids": rng.integers(3, 128, (A, B, T)).astype(np.int32),
+      "sharer_ids": (rng.integers(3, 128, (A, B, T)).astype(np.int32),),
       "attention_mask": np.ones((A, B, T), np.int32),
       "fuse_mask": np.tile((np.arange(T) < 7).astype(np.int32), (A, B, 1)),
       "loss_mask": np.tile((np.arange(T) >= 8).astype(np.int32), (A, B, 1)),

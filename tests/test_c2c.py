@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from c2cjax import fuse as fuse_lib, sampling
+from c2cjax import c2c as c2c_lib
 from c2cjax.c2c import C2C, Fuser
 from c2cjax.models.tiny import tiny_lm
 
@@ -43,9 +44,8 @@ def test_closed_gates_equal_receiver_alone(models):
   c2c = C2C(r, [s], [small_fuser(r, s, 0, gate=-1.0)])
   tokens, mask, sharer = _batch()
   out, lengths, _ = c2c.generate_ids(tokens, mask, sharer[:1], max_new_tokens=6, eos_ids=())
-  alone = r._generate(r.params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.PRNGKey(0),
-                      r.sampling_config(max_new_tokens=6, eos_ids=()), 12 + 5)
-  np.testing.assert_array_equal(out, np.asarray(alone[0]))
+  alone, _, _ = r.generate_ids(tokens, mask, max_new_tokens=6, eos_ids=(), max_len=12 + 5)
+  np.testing.assert_array_equal(out, alone)
 
 
 def test_open_gates_equal_manual_pipeline(models):
@@ -108,7 +108,7 @@ FLAGS = [(True, False), (False, True), (True, True)]
 def _same_tokenizer(*lms):
   """The models with one shared stand-in tokenizer: C2C aligns them by identity."""
   from types import SimpleNamespace
-  from c2cjax.models.model import LM
+  from c2cjax.models.lm import LM
   tok = SimpleNamespace(eos_token_id=None)
   return [LM(m.config, m.params, tok, source=m.source) for m in lms]
 
@@ -146,24 +146,21 @@ def test_fuse_options_closed_gates_equal_receiver_alone(models, fuse_last, fuse_
   tokens, mask, sharer = _batch()
   out, _, _ = c2c.generate_ids(tokens, mask, sharer[:1], max_new_tokens=6, eos_ids=(),
                                fuse_last=fuse_last, fuse_response=fuse_response)
-  alone = r._generate(r.params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.PRNGKey(0),
-                      r.sampling_config(max_new_tokens=6, eos_ids=()), 12 + 5)
-  np.testing.assert_array_equal(out, np.asarray(alone[0]))
+  alone, _, _ = r.generate_ids(tokens, mask, max_new_tokens=6, eos_ids=(), max_len=12 + 5)
+  np.testing.assert_array_equal(out, alone)
 
 
 def _stepped_logits(c2c, tokens, mask, sharer_ids, out, fuse_last, fuse_response):
   """Logits [B, N, V] of C2C's own prefill and decode step, fed the tokens ``out`` [B, N]
   (teacher-forced: what the decode loop computes, compared in full, not via argmax)."""
   active = tuple(range(len(c2c.sharers)))
-  maps = c2c._options(active, fuse_last, fuse_response)[2]
+  maps = c2c.options(active, fuse_last, fuse_response)[2]
   max_len = tokens.shape[1] + out.shape[1] - 1
 
   def run(params, maps, tokens, mask, sharer_ids, out):
-    rp, sp, fp = params
-    logits, state = c2c._prefill_impl(rp, sp, fp, tokens, mask, sharer_ids, active, max_len,
-                                      fuse_last, fuse_response)
-    step = (c2c._response_step(rp, sp, fp, active, maps) if fuse_response
-            else lambda tok, cache: c2c.receiver.module_apply(rp, tok, cache))
+    logits, state = c2c_lib.prefill(c2c.spec, params, tokens, mask, sharer_ids, active,
+                                    max_len, fuse_last, fuse_response)
+    step = c2c_lib.decode_step(c2c.spec, params, active, maps, fuse_response)
 
     def body(state, tok):
       step_logits, state = step(tok[:, None], state)

@@ -67,12 +67,14 @@ def test_masks_hand_checked(toks, encoder):
   np.testing.assert_array_equal(ex["fuse_mask"], [1] * 6 + [0] * 4)  # prompt minus its last
   np.testing.assert_array_equal(ex["attention_mask"], [1] * 10)
   # The byte-level sharer has no "<|im_start|>": its first piece, "<".
-  sharer = sh.convert_ids_to_tokens(ex["sharer_ids"].tolist())
+  sharer = sh.convert_ids_to_tokens(ex["sharer_ids"][0].tolist())
   assert len(sharer) == 10 and sharer[0] == "<" and sharer[2].startswith("h")
   text = chat.render(rec, CONV, add_generation_prompt=False)
   ref = align.TokenAligner(rec, sh).align(text)
-  np.testing.assert_array_equal(ex["sharer_ids"], ref.sharer_ids)
-  assert {k: v.dtype for k, v in ex.items()} == dict.fromkeys(ex, np.int32)
+  np.testing.assert_array_equal(ex["sharer_ids"][0], ref.sharer_ids)
+  assert isinstance(ex["sharer_ids"], tuple) and len(ex["sharer_ids"]) == 1  # one sharer
+  flat = dict(ex, sharer_ids=ex["sharer_ids"][0])
+  assert {k: v.dtype for k, v in flat.items()} == dict.fromkeys(ex, np.int32)
 
 
 def test_fuse_mask_options(toks):
@@ -216,9 +218,11 @@ def test_batches_static_shapes_and_masks(toks, encoder):
   assert len(batches) == -(-N_RECORDS // 4)
   for b in batches:
     assert set(b) == {"receiver_ids", "sharer_ids", "attention_mask", "loss_mask", "fuse_mask"}
-    shapes = {k: v.shape for k, v in b.items()}
+    assert isinstance(b["sharer_ids"], tuple) and len(b["sharer_ids"]) == 1  # one sharer
+    flat = dict(b, sharer_ids=b["sharer_ids"][0])
+    shapes = {k: v.shape for k, v in flat.items()}
     assert len(set(shapes.values())) == 1 and shapes["receiver_ids"] in {(4, 16), (4, 24)}
-    assert all(v.dtype == np.int32 for v in b.values())
+    assert all(v.dtype == np.int32 for v in flat.values())
     lengths = b["attention_mask"].sum(1)
     # Right padding: real tokens first; masks only on real tokens.
     for row, n in enumerate(lengths):
@@ -306,15 +310,15 @@ def test_real_chatml_masks(real, tmp_path):
   assert ids[:len(prompt)].tolist() == prompt  # the default system prompt is included
   assert smol.decode(ids[ex["loss_mask"] == 1]) == "你好！<|im_end|>\n"
   assert ex["fuse_mask"].sum() == len(prompt) - 1 and ex["fuse_mask"][:len(prompt) - 1].all()
-  assert ex["sharer_ids"].shape == ids.shape
-  assert gemma.decode(ex["sharer_ids"][ex["loss_mask"] == 1][:1]) in ("你好", "你", "▁你好")
+  assert ex["sharer_ids"][0].shape == ids.shape
+  assert gemma.decode(ex["sharer_ids"][0][ex["loss_mask"] == 1][:1]) in ("你好", "你", "▁你好")
 
   src = sources.load_source("offline_instruct/gpteacher_codegen", data_dir=tmp_path,
                             split="train[:32]")
   cfg = _config(batch_size=8, bucket_lengths=(128,), drop_remainder=True)
   batches = list(pipeline.make_dataset(src, enc, cfg))
   assert batches and all(b["receiver_ids"].shape in {(8, 128), (8, 256)} for b in batches)
-  assert all(b["sharer_ids"].shape == b["receiver_ids"].shape for b in batches)
+  assert all(b["sharer_ids"][0].shape == b["receiver_ids"].shape for b in batches)
   assert all((b["loss_mask"].sum(1) > 0).all() for b in batches)
 
 

@@ -7,9 +7,10 @@ the reference is written here in plain transformers (fp32, the same GGUF file), 
 import numpy as np
 import pytest
 
-from c2cjax import eval as ev
 from c2cjax import load_model, offline
 from c2cjax.evaluation import cloze_prompt, load_mmlu_redux, mcq_prompt
+from c2cjax.evaluation.answerers import Solo, System
+from c2cjax.evaluation.runner import Evaluator, Settings
 
 pytestmark = pytest.mark.realweights
 torch = pytest.importorskip("torch")
@@ -116,8 +117,8 @@ def test_receiver_alone_matches_transformers_question_by_question(models):
   lm, hf = models
   questions = load_mmlu_redux(limit=N, seed=0)
   assert len(questions) == N and all(len(q.choices) == 4 for q in questions)
-  evaluator = ev.Evaluator(ev.Settings(progress=False, warmup=False))
-  preds = evaluator.evaluate(ev.System("receiver", ev.Solo(lm)), questions, ("logits", "cloze"))
+  evaluator = Evaluator(Settings(progress=False, warmup=False))
+  preds = evaluator.evaluate(System("receiver", Solo(lm)), questions, ("logits", "cloze"))
   scores = {m: np.array([p.scores for p in preds if p.method == m])
             for m in ("logits", "cloze", "cloze_norm")}
   _check(scores["logits"], _hf_letter_scores(hf, lm.tokenizer, questions), "logits")

@@ -7,10 +7,16 @@ import jax
 import numpy as np
 import pytest
 
-from c2cjax import eval as ev
 from c2cjax import fuse as fuse_lib
-from c2cjax.c2c import C2C, Fuser
+from c2cjax.c2c import C2C
+from c2cjax.fuse import Fuser
+from c2cjax.defaults import eval_config
 from c2cjax.evaluation import PromptConfig, Question, cloze_prompt, mcq_prompt
+from c2cjax.evaluation.answerers import Fused, Solo, System, bucket, letter_token_ids
+from c2cjax.evaluation.experiment import load_questions, parse_shard
+from c2cjax.evaluation.merge import merge, write_outputs
+from c2cjax.evaluation.runner import Evaluator, Settings
+from c2cjax.evaluation.systems import SYSTEMS, config_names, load_fusers, open_gates
 from c2cjax.models.tiny import tiny_lm
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<|im_start|>", "<|im_end|>", "<unk>")
@@ -56,9 +62,9 @@ PROMPTS = PromptConfig(
     context="Notes: {background}\n{prompt}", plain_mcq="Q: {question}\n{options}\nAnswer:",
     plain_background="Q: {question}\n{options}\nNotes:", plain_context="{background}\n{prompt}")
 # One bucket each: every batch of a kind has one shape (compiles dominate this test's time).
-SETTINGS = ev.Settings(batch_size=2, cloze_batch_size=2, buckets=(160,),
-                       continuation_buckets=(32,), max_new_tokens=4, background_tokens=4,
-                       warmup=False, progress=False, prompts=PROMPTS)
+SETTINGS = Settings(batch_size=2, cloze_batch_size=2, buckets=(160,),
+                    continuation_buckets=(32,), max_new_tokens=4, background_tokens=4,
+                    warmup=False, progress=False, prompts=PROMPTS)
 METHODS = ("logits", "cloze", "generate")
 
 
@@ -68,22 +74,22 @@ def models():
   r, s = tiny_lm("qwen3", rtok, seed=0), tiny_lm("gemma3", stok, seed=1)
   fuser = lambda seed: Fuser.init(r, s, jax.random.PRNGKey(seed), hidden_dim=32,
                                   intermediate_dim=48)
-  return dict(r=r, s=s, open1=ev.open_gates(fuser(3)), open2=ev.open_gates(fuser(4)),
-              closed=ev.open_gates(fuser(3), -1.0))
+  return dict(r=r, s=s, open1=open_gates(fuser(3)), open2=open_gates(fuser(4)),
+              closed=open_gates(fuser(3), -1.0))
 
 
 @pytest.fixture(scope="module")
 def run(models):
   """Every system under every method, once (compiling dominates this file's time)."""
   m = models
-  receiver, sharer = ev.Solo(m["r"]), ev.Solo(m["s"])
-  systems = [ev.System("receiver", receiver), ev.System("sharer", sharer),
-             ev.System("t2t", receiver, writer=sharer),
-             ev.System("c2c", ev.Fused(C2C(m["r"], [m["s"]], [m["open1"]]))),
+  receiver, sharer = Solo(m["r"]), Solo(m["s"])
+  systems = [System("receiver", receiver), System("sharer", sharer),
+             System("t2t", receiver, writer=sharer),
+             System("c2c", Fused(C2C(m["r"], [m["s"]], [m["open1"]]))),
              # two sharers (the same model, two fusers): the multi-sharer path
-             ev.System("c2c_multi", ev.Fused(C2C(m["r"], [m["s"], m["s"]],
-                                                 [m["open1"], m["open2"]])))]
-  evaluator = ev.Evaluator(SETTINGS)
+             System("c2c_multi", Fused(C2C(m["r"], [m["s"], m["s"]],
+                                           [m["open1"], m["open2"]])))]
+  evaluator = Evaluator(SETTINGS)
   preds = [p for s in systems for p in evaluator.evaluate(s, QUESTIONS, METHODS)]
   return systems, preds
 
@@ -115,7 +121,7 @@ def test_every_system_and_method_runs_and_writes_reports(run, tmp_path):
     scores = lambda d: np.concatenate([d[q.id].scores for q in QUESTIONS])
     assert not np.allclose(scores(a), scores(b), atol=1e-4), other
 
-  paths = ev.write_outputs(preds, {"t": QUESTIONS}, tmp_path)
+  paths = write_outputs(preds, {"t": QUESTIONS}, tmp_path)
   summary = json.loads(paths["cloze_norm.json"].read_text())
   assert summary["systems"] == list(names)
   assert summary["results"]["t"]["c2c"]["overall"]["n"] == len(QUESTIONS)
@@ -126,7 +132,7 @@ def test_every_system_and_method_runs_and_writes_reports(run, tmp_path):
 
 def test_same_inputs_twice_give_the_same_predictions(run):
   systems, preds = run
-  evaluator = ev.Evaluator(SETTINGS)  # fresh: no cached backgrounds
+  evaluator = Evaluator(SETTINGS)  # fresh: no cached backgrounds
   again = [p for s in systems for p in evaluator.evaluate(s, QUESTIONS, METHODS)]
   strip = lambda ps: [dataclasses.replace(p, time_s=0.0) for p in ps]
   assert strip(again) == strip(preds)
@@ -134,8 +140,8 @@ def test_same_inputs_twice_give_the_same_predictions(run):
 
 def test_c2c_with_closed_gates_equals_the_receiver_exactly(models, run):
   _, preds = run
-  c2c = ev.System("c2c", ev.Fused(C2C(models["r"], [models["s"]], [models["closed"]])))
-  fused = ev.Evaluator(SETTINGS).evaluate(c2c, QUESTIONS, ("logits", "cloze"))
+  c2c = System("c2c", Fused(C2C(models["r"], [models["s"]], [models["closed"]])))
+  fused = Evaluator(SETTINGS).evaluate(c2c, QUESTIONS, ("logits", "cloze"))
   for method in ("logits", "cloze", "cloze_norm"):
     alone, closed = _by(preds, "receiver", method), _by(fused, "c2c", method)
     for q in QUESTIONS:
@@ -167,12 +173,12 @@ def test_scores_equal_a_direct_per_option_forward(models, run):
   r, s = models["r"], models["s"]
   systems, preds = run
   # one question alone: a batch of one (no repeated rows), same scores as in a batch
-  alone = ev.Evaluator(SETTINGS).evaluate(systems[0], QUESTIONS[-1:], ("logits",))
+  alone = Evaluator(SETTINGS).evaluate(systems[0], QUESTIONS[-1:], ("logits",))
   np.testing.assert_allclose(alone[0].scores, _by(preds, "receiver", "logits")[
       QUESTIONS[-1].id].scores, rtol=1e-5, atol=1e-4)
   tok = r.tokenizer
   c2c = C2C(r, [s], [models["open1"]])
-  letter_ids = ev.letter_token_ids(tok, 5)
+  letter_ids = letter_token_ids(tok, 5)
   assert letter_ids[0] == [tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids(" A")]
   for n, q in enumerate(QUESTIONS):
     ctx, ids, conts = _cloze_ids(tok, q)
@@ -202,11 +208,11 @@ def test_scores_equal_a_direct_per_option_forward(models, run):
 
 
 def test_bucket_and_letter_ids():
-  assert [ev.bucket(n, (8, 16)) for n in (1, 8, 9, 16, 17, 33)] == [8, 8, 16, 16, 32, 48]
+  assert [bucket(n, (8, 16)) for n in (1, 8, 9, 16, 17, 33)] == [8, 8, 16, 16, 32, 48]
   tok = char_tokenizer()
-  assert ev.letter_token_ids(tok, 3)[2] == [tok.convert_tokens_to_ids("C"),
-                                            tok.convert_tokens_to_ids(" C")]
-  assert len(ev.letter_token_ids(tok, 6)[5]) == 1  # " F" is two tokens: skipped
+  assert letter_token_ids(tok, 3)[2] == [tok.convert_tokens_to_ids("C"),
+                                         tok.convert_tokens_to_ids(" C")]
+  assert len(letter_token_ids(tok, 6)[5]) == 1  # " F" is two tokens: skipped
 
 
 def test_load_fusers_prunes_closed_pairs(models, tmp_path):
@@ -215,49 +221,88 @@ def test_load_fusers_prunes_closed_pairs(models, tmp_path):
   for k in ("key_gate_logit", "value_gate_logit"):
     params[k] = params[k].at[0].set(-1.0)
   fuse_lib.save(tmp_path / "fuser", params, f.config, f.layer_map)
-  (full,) = ev.load_fusers(tmp_path / "fuser", prune=False)
-  (pruned,) = ev.load_fusers(tmp_path / "fuser")
+  (full,) = load_fusers(tmp_path / "fuser", prune=False)
+  (pruned,) = load_fusers(tmp_path / "fuser")
   assert full.layer_map == f.layer_map
   assert pruned.layer_map.receiver == f.layer_map.receiver[1:]
   np.testing.assert_array_equal(pruned.params["key_gate_logit"], params["key_gate_logit"][1:])
 
 
 def test_shards_partition_the_questions():
-  config = ev.default_config()
-  config.benchmarks, config.limit = "arc_challenge", 10
-  whole = ev.load_questions(config)["arc_challenge"]
+  config = eval_config()
+  config.benchmarks, config.limit = ("arc_challenge",), 10
+  whole = load_questions(config)["arc_challenge"]
   parts = []
   for k in range(3):
     config.shard = f"{k}/3"
-    parts += ev.load_questions(config)["arc_challenge"]
+    parts += load_questions(config)["arc_challenge"]
   assert len(parts) == 10 and sorted(q.id for q in parts) == sorted(q.id for q in whole)
   for bad in ("3/3", "1", "a/b", "-1/2"):
     with pytest.raises(ValueError, match="shard must be 'k/n'"):
-      ev.parse_shard(bad)
+      parse_shard(bad)
 
 
 def test_merged_shards_give_the_whole_run_reports(run, tmp_path):
   _, preds = run
-  config = ev.default_config()
+  config = eval_config()
   questions = {"t": QUESTIONS}
-  whole = ev.write_outputs(preds, questions, tmp_path / "whole", config)
+  whole = write_outputs(preds, questions, tmp_path / "whole", config)
   halves = ({q.id for q in QUESTIONS[:2]}, {q.id for q in QUESTIONS[2:]})
   for i, ids in enumerate(halves):
     config.shard = f"{i}/2"
-    ev.write_outputs([p for p in preds if p.question_id in ids], questions,
-                     tmp_path / f"part{i}", config)
-  merged = ev.merge([tmp_path / "part0", tmp_path / "part1"], tmp_path / "merged")
+    write_outputs([p for p in preds if p.question_id in ids], questions,
+                  tmp_path / f"part{i}", config)
+  merged = merge([tmp_path / "part0", tmp_path / "part1"], tmp_path / "merged")
   for key in ("logits.json", "cloze_norm.markdown", "generate.json"):
     assert merged[key].read_text() == whole[key].read_text(), key
   assert sorted(merged["predictions"].read_text().splitlines()) == sorted(
       whole["predictions"].read_text().splitlines())
   # a merged folder merges again; overlapping or different runs are refused by name
-  ev.merge([tmp_path / "merged"], tmp_path / "again")
+  merge([tmp_path / "merged"], tmp_path / "again")
   with pytest.raises(ValueError, match="overlapping parts"):
-    ev.merge([tmp_path / "part0", tmp_path / "whole"], tmp_path / "bad")
+    merge([tmp_path / "part0", tmp_path / "whole"], tmp_path / "bad")
   config.receiver = "another/model"
-  ev.write_outputs(preds[:1], questions, tmp_path / "other", config)
+  write_outputs(preds[:1], questions, tmp_path / "other", config)
   with pytest.raises(ValueError, match="differ in 'receiver'"):
-    ev.merge([tmp_path / "part0", tmp_path / "other"], tmp_path / "bad")
+    merge([tmp_path / "part0", tmp_path / "other"], tmp_path / "bad")
   with pytest.raises(FileNotFoundError, match="config.json"):
-    ev.merge([tmp_path / "nothing"], tmp_path / "bad")
+    merge([tmp_path / "nothing"], tmp_path / "bad")
+  # parts written when lists were comma-separated strings merge with tuple-style ones
+  old = json.loads((tmp_path / "part1" / "config.json").read_text())
+  assert old["sharers"] == ["Qwen/Qwen2.5-0.5B-Instruct"]
+  old.update(sharers="Qwen/Qwen2.5-0.5B-Instruct", fusers="runs/default/fuser")
+  (tmp_path / "part1" / "config.json").write_text(json.dumps(old))
+  again = merge([tmp_path / "part0", tmp_path / "part1"], tmp_path / "mixed")
+  assert again["logits.json"].read_text() == whole["logits.json"].read_text()
+  old["sharers"] = "Qwen/Qwen2.5-0.5B-Instruct,other/model"
+  (tmp_path / "part1" / "config.json").write_text(json.dumps(old))
+  with pytest.raises(ValueError, match="differ in 'sharers'"):
+    merge([tmp_path / "part0", tmp_path / "part1"], tmp_path / "bad")
+
+
+def test_config_lists_are_tuples_on_the_command_line():
+  """ml_collections config_flags: a tuple is one Python literal or a repeated flag."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  def parse(*args):
+    fv = flags.FlagValues()
+    argv = ["eval", "--config=configs/eval_local.py", *args]
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                    sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+  c = parse("--config.benchmarks=('arc_challenge', 'openbookqa')", "--config.limit=5",
+            "--config.methods=logits", "--config.methods=generate", "--config.subjects=anatomy")
+  assert c.benchmarks == ("arc_challenge", "openbookqa") and c.limit == 5
+  assert c.methods == ("logits", "generate") and c.subjects == ("anatomy",)
+  assert c.sharers == ("offline:gemma3",) and c.merge == ()
+  assert parse("--config.merge=('a/local', 'b/local')").merge == ("a/local", "b/local")
+  # the old comma style is one unknown name: refused with the tuple syntax as a hint
+  c = parse("--config.benchmarks=arc_challenge,openbookqa")
+  with pytest.raises(ValueError, match=r"unknown config.benchmarks .*\('a', 'b'\)"):
+    load_questions(c)
+  with pytest.raises(ValueError, match="must be a tuple of names"):
+    config_names({"systems": "receiver,c2c"}, "systems", SYSTEMS)
+  assert config_names({"systems": ("c2c",)}, "systems", SYSTEMS) == ("c2c",)

@@ -6,12 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from c2cjax import eval as ev
 from c2cjax.c2c import C2C, Fuser
+from c2cjax.evaluation import answerers as ev
+from c2cjax.evaluation.runner import Evaluator, Settings
+from c2cjax.evaluation.systems import open_gates
 from c2cjax.models.tiny import tiny_lm
 from tests.test_eval_runner import PROMPTS, QUESTIONS, char_tokenizer
 
-SETTINGS = ev.Settings(batch_size=2, buckets=(96,), warmup=False, progress=False,
+SETTINGS = Settings(batch_size=2, buckets=(96,), warmup=False, progress=False,
                        prompts=PROMPTS)
 DOCS = ("Document:\nThe arm bone is the humerus.\n\n", "Document:\nThe red one is Mars.\n\n")
 
@@ -27,7 +29,7 @@ def setup():
 
 
 def _scores(system, questions):
-  preds = ev.Evaluator(SETTINGS).evaluate(system, questions, ("logits",))
+  preds = Evaluator(SETTINGS).evaluate(system, questions, ("logits",))
   return np.array([p.scores for p in preds])
 
 
@@ -40,10 +42,10 @@ def test_document_reaches_only_the_systems_that_read_it(setup):
   oracle = ev.System("oracle", ev.Enriched(r), document="sharer")
   np.testing.assert_allclose(_scores(oracle, bare), receiver, atol=1e-5)  # no document
   assert np.abs(_scores(oracle, qs) - receiver).max() > 1e-4
-  closed = ev.System("c2c", ev.Fused(C2C(r, [s], [ev.open_gates(fuser, -1.0)])),
+  closed = ev.System("c2c", ev.Fused(C2C(r, [s], [open_gates(fuser, -1.0)])),
                      document="sharer")
   np.testing.assert_allclose(_scores(closed, qs), receiver, atol=1e-5)
-  opened = ev.System("c2c", ev.Fused(C2C(r, [s], [ev.open_gates(fuser)])), document="sharer")
+  opened = ev.System("c2c", ev.Fused(C2C(r, [s], [open_gates(fuser)])), document="sharer")
   with_doc, without = _scores(opened, qs), _scores(opened, bare)
   assert np.abs(with_doc - without).max() > 1e-4  # the sharer read the document
 

@@ -32,7 +32,7 @@ def test_prefill_slice_equals_unpadded_context_then_sequence(sharer):
     rows.append(np.concatenate([x, y]))
   ids, full_mask = sharer_context.join(*map(jnp.asarray, (ctx, ctx_mask, seq, mask)))
   assert ids.shape == (2, c + s)
-  cut = sharer_context.prefill_slice(sharer, sharer.params, ids, full_mask, s)
+  cut = sharer_context.prefill_slice(sharer.module, sharer.params, ids, full_mask, s)
   assert cut.k.shape[3] == s and int(cut.end) == s
   for b in range(2):  # the slow reference: one unpadded sequence, context then sequence
     _, ref = sharer.apply(sharer.params, rows[b][None], sharer.init_cache(1, len(rows[b])))
@@ -42,7 +42,7 @@ def test_prefill_slice_equals_unpadded_context_then_sequence(sharer):
     np.testing.assert_allclose(np.asarray(cut.v[:, b, :, :n]),
                                np.asarray(ref.v[:, 0, :, -n:]), atol=1e-5)
   with pytest.raises(ValueError, match="cannot hold"):
-    sharer_context.prefill_slice(sharer, sharer.params, ids[:, :4], full_mask[:, :4], s)
+    sharer_context.prefill_slice(sharer.module, sharer.params, ids[:, :4], full_mask[:, :4], s)
 
 
 def _set_gates(params, value):
@@ -61,18 +61,19 @@ def test_training_batches_read_the_document_only_through_the_sharer(tmp_path):
   ds, n = build_data(cfg, c2c, 2, heldout=True, seed=0)
   assert n == 600  # the held-out split: 200 documents x 3 questions
   batch = jax.tree.map(jnp.asarray, next(iter(ds)))
-  assert batch["sharer_context_ids"].shape == (2, 128)
+  assert batch["sharer_context_ids"][0].shape == (2, 128)
   assert batch["receiver_ids"].shape[1] <= 96
   gemma = c2c.sharers[0].tokenizer
-  doc = gemma.decode(np.asarray(batch["sharer_context_ids"][0])[
-      np.asarray(batch["sharer_context_mask"][0]) == 1])
+  doc = gemma.decode(np.asarray(batch["sharer_context_ids"][0][0])[
+      np.asarray(batch["sharer_context_mask"][0][0]) == 1])
   assert "Document:" in doc
   receiver_text = c2c.receiver.tokenizer.decode(np.asarray(batch["receiver_ids"][0]))
   assert "Document:" not in receiver_text  # the receiver's tokens hold the question only
 
   rp, sp, f = c2c.receiver.params, (c2c.sharers[0].params,), c2c.fusers[0].params
-  other = dict(batch, sharer_context_ids=jnp.roll(batch["sharer_context_ids"], 1, axis=0),
-               sharer_context_mask=jnp.roll(batch["sharer_context_mask"], 1, axis=0))
+  roll = lambda xs: tuple(jnp.roll(x, 1, axis=0) for x in xs)  # each row: another document
+  other = dict(batch, sharer_context_ids=roll(batch["sharer_context_ids"]),
+               sharer_context_mask=roll(batch["sharer_context_mask"]))
   loss = lambda fp, b: [float(x) for x in c2c_nll(c2c, (fp,), rp, sp, b, train=False)]
   closed, alone = loss(_set_gates(f, -1.0), batch), receiver_nll(c2c, rp, batch)
   np.testing.assert_allclose(closed[0], float(alone[0]), rtol=1e-6)

@@ -56,7 +56,7 @@ def test_llm_params_frozen_and_optimizer_holds_only_fuser():
   tx, _ = make_optimizer(train_config(), 10)
   rng = np.random.default_rng(0)
   ids = rng.integers(3, 128, (1, 2, 12)).astype(np.int32)
-  batch = {"receiver_ids": ids, "sharer_ids": ids, "attention_mask": np.ones_like(ids),
+  batch = {"receiver_ids": ids, "sharer_ids": (ids,), "attention_mask": np.ones_like(ids),
            "fuse_mask": (np.arange(12) < 5).astype(np.int32)[None, None].repeat(2, 1),
            "loss_mask": (np.arange(12) >= 6).astype(np.int32)[None, None].repeat(2, 1)}
   before_r = jax.tree.map(np.array, r.params)
@@ -132,7 +132,7 @@ def test_paper_pair_configs():
 def test_fuse_response_training_masks_and_loss(tmp_path):
   """``--config.fuse_last/fuse_response`` reach the batches, and the loss reads them."""
   _needs_offline_tokenizers()
-  from c2cjax.eval import open_gates
+  from c2cjax.evaluation.systems import open_gates
   from c2cjax.train import build_c2c, build_data, c2c_nll
   losses, masks = {}, {}
   for flags in ((False, False), (True, True)):

@@ -14,7 +14,7 @@ import numpy as np
 
 from c2cjax import align
 from c2cjax.models.cache import KVCache
-from c2cjax.models.model import LM
+from c2cjax.models.lm import LM
 
 BUCKET = 32
 

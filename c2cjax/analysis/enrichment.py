@@ -26,10 +26,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from c2cjax.analysis import caches
-from c2cjax.eval import letter_token_ids
+from c2cjax.evaluation.answerers import letter_token_ids
 from c2cjax.evaluation import prompts as prompts_lib
 from c2cjax.evaluation.datasets import Question
-from c2cjax.models.model import LM
+from c2cjax.models.lm import LM
 
 
 @dataclasses.dataclass(frozen=True)

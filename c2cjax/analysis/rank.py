@@ -14,7 +14,7 @@ import numpy as np
 
 from c2cjax import fuse as fuse_lib
 from c2cjax.analysis import caches
-from c2cjax.models.model import LM
+from c2cjax.models.lm import LM
 
 
 def effective_rank(x: np.ndarray) -> float:

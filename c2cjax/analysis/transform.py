@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from c2cjax.analysis import caches
-from c2cjax.models.model import LM
+from c2cjax.models.lm import LM
 
 
 class MLP(nn.Module):

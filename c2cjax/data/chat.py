@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from c2cjax import align
+from c2cjax.text import encode_prompt, render, require_chat_template  # noqa: F401 (re-exported)
 
 ROLES = {"system": "system", "user": "user", "assistant": "assistant",
          "human": "user", "gpt": "assistant"}
@@ -96,31 +97,6 @@ def to_messages(record: Mapping[str, Any], drop_system: bool = False) -> list[di
   return out
 
 
-def require_chat_template(tokenizer) -> None:
-  """Raises a ValueError naming the problem if ``tokenizer`` has no chat template."""
-  if not getattr(tokenizer, "chat_template", None):
-    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    raise ValueError(
-        f"tokenizer {name!r} has no chat template, so chat messages cannot be rendered "
-        "(base models such as the Gemma-3-270M GGUF have none); use an instruct model's "
-        "tokenizer or set tokenizer.chat_template")
-
-
-def render(tokenizer, messages: Sequence[Mapping[str, str]],
-           add_generation_prompt: bool) -> str:
-  """The chat template's text; ``enable_thinking=False`` where the template reads it."""
-  require_chat_template(tokenizer)
-  kwargs = {"enable_thinking": False} if "enable_thinking" in tokenizer.chat_template else {}
-  return tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                       add_generation_prompt=add_generation_prompt, **kwargs)
-
-
-def encode_prompt(tokenizer, messages: Sequence[Mapping[str, str]]) -> list[int]:
-  """Messages -> prompt ids ending in the assistant's generation prompt."""
-  text = render(tokenizer, messages, add_generation_prompt=True)
-  return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def _token_starts(offsets: np.ndarray) -> np.ndarray:
   """Token start chars [T]; tokens without a span start where the text so far ends."""
   empty = offsets[:, 1] <= offsets[:, 0]
@@ -162,16 +138,15 @@ class ChatEncoder:
     tok = self.tokenizer
     rec = next((int(t) for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
     sharers = tuple(a.sharer_pad_id for a in self.aligners)
-    one = lambda x: x[0] if len(x) == 1 else x
-    out = {"receiver_ids": rec, "sharer_ids": one(sharers)}
+    out = {"receiver_ids": rec, "sharer_ids": sharers}
     if self.context_len:
-      out["sharer_context_ids"] = one(sharers)
+      out["sharer_context_ids"] = sharers
     return out
 
   def context(self, text: str | bytes | None) -> dict[str, Any] | None:
-    """``sharer_context_ids`` / ``sharer_context_mask`` ``[context_len]`` (a tuple of them
-    for several sharers) of ``text`` in each sharer's tokens, left-padded; None when it does
-    not fit. Empty or None text: an all-padding context.
+    """``sharer_context_ids`` / ``sharer_context_mask``: tuples (one per sharer) of
+    ``[context_len]`` int32, ``text`` in each sharer's tokens, left-padded; None when it
+    does not fit. Empty or None text: an all-padding context.
     """
     text = _text(text) if text is not None else ""
     ids, masks = [], []
@@ -185,8 +160,7 @@ class ChatEncoder:
         row[self.context_len - len(x):], mask[self.context_len - len(x):] = x, 1
       ids.append(row)
       masks.append(mask)
-    one = lambda x: x[0] if len(x) == 1 else tuple(x)
-    return {"sharer_context_ids": one(ids), "sharer_context_mask": one(masks)}
+    return {"sharer_context_ids": tuple(ids), "sharer_context_mask": tuple(masks)}
 
   def split(self, messages: Sequence[Mapping[str, str]]) -> tuple[str, int]:
     """The full rendered conversation and the prompt's length in characters."""
@@ -211,8 +185,7 @@ class ChatEncoder:
     return fuse.astype(np.int32)
 
   def _sharer_ids(self, text: str, ids: np.ndarray, offsets: np.ndarray, n: int):
-    out = tuple(a.sharer_ids_for(text, ids, offsets)[:n] for a in self.aligners)
-    return out[0] if len(out) == 1 else out
+    return tuple(a.sharer_ids_for(text, ids, offsets)[:n] for a in self.aligners)
 
   def __call__(self, messages: Sequence[Mapping[str, str]],
                context: str | bytes | None = None) -> dict[str, Any] | None:
@@ -221,9 +194,8 @@ class ChatEncoder:
 
     Returns:
       ``receiver_ids [L] int32``, ``attention_mask``, ``loss_mask``, ``fuse_mask``
-      ``[L] int32`` and, with aligners, ``sharer_ids [L] int32`` (a tuple of them for
-      several sharers); ``L <= max_len``. With ``context_len``, also :meth:`context`'s
-      fields.
+      ``[L] int32`` and, with aligners, ``sharer_ids``, a tuple of ``[L] int32`` (one per
+      sharer); ``L <= max_len``. With ``context_len``, also :meth:`context`'s fields.
     """
     if context and not self.context_len:
       raise ValueError("a sharer context needs ChatEncoder(context_len > 0)")

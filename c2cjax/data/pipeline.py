@@ -5,9 +5,9 @@
 
 Batches are dicts of ``[B, T]`` int32 arrays: ``receiver_ids``, ``attention_mask``,
 ``loss_mask`` (token t is a target), ``fuse_mask`` (fuse the sharer at t) and, with
-aligners, ``sharer_ids`` (a tuple of arrays for several sharers); with a sharer-only
-context, ``sharer_context_ids`` / ``sharer_context_mask`` ``[B, C]`` (fixed C, already
-left-padded by the encoder, from the record's ``sharer_context``). Training batches
+aligners, ``sharer_ids`` (always a tuple of arrays, one per sharer); with a sharer-only
+context, ``sharer_context_ids`` / ``sharer_context_mask`` (tuples of ``[B, C]``, fixed C,
+already left-padded by the encoder from the record's ``sharer_context``). Training batches
 are right-padded; ``T`` is the smallest of a few bucket lengths that fits the batch
 (or always ``max_len``), so a jitted step compiles once per bucket. A short final
 batch (``drop_remainder=False``) is filled with empty rows (all masks 0).
@@ -21,8 +21,8 @@ import dataclasses
 from typing import Any, Literal, Mapping, Sequence
 
 import grain
-import numpy as np
 
+from c2cjax import text
 from c2cjax.data import chat
 
 Side = Literal["right", "left"]
@@ -49,18 +49,9 @@ def pad_examples(examples: Sequence[Mapping[str, Any]], *, length: int,
   if not examples or len(examples) > batch_size:
     raise ValueError(f"need 1..{batch_size} examples, got {len(examples)}")
 
-  def stack(rows, pad, fixed=False):
-    width = len(rows[0]) if fixed else length
-    out = np.full((batch_size, width), pad, np.int32)
-    for i, row in enumerate(rows):
-      n = len(row)
-      if n > width or (fixed and n != width):
-        raise ValueError(f"example of length {n} does not fit length {width}")
-      if side == "right":
-        out[i, :n] = row
-      else:
-        out[i, length - n:] = row
-    return out
+  def stack(rows, pad, fixed=False):  # fixed: rows encoded at their final width
+    return text.pad_rows(rows, len(rows[0]) if fixed else length, pad, batch=batch_size,
+                         side=side)[0]
 
   batch = {}
   for key, first in examples[0].items():

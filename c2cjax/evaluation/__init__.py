@@ -1,9 +1,16 @@
-"""Model-independent evaluation: benchmark loaders, prompts, answer parsing and reports.
+"""Multiple-choice evaluation; ``python -m c2cjax.eval`` is its command line.
 
-  datasets  MMLU-Redux, ARC-Challenge, OpenBookQA (shipped in files/), C-Eval (user path / hub)
-  prompts   zero-shot chat-template MCQ prompts, cloze prompts, text-to-text (T2T) prompts
-  parse     the option letter in a model's reply (`parse_answer`)
-  report    accuracy with Wilson CIs, latency, tokens -> JSON, Markdown and a bar chart
+Model-independent (exported here):
+  datasets    MMLU-Redux, ARC-Challenge, OpenBookQA (shipped in files/), C-Eval (path / hub)
+  prompts     zero-shot chat-template MCQ prompts, cloze prompts, text-to-text (T2T) prompts
+  parse       the option letter in a model's reply (`parse_answer`)
+  report      accuracy with Wilson CIs, latency, tokens -> JSON, Markdown and a bar chart
+On models (import the module):
+  answerers   Solo (one LM) and Fused (C2C) answerers, System, left-padded bucketed batches
+  runner      Evaluator: systems x questions x methods (logits, cloze, generate) -> Prediction
+  systems     the systems a config names, built from its models and fuser checkpoints
+  merge       outputs of a run; merging the outputs of runs in parts (shards)
+  experiment  one run from a config: questions, systems, predictions, reports (`run`)
 """
 
 from c2cjax.evaluation.datasets import (BENCHMARKS, CEVAL_CATEGORIES, MMLU_CATEGORIES,

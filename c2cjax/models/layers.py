@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flax import struct
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -140,6 +141,18 @@ class MLP(nn.Module):
     return jnp.einsum("bsf,fd->bsd", act * jnp.einsum("bsd,df->bsf", x, up), down)
 
 
+@struct.dataclass
+class BlockInputs:
+  """What every layer reads besides its own cache slice (broadcast over the layer scan)."""
+
+  rope_global: Any  # rope tables for global layers (``rope_tables`` of the query positions)
+  rope_local: Any  # rope tables for local (sliding-window) layers
+  mask_global: jax.Array  # [B, S, T] bool, causal attention mask over the cache slots
+  mask_local: jax.Array  # [B, S, T] bool, the same within the sliding window
+  write_at: jax.Array  # int32 scalar, the first cache slot the S new tokens write
+  keep: jax.Array | None = None  # [B, T] bool, cache slots kept instead of overwritten
+
+
 class Block(nn.Module):
   """One decoder layer; scanned over layers, each step reading/writing its cache slice."""
 
@@ -147,10 +160,12 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, carry, xs, shared):
+  def __call__(self, carry, xs, shared: BlockInputs):
     x = carry
     is_local, k_l, v_l = xs
-    rope_global, rope_local, mask_global, mask_local, write_at, keep = shared
+    rope_global, rope_local = shared.rope_global, shared.rope_local
+    mask_global, mask_local = shared.mask_global, shared.mask_local
+    write_at, keep = shared.write_at, shared.keep
     c = self.cfg
     norm = lambda name: RMSNorm(c.rms_eps, c.norm_offset, self.dtype, name=name)
 
@@ -218,7 +233,7 @@ class Decoder(nn.Module):
 
     block = nn.remat(Block, prevent_cse=not self.scan_layers) if self.remat else Block
     xs = (jnp.asarray(c.local_flags), cache.k, cache.v)
-    shared = (rope_global, rope_local, mask_global, mask_local, write_at, keep)
+    shared = BlockInputs(rope_global, rope_local, mask_global, mask_local, write_at, keep)
     if self.scan_layers:  # one compiled block; params stacked on a leading "layers" axis
       blocks = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},

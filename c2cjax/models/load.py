@@ -15,29 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax.models import gemma, llama, qwen
+from c2cjax.models import gemma, llama
 from c2cjax.models.config import ModelConfig
 from c2cjax.models.convert import params_from_hf
-from c2cjax.models.model import LM
+from c2cjax.models.lm import LM
+from c2cjax.models.registry import (SUPPORTED_MODEL_TYPES, arch_module,  # noqa: F401
+                                    config_from_hf)
 from c2cjax.runtime import cache_root
 
-_ARCHS = {t: m for m in (llama, qwen, gemma) for t in m.MODEL_TYPES}
-SUPPORTED_MODEL_TYPES = tuple(sorted(_ARCHS))
 _CACHE_VERSION = "1"
-
-
-def arch_module(model_type: str):
-  try:
-    return _ARCHS[model_type]
-  except KeyError:
-    raise ValueError(
-        f"unknown architecture model_type={model_type!r}; supported: "
-        f"{', '.join(SUPPORTED_MODEL_TYPES)}") from None
-
-
-def config_from_hf(hf_config, **overrides) -> ModelConfig:
-  """A :class:`ModelConfig` from a transformers config of a supported architecture."""
-  return arch_module(hf_config.model_type).config_from_hf(hf_config, **overrides)
 
 
 # --- reading sources into HF-named NumPy tensors -------------------------------------------

@@ -5,6 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from c2cjax.models.lm import LM
+from c2cjax.models.registry import config_from_hf
+
 _TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
              max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
              pad_token_id=0)
@@ -44,8 +47,6 @@ KINDS = ("qwen2", "qwen3", "llama3", "gemma3")
 
 def tiny_lm(kind: str, tokenizer=None, seed: int = 0, dtype=jnp.float32, **overrides):
   """A random tiny :class:`c2cjax.models.LM` (vocab sized to ``tokenizer`` when given)."""
-  from c2cjax.models.load import config_from_hf
-  from c2cjax.models.model import LM
 
   if tokenizer is not None:
     overrides.setdefault("vocab_size", len(tokenizer))

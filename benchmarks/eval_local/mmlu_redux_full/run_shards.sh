@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 SHARDS=$(python -c "
 from c2cjax.evaluation import datasets
 s = sorted({q.subject for q in datasets.load_benchmark('mmlu_redux')})
-for i in range(8): print(','.join(s[i::8]))
+for i in range(8): print(tuple(s[i::8]))  # config tuples, as Python literals
 ")
 i=0
 parts=()
@@ -32,4 +32,4 @@ while read -r subjects; do
   i=$((i + 1))
 done <<< "$SHARDS"
 python -m c2cjax.eval --config configs/eval_local.py --config.output_dir="$OUT/merged" \
-  --config.merge="$(IFS=,; echo "${parts[*]}")"
+  --config.merge="($(printf "'%s', " "${parts[@]}"))"

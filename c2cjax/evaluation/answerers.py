@@ -1,0 +1,246 @@
+"""Answerers: one model (``Solo``) or a C2C receiver on a fused cache (``Fused``).
+
+An answerer turns left-padded prompt batches into what the answer methods need: logits
+after the prompt and its cache (``prefill``), teacher-forced continuation log-probs on that
+cache (``score``), greedy tokens (``generate``) and their text (``decode``). A ``System`` is
+a named answerer, with a ``writer`` writing a background first for text-to-text (T2T).
+
+Both kinds share one prefill structure (all prompt tokens but the last, then the last), so
+C2C with closed gates reproduces the receiver's numbers exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from c2cjax import align, sharer_context, text
+from c2cjax.c2c import C2C
+from c2cjax.evaluation import prompts
+from c2cjax.models.cache import KVCache
+from c2cjax.models import lm as lm_lib
+from c2cjax.models.lm import LM
+
+Encoded = tuple[np.ndarray, tuple[np.ndarray, ...]]  # receiver ids [P], sharer ids [P] each
+
+
+def bucket(n: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= n; past the last bucket, the next multiple of it."""
+  for b in buckets:
+    if n <= b:
+      return b
+  return -(-n // buckets[-1]) * buckets[-1]
+
+
+def pad_left(rows: Sequence[Encoded], width: int, batch: int,
+             buckets: Sequence[int] = (32,)):
+  """Left-padded tokens, mask [batch, width] and sharer ids; missing rows repeat the last.
+
+  Sharer rows longer than their receiver row (a context first) widen that sharer's array by
+  a bucket of the longest extra, right-aligned; its padding is then -1 (a mask that
+  :func:`sharer_ids_and_masks` turns back into pad ids).
+  """
+  rows = list(rows) + [rows[-1]] * (batch - len(rows))
+  tokens, mask = text.pad_rows([ids for ids, _ in rows], width)
+  sharer = []
+  for j in range(len(rows[0][1])):
+    extra = max(len(sids[j]) - len(ids) for ids, sids in rows)
+    wide = width + (bucket(extra, buckets) if extra > 0 else 0)
+    sharer.append(text.pad_rows([sids[j] for _, sids in rows], wide,
+                                -1 if extra > 0 else 0)[0])
+  return tokens, mask, tuple(sharer)
+
+
+def with_context(tokenizer, context: str, ids: np.ndarray) -> np.ndarray:
+  """``context`` in ``tokenizer``'s ids (with its special tokens), then ``ids``."""
+  if not context:
+    return np.asarray(ids, np.int32)
+  ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
+  return np.concatenate([np.asarray(ctx, np.int32), np.asarray(ids, np.int32)])
+
+
+def sharer_ids_and_masks(tokens, sharer_tokens, pads):
+  """:func:`pad_left`'s sharer arrays (-1 marks padding) -> ids and masks (None when no
+  sharer reads a context: every array as wide as ``tokens``)."""
+  if all(s.shape[1] == tokens.shape[1] for s in sharer_tokens):
+    return tuple(np.maximum(s, 0) for s in sharer_tokens), None
+  return (tuple(np.where(s >= 0, s, p).astype(np.int32) for s, p in zip(sharer_tokens, pads)),
+          tuple((s >= 0).astype(np.int32) for s in sharer_tokens))
+
+
+def letter_token_ids(tokenizer, n: int) -> list[list[int]]:
+  """Per option letter "A".."", the ids of "X" and " X" that are a single token."""
+  out = []
+  for letter in prompts.letters(n):
+    ids = []
+    for text in (letter, " " + letter):
+      enc = tokenizer.encode(text, add_special_tokens=False)
+      if len(enc) == 1 and enc[0] not in ids:
+        ids.append(int(enc[0]))
+    if not ids:
+      raise ValueError(f"neither {letter!r} nor ' {letter}' is a single token of {tokenizer}")
+    out.append(ids)
+  return out
+
+
+def continuation_logprobs(lm: LM, params, last_logits: jax.Array, cache: KVCache,
+                          cont: jax.Array) -> jax.Array:
+  """Teacher-forced log-probs of O continuations per context, on copies of its cache.
+
+  Args:
+    lm: the model that continues (the receiver for C2C).
+    last_logits: [B, V] logits after the context's last token.
+    cache: the context's cache, B sequences, room for C - 1 more tokens.
+    cont: [B, O, C] continuation ids (right-padded).
+  Returns:
+    [B, O, C] float32, ``log p(cont[b, o, c] | context b, cont[b, o, :c])``.
+  """
+  b, o, c = cont.shape
+  cache = cache.replace(k=jnp.repeat(cache.k, o, axis=1), v=jnp.repeat(cache.v, o, axis=1),
+                        start=jnp.repeat(cache.start, o))
+  flat = cont.reshape(b * o, c)
+
+  def logprob(logits, ids):  # gather minus logsumexp: no second [.., V] buffer
+    logits = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+  first = logprob(jnp.repeat(last_logits, o, axis=0), flat[:, 0])[:, None]  # [BO, 1]
+  if c == 1:
+    return first.reshape(b, o, 1)
+  logits, _ = lm_lib.forward(lm.module, params, flat[:, :-1], cache)
+  rest = logprob(logits, flat[:, 1:])  # [BO, C - 1]
+  return jnp.concatenate([first, rest], axis=1).reshape(b, o, c)
+
+
+@functools.lru_cache(maxsize=16)
+def continuation_fn(lm: LM):
+  """One jitted :func:`continuation_logprobs` per model, shared by Solo and Fused."""
+  return jax.jit(functools.partial(continuation_logprobs, lm))
+
+
+class Solo:
+  """One LM answering alone (the receiver or sharer system, both sides of T2T)."""
+
+  def __init__(self, lm: LM):
+    self.lm = lm
+
+  @property
+  def tokenizer(self):
+    return self.lm.tokenizer
+
+  def encode(self, text: str, special: bool, context: str = "") -> Encoded:
+    del context  # a model alone reads only its prompt
+    return align.encode(self.lm.tokenizer, text, special)[0], ()
+
+  def prefill(self, tokens, mask, sharer_tokens, max_len: int):
+    """Logits [B, V] after left-padded ``tokens`` [B, P] and the cache (max_len slots)."""
+    del sharer_tokens
+    return self.lm.prefill(tokens, mask, max_len)
+
+  def score(self, last_logits, cache, cont):
+    return continuation_fn(self.lm)(self.lm.params, last_logits, cache, jnp.asarray(cont))
+
+  def generate(self, tokens, mask, sharer_tokens, max_new_tokens: int, eos_ids=None):
+    """Greedy tokens [B, N] and lengths [B] (EOS included)."""
+    del sharer_tokens
+    out, lengths, _ = self.lm.generate_ids(tokens, mask, max_new_tokens=max_new_tokens,
+                                           eos_ids=eos_ids)
+    return out, lengths
+
+  def decode(self, out, lengths) -> list[str]:
+    return self.lm.decode_texts(out, lengths, self.lm.sampling_config())
+
+
+class Fused:
+  """A C2C receiver answering on its cache fused from the sharers'."""
+
+  def __init__(self, c2c: C2C):
+    if any(a is None for a in c2c.aligners):
+      raise ValueError("C2C evaluation needs tokenizers on the receiver and every sharer")
+    self.c2c = c2c
+
+  @property
+  def tokenizer(self):
+    return self.c2c.receiver.tokenizer
+
+  def encode(self, text: str, special: bool, context: str = "") -> Encoded:
+    """Receiver ids and per sharer its aligned ids, after ``context`` in its own tokens."""
+    alignments = [a.align(text, special) for a in self.c2c.aligners]
+    return alignments[0].receiver_ids, tuple(
+        with_context(a.sharer, context, x.sharer_ids)
+        for a, x in zip(self.c2c.aligners, alignments))
+
+  @property
+  def pads(self) -> list[int]:
+    return [a.sharer_pad_id for a in self.c2c.aligners]
+
+  def prefill(self, tokens, mask, sharer_tokens, max_len: int):
+    ids, masks = sharer_ids_and_masks(tokens, sharer_tokens, self.pads)
+    return self.c2c.prefill(tokens, mask, ids, max_len=max_len, sharer_masks=masks)
+
+  def score(self, last_logits, cache, cont):
+    r = self.c2c.receiver
+    return continuation_fn(r)(r.params, last_logits, cache, jnp.asarray(cont))
+
+  def generate(self, tokens, mask, sharer_tokens, max_new_tokens: int, eos_ids=None):
+    ids, masks = sharer_ids_and_masks(tokens, sharer_tokens, self.pads)
+    out, lengths, _ = self.c2c.generate_ids(tokens, mask, ids, max_new_tokens=max_new_tokens,
+                                            eos_ids=eos_ids, sharer_masks=masks)
+    return out, lengths
+
+  def decode(self, out, lengths) -> list[str]:
+    r = self.c2c.receiver
+    return r.decode_texts(out, lengths, r.sampling_config())
+
+
+def enriched_prefill(module, params, tokens, mask, ids, smask, max_len: int):
+  """The cache-enrichment oracle's prefill: the model reads ``ids [B, C + P]`` (context +
+  prompt, ``smask`` their real tokens), keeps the prompt's slots but the last, then runs the
+  last token on them with the prompt's own positions (the structure of
+  :func:`c2cjax.models.lm.prefill`). Logits [B, V] and the cache (``max_len`` slots)."""
+  p = tokens.shape[1]
+  cache = sharer_context.prefill_slice(module, params, ids[:, :-1], smask[:, :-1], p - 1)
+  first = jnp.argmax(mask.astype(bool), axis=-1).astype(jnp.int32)
+  logits, cache = lm_lib.forward(module, params, tokens[:, -1:],
+                                 cache.replace(start=first).pad_to(max_len))
+  return logits[:, -1], cache
+
+
+_enriched_prefill = jax.jit(enriched_prefill, static_argnums=(0,), static_argnames=("max_len",))
+
+
+class Enriched(Solo):
+  """The training-free cache-enrichment oracle (:func:`enriched_prefill`): a cache as long
+  as :class:`Solo`'s whose prompt slots attended to a context first."""
+
+  def encode(self, text: str, special: bool, context: str = "") -> Encoded:
+    ids = align.encode(self.lm.tokenizer, text, special)[0]
+    return ids, (with_context(self.lm.tokenizer, context, ids),)
+
+  def prefill(self, tokens, mask, sharer_tokens, max_len: int):
+    ids, masks = sharer_ids_and_masks(tokens, sharer_tokens, [self.lm.config.pad_token_id or 0])
+    return _enriched_prefill(self.lm.module, self.lm.params, jnp.asarray(tokens),
+                             jnp.asarray(mask), jnp.asarray(ids[0]),
+                             jnp.asarray(mask if masks is None else masks[0]), max_len=max_len)
+
+  def generate(self, tokens, mask, sharer_tokens, max_new_tokens: int, eos_ids=None):
+    raise NotImplementedError("the oracle scores prefill methods (logits, cloze) only")
+
+
+Answerer = Solo | Fused
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class System:
+  """A named way to answer: ``answerer``, with ``writer`` writing backgrounds first (T2T)."""
+
+  name: str
+  answerer: Answerer
+  writer: Solo | None = None
+  document: str = ""  # "prompt": read Question.context in the prompt; "sharer": as context
