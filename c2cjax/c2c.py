@@ -496,8 +496,9 @@ class C2C:
         tokens.shape[1], cfg, max_len,
         " (with fuse_response the sharer caches too)" if fuse_response else "")
     active = self.active_sharers(sharers)
+    sharer_masks = self.check_context(tokens, sharer_tokens, sharer_masks,
+                                      bool(fuse_response) and bool(active))
     fuse_last, fuse_response, maps = self.options(active, fuse_last, fuse_response)
-    sharer_masks = self.check_context(tokens, sharer_tokens, sharer_masks, fuse_response)
     out, lengths = self._generate(self.spec, self.params, jnp.asarray(tokens),
                                   jnp.asarray(mask),
                                   tuple(jnp.asarray(t) for t in sharer_tokens),
