@@ -9,6 +9,11 @@ Data path (one compiled program per shape, no host syncs between the sections)::
 Sharer ids are aligned 1:1 with the receiver's tokens (``c2cjax.align``), so every cache
 has the same slot layout and the fuser only sees caches, a layer map and a token mask.
 
+Sharer-only context (``sharer_masks``; ``C2C.generate(..., sharer_context=...)``): a sharer's
+ids may be wider than the receiver's, ``[B, C + P]``: it prefills its private context and the
+prompt, and only its last P slots, aligned to the receiver's prompt, are fused
+(:mod:`c2cjax.sharer_context`). The receiver never reads the context; its cache keeps P slots.
+
 Options (static, off by default): ``fuse_last`` prefills all P prompt tokens, fuses the
 last one too and reruns it on the fused cache keeping the fused slots; ``fuse_response``
 keeps the sharers (and a receiver-alone cache) stepping on the generated tokens inside
@@ -33,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import align, fuse as fuse_lib, inputs, sampling, sections, text
+from c2cjax import align, fuse as fuse_lib, inputs, sampling, sections, sharer_context, text
 from c2cjax.data import chat, pipeline
 from c2cjax.fuse import Fuser, layer_map_by_name  # noqa: F401 (re-exported)
 from c2cjax.models import lm as lm_lib
@@ -81,17 +86,20 @@ def fuse_caches(spec: Spec, fparams, rcache: KVCache, caches, token_mask, active
 
 def fused_cache(spec: Spec, params, tokens, mask, sharer_tokens, fuse_mask,
                 active: tuple[int, ...], *, train=False, rng=None, step=0,
-                return_caches: bool = False):
+                return_caches: bool = False, sharer_masks=None):
   """Receiver cache of ``tokens [B, S]`` fused from the ``active`` sharers.
 
   Args:
     params: ``(receiver params, tuple of sharer params, tuple of fuser params)``, the
       tuples over *all* sharers.
     tokens: [B, S] receiver ids (left-padded; ``mask`` [B, S] marks real tokens).
-    sharer_tokens: tuple over all sharers of [B, S] aligned sharer ids.
+    sharer_tokens: tuple over all sharers of [B, S] aligned sharer ids, or [B, C + S]
+      (context first, see :mod:`c2cjax.sharer_context`) where ``sharer_masks`` has a mask.
     fuse_mask: [B, S] slots to fuse (masked by ``mask`` too).
     active: which sharers take part (static).
     return_caches: also return the unfused receiver cache and the active sharers' caches.
+    sharer_masks: None, or a tuple over all sharers of None (ids aligned to ``tokens``) or
+      a [B, C + S] mask of that sharer's real ids; its last S cache slots are fused.
   Returns:
     the fused receiver cache with S slots; with ``return_caches``, ``(fused, receiver
     cache, tuple of sharer caches)``.
@@ -108,8 +116,12 @@ def fused_cache(spec: Spec, params, tokens, mask, sharer_tokens, fuse_mask,
   caches = []
   for i in active:  # a handful of sharers, each its own model: not a layer loop
     sh = spec.sharers[i]
-    caches.append(lm_lib.prefill_cache(sh, sparams[i], sharer_tokens[i],
-                                       lm_lib.init_cache(sh, b, s), mask))
+    smask = None if sharer_masks is None else sharer_masks[i]
+    if smask is None:
+      caches.append(lm_lib.prefill_cache(sh, sparams[i], sharer_tokens[i],
+                                         lm_lib.init_cache(sh, b, s), mask))
+    else:
+      caches.append(sharer_context.prefill_slice(sh, sparams[i], sharer_tokens[i], smask, s))
   token_mask = fuse_mask.astype(bool) & mask.astype(bool)
   fused = fuse_caches(spec, fparams, rcache, tuple(caches), token_mask, active, train=train,
                       rng=rng, step=step)
@@ -117,7 +129,8 @@ def fused_cache(spec: Spec, params, tokens, mask, sharer_tokens, fuse_mask,
 
 
 def prefill(spec: Spec, params, tokens, mask, sharer_tokens, active: tuple[int, ...],
-            max_len: int, fuse_last: bool = False, fuse_response: bool = False):
+            max_len: int, fuse_last: bool = False, fuse_response: bool = False,
+            sharer_masks=None):
   """Left-padded prompts -> logits [B, V] after the last token and the fused cache.
 
   Default: fused cache of all prompt tokens but the last, then the last token on it.
@@ -130,6 +143,7 @@ def prefill(spec: Spec, params, tokens, mask, sharer_tokens, active: tuple[int, 
     params: ``(receiver, sharers, fusers)`` params (see :func:`fused_cache`).
     tokens, mask: [B, P]; sharer_tokens: tuple over all sharers of [B, P] aligned ids.
     active: sharer indices (static); max_len: cache slots (static).
+    sharer_masks: for sharers that read a context first (see :func:`fused_cache`).
   Returns:
     logits [B, V] and the fused receiver cache (``max_len`` slots, ``end = P``); with
     ``fuse_response`` the decode state ``(fused cache, receiver-alone cache, active
@@ -139,15 +153,18 @@ def prefill(spec: Spec, params, tokens, mask, sharer_tokens, active: tuple[int, 
   r = spec.receiver
   if not (fuse_last or fuse_response):
     fuse_mask = jnp.ones_like(mask)
+    cut = None if sharer_masks is None else tuple(
+        None if m is None else m[:, :-1] for m in sharer_masks)
     cache = fused_cache(spec, params, tokens[:, :-1], mask[:, :-1],
-                        tuple(t[:, :-1] for t in sharer_tokens), fuse_mask[:, :-1], active)
+                        tuple(t[:, :-1] for t in sharer_tokens), fuse_mask[:, :-1], active,
+                        sharer_masks=cut)
     logits, cache = lm_lib.forward(r, rparams, tokens[:, -1:], cache.pad_to(max_len))
     return logits[:, -1], cache
   p = tokens.shape[1]
   real = mask.astype(bool)
   fuse_mask = real if fuse_last else real & (jnp.arange(p) < p - 1)[None]
   fused, clean, caches = fused_cache(spec, params, tokens, mask, sharer_tokens, fuse_mask,
-                                     active, return_caches=True)
+                                     active, return_caches=True, sharer_masks=sharer_masks)
   keep = jnp.pad(fuse_mask, ((0, 0), (0, max_len - p)))  # [B, max_len]
   fused = fused.pad_to(max_len)
   logits, fused = lm_lib.forward(r, rparams, tokens[:, -1:], fused.replace(end=fused.end - 1),
@@ -222,10 +239,10 @@ def decode(spec: Spec, params, logits, cache, rng, cfg: sampling.SamplingConfig,
 
 def generate(spec: Spec, params, tokens, mask, sharer_tokens, rng, cfg: sampling.SamplingConfig,
              max_len: int, active: tuple[int, ...], vocab_maps=None, fuse_last: bool = False,
-             fuse_response: bool = False):
+             fuse_response: bool = False, sharer_masks=None):
   """:func:`prefill` then :func:`decode`: tokens [B, N] and lengths [B]."""
   logits, cache = prefill(spec, params, tokens, mask, sharer_tokens, active, max_len,
-                          fuse_last, fuse_response)
+                          fuse_last, fuse_response, sharer_masks)
   seen = (sampling.seen_tokens(tokens, mask, spec.receiver.cfg.vocab_size)
           if cfg.repetition_penalty != 1.0 else None)
   return decode(spec, params, logits, cache, rng, cfg, seen=seen, active=active,
@@ -267,6 +284,15 @@ def _check_release_options(sharer_masks, fuse_last, fuse_response) -> None:
   if fuse_last or fuse_response or sharer_masks is None:
     raise ValueError("a fuse_mask (the release scheme) needs sharer_masks, and "
                      "fuse_last / fuse_response are options of the offsets scheme")
+
+
+def _check_release_widths(tokens, sharer_tokens, sharer_masks) -> None:
+  """The release scheme's sharer rows are aligned slot for slot to the receiver's."""
+  for i, (t, m) in enumerate(zip(sharer_tokens, sharer_masks)):
+    if m is None or np.shape(t)[1] != np.shape(tokens)[1]:
+      raise ValueError(f"release scheme: sharer {i} needs a mask and ids of the receiver's "
+                       f"width {np.shape(tokens)[1]} (a sharer context is an offsets-scheme "
+                       "option)")
 
 
 # --- the host-side class ---------------------------------------------------------------------
@@ -402,6 +428,46 @@ class C2C:
                    for j, a in enumerate(self.aligners))
     return tokens, mask, sharer
 
+  def encode_context(self, prompts: Sequence, contexts: Sequence[str], multiple_of: int = 8):
+    """:meth:`encode` with a private context per prompt that only the sharers read.
+
+    Returns:
+      tokens, mask [B, P]; per sharer, ids and masks [B, C + P]: each row is ``context
+      (in the sharer's tokens, with its special tokens) + aligned prompt ids``,
+      left-padded, so its last P slots line up with the receiver's.
+    """
+    if len(contexts) != len(prompts):
+      raise ValueError(f"{len(contexts)} contexts for {len(prompts)} prompts")
+    tokens, mask, sharer = self.encode(prompts, multiple_of)
+    ids, masks = [], []
+    for a, s in zip(self.aligners, sharer):
+      rows = [np.concatenate([np.asarray(
+          a.sharer(c, add_special_tokens=True)["input_ids"] if c else [], np.int32),
+          s[b][mask[b] == 1]]) for b, c in enumerate(contexts)]
+      width = text.round_up(max(len(r) for r in rows) - tokens.shape[1], multiple_of)
+      x, m = text.pad_rows(rows, width + tokens.shape[1], a.sharer_pad_id)
+      ids.append(x)
+      masks.append(m)
+    return tokens, mask, tuple(ids), tuple(masks)
+
+  def check_context(self, tokens, sharer_tokens, sharer_masks, fuse_response=False):
+    """Sharer masks as a tuple of None / arrays, checked (None: no sharer reads a context)."""
+    if sharer_masks is None:
+      return None
+    if len(sharer_masks) != len(self.sharers):
+      raise ValueError(f"need one sharer mask (or None) for all {len(self.sharers)} sharers")
+    out = []
+    for i, (t, m) in enumerate(zip(sharer_tokens, sharer_masks)):
+      if m is not None and np.shape(m) != np.shape(t):
+        raise ValueError(f"sharer {i}: mask {np.shape(m)} != ids {np.shape(t)}")
+      if np.shape(t)[1] < tokens.shape[1]:
+        raise ValueError(f"sharer {i}: {np.shape(t)[1]} ids for {tokens.shape[1]} receiver "
+                         "slots")
+      out.append(None if m is None else jnp.asarray(m))
+    if fuse_response and any(m is not None for m in out):
+      raise ValueError("fuse_response with a sharer context is not supported")
+    return tuple(out)
+
   def _check_vocab_maps(self, maps) -> tuple:
     n, vr = len(self.sharers), self.receiver.config.vocab_size
     if maps is None:
@@ -465,15 +531,18 @@ class C2C:
     """Logits [B, V] after the prompt and the fused receiver cache (``max_len`` slots).
 
     With ``fuse_response`` the cache is the decode state ``(fused receiver cache,
-    receiver-alone cache, tuple of the active sharers' caches)`` (see :class:`C2C`). The
-    release scheme passes ``sharer_masks`` and ``fuse_mask`` (see :meth:`generate_ids`).
+    receiver-alone cache, tuple of the active sharers' caches)`` (see :class:`C2C`).
+    ``sharer_masks`` (a sharer context, or the release scheme with ``fuse_mask``): see
+    :meth:`generate_ids`.
     """
+    sharer_masks = self.check_context(tokens, sharer_tokens, sharer_masks, fuse_response)
     max_len = max_len or tokens.shape[1]
     if tokens.shape[1] > max_len:
       raise ValueError(f"prompt of {tokens.shape[1]} tokens is longer than the cache ({max_len})")
     active = self.active_sharers(sharers)
     if fuse_mask is not None:
       _check_release_options(sharer_masks, fuse_last, fuse_response)
+      _check_release_widths(tokens, sharer_tokens, sharer_masks)
       runs, num_runs = fused_runs(fuse_mask)
       return self._prefill_release(
           self.spec, self.params, jnp.asarray(tokens), jnp.asarray(mask),
@@ -483,24 +552,35 @@ class C2C:
     on = bool(active)  # nothing to fuse without sharers: the default program
     return self._prefill(self.spec, self.params, jnp.asarray(tokens), jnp.asarray(mask),
                          tuple(jnp.asarray(t) for t in sharer_tokens), active, max_len,
-                         bool(fuse_last) and on, bool(fuse_response) and on)
+                         bool(fuse_last) and on, bool(fuse_response) and on, sharer_masks)
 
-  def generate(self, prompts: Sequence, *, return_tokens: bool = False, **kw):
+  def generate(self, prompts: Sequence, *, return_tokens: bool = False,
+               sharer_context: Sequence[str] | None = None, **kw):
     """C2C generation for a batch of chat prompts.
 
     Args:
       prompts: chat message lists, or strings taken as one user message.
+      sharer_context: optional, one text per prompt that only the sharers read before the
+        prompt (e.g. a private document); only their slots aligned to the prompt are fused
+        and the receiver's cache keeps the prompt's length.
       **kw: the options of :meth:`generate_ids` (``sharers``, ``seed``, ``max_len``,
         ``eos_ids``, ``fuse_last``, ``fuse_response``) and sampling settings
         (:class:`~c2cjax.sampling.SamplingConfig` fields).
     Returns:
       decoded strings (or ``(tokens [B, N], lengths [B])`` with ``return_tokens``).
     """
-    batch = self.encode_batch(prompts)
-    release = {} if self.alignment == "offsets" else {
-        "sharer_masks": batch["sharer_attention_mask"], "fuse_mask": batch["fuse_mask"]}
-    out, lengths, cfg = self.generate_ids(batch["receiver_ids"], batch["attention_mask"],
-                                          batch["sharer_ids"], **release, **kw)
+    if sharer_context is None:
+      batch = self.encode_batch(prompts)
+      if self.alignment != "offsets":
+        kw.update(sharer_masks=batch["sharer_attention_mask"], fuse_mask=batch["fuse_mask"])
+      tokens, mask, sharer_tokens = (batch["receiver_ids"], batch["attention_mask"],
+                                     batch["sharer_ids"])
+    else:
+      if self.alignment != "offsets":
+        raise ValueError("a sharer context needs the offsets alignment scheme")
+      tokens, mask, sharer_tokens, kw["sharer_masks"] = self.encode_context(prompts,
+                                                                            sharer_context)
+    out, lengths, cfg = self.generate_ids(tokens, mask, sharer_tokens, **kw)
     if return_tokens:
       return out, lengths
     return self.receiver.decode_texts(out, lengths, cfg)
@@ -516,9 +596,12 @@ class C2C:
       sharers: indices of the sharers to use for this request (default: all).
       fuse_last, fuse_response: also fuse the last prompt token / the generated tokens
         (see :class:`C2C`); off by default, as in the paper.
-      sharer_masks, fuse_mask: the release scheme's (:meth:`encode_batch`): one [B, P]
-        mask per sharer and the [B, P] fuse mask; the prompt is then prefilled run by run
-        (``c2cjax.release_prefill``).
+      sharer_masks: None, or per sharer None or a mask [B, W] of its real ids [B, W]. With
+        ``W = C + P``, a sharer that reads a context first (see :meth:`encode_context`):
+        its slot ``C + t`` aligns with receiver slot t. With ``fuse_mask``, the release
+        scheme's (:meth:`encode_batch`): one [B, P] mask per sharer.
+      fuse_mask: the release scheme's [B, P] fuse mask; the prompt is then prefilled run
+        by run (``c2cjax.release_prefill``).
       **sampling_kw: :class:`~c2cjax.sampling.SamplingConfig` fields.
     """
     if tokens.shape[1] < 2:
@@ -537,8 +620,11 @@ class C2C:
         tokens.shape[1], cfg, max_len,
         " (with fuse_response the sharer caches too)" if fuse_response else "")
     active = self.active_sharers(sharers)
+    sharer_masks = self.check_context(tokens, sharer_tokens, sharer_masks,
+                                      bool(fuse_response) and bool(active))
     if fuse_mask is not None:
       _check_release_options(sharer_masks, fuse_last, fuse_response)
+      _check_release_widths(tokens, sharer_tokens, sharer_masks)
       runs, num_runs = fused_runs(fuse_mask)
       out, lengths = self._generate_release(
           self.spec, self.params, jnp.asarray(tokens), jnp.asarray(mask),
@@ -551,5 +637,5 @@ class C2C:
                                   jnp.asarray(mask),
                                   tuple(jnp.asarray(t) for t in sharer_tokens),
                                   jax.random.PRNGKey(seed), cfg, max_len, active, maps,
-                                  fuse_last, fuse_response)
+                                  fuse_last, fuse_response, sharer_masks)
     return np.asarray(out), np.asarray(lengths), cfg

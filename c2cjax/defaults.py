@@ -55,7 +55,8 @@ def train_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       source="open_hermes25", data_dir="", manual_dir="", max_examples=500_000,
-      heldout_fraction=0.01, split_seed=0, seed=0, max_len=2048,
+      heldout_fraction=0.01, heldout_split="", context_len=0, split_seed=0, seed=0,
+      max_len=2048,
       bucket_lengths=(256, 512, 1024), read_threads=4, worker_count=0, prefetch_batches=2,
       max_fused_runs=4))  # release scheme: longer conversations are skipped
 
@@ -91,6 +92,7 @@ def eval_config() -> ml_collections.ConfigDict:
   c.receiver = RECEIVER  # c2cjax.models.load.resolve specs, as in training
   c.sharers = SHARERS  # the first serves `sharer`, `t2t` and `c2c`
   c.fusers = ("runs/default/fuser",)  # one checkpoint per sharer (a multi-sharer one counts all)
+  c.self_fusers = ()  # c2c_self: a fuser trained with the receiver as its own sharer
   c.random_fuser = False  # missing fuser: a fresh one with open gates (smoke runs only)
   c.dtype = "float32"
   c.seed = 0  # question selection; tiny:* models are built with the training seeds

@@ -15,6 +15,7 @@ or flags.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 
@@ -71,11 +72,18 @@ def build_c2c(cfg: ml_collections.ConfigDict, rng) -> C2C:
 def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int,
                shard_block: int = 1):
   from c2cjax.data import chat, pipeline, sources
-  src = sources.load_source(cfg.data.source, data_dir=cfg.data.data_dir or None,
-                            manual_dir=cfg.data.manual_dir or None)
-  train_src, held_src = sources.split_source(src, max_examples=cfg.data.max_examples or None,
-                                             heldout_fraction=cfg.data.heldout_fraction,
-                                             seed=cfg.data.split_seed)
+  load = functools.partial(sources.load_source, cfg.data.source,
+                           data_dir=cfg.data.data_dir or None,
+                           manual_dir=cfg.data.manual_dir or None)
+  held_split = cfg.data.get("heldout_split", "")
+  if held_split:  # the source's own held-out split (synthetic_docs: disjoint entities)
+    train_src, _ = sources.split_source(load(), max_examples=cfg.data.max_examples or None,
+                                        heldout_fraction=0.0)
+    held_src = load(split=held_split)
+  else:
+    train_src, held_src = sources.split_source(load(), max_examples=cfg.data.max_examples or None,
+                                               heldout_fraction=cfg.data.heldout_fraction,
+                                               seed=cfg.data.split_seed)
   if c2c.alignment == "release":
     encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, c2c.aligners,
                                alignment="release",
@@ -86,7 +94,8 @@ def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int,
                      for s in c2c.sharers)
     encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, aligners,
                                fuse_last=cfg.get("fuse_last", False),
-                               fuse_response=cfg.get("fuse_response", False))
+                               fuse_response=cfg.get("fuse_response", False),
+                               context_len=cfg.data.get("context_len", 0))
   pcfg = pipeline.PipelineConfig(
       batch_size=batch_size, bucket_lengths=tuple(cfg.data.bucket_lengths), seed=seed,
       shuffle=not heldout, num_epochs=1 if heldout else None, drop_remainder=not heldout,

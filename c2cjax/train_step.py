@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from c2cjax import c2c as c2c_lib, fuse as fuse_lib, sharding
+from c2cjax import c2c as c2c_lib, fuse as fuse_lib, sharding, sharer_context
 from c2cjax.c2c import C2C
 from c2cjax.release_prefill import release_prefill, run_index
 
@@ -89,6 +89,8 @@ def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, r
   With the release scheme (``c2c.alignment == "release"``) each run of fused slots is
   fused in its own pass, up to ``max_runs`` (static; see ``c2cjax.release_prefill``), the
   sharers read their own ``sharer_attention_mask``, and ``split`` is not used.
+  With ``sharer_context_ids`` / ``sharer_context_mask`` in the batch (offsets scheme), each
+  sharer reads its private context before its aligned ids (``c2cjax.sharer_context``).
   """
   tokens, mask = batch["receiver_ids"], batch["attention_mask"]
   t = tokens.shape[1]
@@ -107,11 +109,18 @@ def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, r
     logits, _ = release_prefill(c2c.receiver.module, rparams, tokens, mask, caches, fuse,
                                 run_index(fuse_mask), max_runs, t, last_only=False)
     return token_nll(logits, tokens, batch["loss_mask"])
-  head = lambda x: x[:, :fused_end]
+  head = lambda x: x[:, :x.shape[1] - t + fused_end]  # sharer rows: [B, C + T] with a context
+  sharer_masks = None
+  if "sharer_context_ids" in batch:  # each sharer reads its private context first
+    joined = [sharer_context.join(c, m, ids, mask) for c, m, ids in zip(
+        batch["sharer_context_ids"], batch["sharer_context_mask"], sharer_ids)]
+    sharer_ids = tuple(ids for ids, _ in joined)
+    sharer_masks = tuple(head(m) for _, m in joined)
   with jax.named_scope("pass1_prefill_fuse"):
     cache = c2c.fused_cache(rparams, sparams, fparams, head(tokens), head(mask),
                             tuple(head(x) for x in sharer_ids), head(fuse_mask),
-                            tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step)
+                            tuple(range(len(c2c.sharers))), train=train, rng=rng, step=step,
+                            sharer_masks=sharer_masks)
     if fused_end < t:
       cache = cache.pad_to(t)
     cache = cache.replace(k=sharding.constrain(cache.k, sharding.CACHE),

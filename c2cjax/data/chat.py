@@ -12,7 +12,13 @@ end-of-turn token and what the template puts after it). Per receiver token ``t``
     ``t < num_prompt_tokens - 1``; ``fuse_last`` adds the last prompt token and
     ``fuse_response`` the response tokens (C2C generation's options of the same names).
 
-Both come from character offsets: the full conversation is rendered once and
+A sharer may also read a private context first (``sharer_context``, e.g. a document the
+receiver never sees): with ``context_len > 0`` every example carries, per sharer,
+``sharer_context_ids [context_len]`` (the context in the sharer's tokens, left-padded) and
+``sharer_context_mask``. The sharer then prefills ``context + its aligned ids``: slot
+``context_len + t`` of its cache is aligned to receiver token ``t`` (see ``c2cjax.c2c``).
+
+Both masks come from character offsets: the full conversation is rendered once and
 tokenised with offsets, and tokens starting at or after the prompt's length in
 characters are response tokens. Templates whose prompt is not a prefix of the
 conversation fall back to the last occurrence of the response's content.
@@ -120,6 +126,8 @@ class ChatEncoder:
     max_runs: release scheme: training examples with more runs of fused tokens (message
       contents before the last message) are skipped; the training step fuses each run in
       its own pass up to a static bound (``c2cjax.release_prefill``). None: no limit.
+    context_len: slots for a sharer-only context (0: none; "offsets" only); longer contexts
+      drop the example.
   """
   tokenizer: Any
   max_len: int
@@ -128,11 +136,14 @@ class ChatEncoder:
   fuse_response: bool = False
   alignment: str = "offsets"
   max_runs: int | None = None
+  context_len: int = 0
 
   def __post_init__(self):
     require_chat_template(self.tokenizer)
     if self.max_len < 2:
       raise ValueError(f"max_len must be >= 2, got {self.max_len}")
+    if self.context_len < 0 or (self.context_len and not self.aligners):
+      raise ValueError("context_len must be >= 0, and a sharer context needs aligners")
     object.__setattr__(self, "aligners", tuple(self.aligners))
     sections.check_scheme(self.alignment)
     want = sections.ReleaseAligner if self.alignment == "release" else align.TokenAligner
@@ -145,9 +156,9 @@ class ChatEncoder:
     if self.alignment == "release":
       if not self.aligners:
         raise ValueError("the release scheme needs one ReleaseAligner per sharer")
-      if self.fuse_last or self.fuse_response:
-        raise ValueError("fuse_last / fuse_response are options of the offsets scheme; "
-                         "the release scheme fuses message contents only")
+      if self.fuse_last or self.fuse_response or self.context_len:
+        raise ValueError("fuse_last / fuse_response / context_len are options of the "
+                         "offsets scheme; the release scheme fuses message contents only")
 
   @property
   def pad_ids(self) -> dict[str, Any]:
@@ -155,7 +166,29 @@ class ChatEncoder:
     tok = self.tokenizer
     rec = next((int(t) for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
     sharers = tuple(a.sharer_pad_id for a in self.aligners)
-    return {"receiver_ids": rec, "sharer_ids": sharers}
+    out = {"receiver_ids": rec, "sharer_ids": sharers}
+    if self.context_len:
+      out["sharer_context_ids"] = sharers
+    return out
+
+  def context(self, text: str | bytes | None) -> dict[str, Any] | None:
+    """``sharer_context_ids`` / ``sharer_context_mask``: tuples (one per sharer) of
+    ``[context_len]`` int32, ``text`` in each sharer's tokens, left-padded; None when it
+    does not fit. Empty or None text: an all-padding context.
+    """
+    text = _text(text) if text is not None else ""
+    ids, masks = [], []
+    for a in self.aligners:
+      row = np.full(self.context_len, a.sharer_pad_id, np.int32)
+      mask = np.zeros(self.context_len, np.int32)
+      if text:
+        x = np.asarray(a.sharer(text, add_special_tokens=True)["input_ids"], np.int32)
+        if len(x) > self.context_len:
+          return None
+        row[self.context_len - len(x):], mask[self.context_len - len(x):] = x, 1
+      ids.append(row)
+      masks.append(mask)
+    return {"sharer_context_ids": tuple(ids), "sharer_context_mask": tuple(masks)}
 
   def _release(self, rows: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """The sharers' release-scheme rows merged: receiver fields must agree across sharers
@@ -196,16 +229,20 @@ class ChatEncoder:
   def _sharer_ids(self, text: str, ids: np.ndarray, offsets: np.ndarray, n: int):
     return tuple(a.sharer_ids_for(text, ids, offsets)[:n] for a in self.aligners)
 
-  def __call__(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any] | None:
-    """One training example, or None when no response token survives truncation.
+  def __call__(self, messages: Sequence[Mapping[str, str]],
+               context: str | bytes | None = None) -> dict[str, Any] | None:
+    """One training example, or None when no response token survives truncation (or the
+    sharer ``context`` does not fit ``context_len``).
 
     Returns:
       ``receiver_ids [L] int32``, ``attention_mask``, ``loss_mask``, ``fuse_mask``
       ``[L] int32`` and, with aligners, ``sharer_ids``, a tuple of ``[L] int32`` (one per
-      sharer); ``L <= max_len``. The release scheme adds ``sharer_attention_mask`` (a
-      tuple like ``sharer_ids``); its ``attention_mask`` has 0 at the receiver's pads
-      inside the sequence.
+      sharer); ``L <= max_len``. With ``context_len``, also :meth:`context`'s fields. The
+      release scheme adds ``sharer_attention_mask`` (a tuple like ``sharer_ids``); its
+      ``attention_mask`` has 0 at the receiver's pads inside the sequence.
     """
+    if context and not self.context_len:
+      raise ValueError("a sharer context needs ChatEncoder(context_len > 0)")
     if self.alignment == "release":
       ex = self._release([a.example(messages) for a in self.aligners])
       n = min(len(ex["receiver_ids"]), self.max_len)
@@ -230,6 +267,11 @@ class ChatEncoder:
     }
     if self.aligners:
       example["sharer_ids"] = self._sharer_ids(text, ids, offsets, n)
+    if self.context_len:
+      ctx = self.context(context)
+      if ctx is None:
+        return None
+      example.update(ctx)
     return example
 
   def prompt(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:

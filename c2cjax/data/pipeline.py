@@ -12,7 +12,9 @@ from a one-host run's.
 
 Batches are dicts of ``[B, T]`` int32 arrays: ``receiver_ids``, ``attention_mask``,
 ``loss_mask`` (token t is a target), ``fuse_mask`` (fuse the sharer at t) and, with
-aligners, ``sharer_ids`` (always a tuple of arrays, one per sharer). Training batches
+aligners, ``sharer_ids`` (always a tuple of arrays, one per sharer); with a sharer-only
+context, ``sharer_context_ids`` / ``sharer_context_mask`` (tuples of ``[B, C]``, fixed C,
+already left-padded by the encoder from the record's ``sharer_context``). Training batches
 are right-padded; ``T`` is the smallest of a few bucket lengths that fits the batch
 (or always ``max_len``), so a jitted step compiles once per bucket. A short final
 batch (``drop_remainder=False``) is filled with empty rows (all masks 0).
@@ -54,18 +56,20 @@ def pad_examples(examples: Sequence[Mapping[str, Any]], *, length: int,
   if not examples or len(examples) > batch_size:
     raise ValueError(f"need 1..{batch_size} examples, got {len(examples)}")
 
-  def stack(rows, pad):
-    return text.pad_rows(rows, length, pad, batch=batch_size, side=side)[0]
+  def stack(rows, pad, fixed=False):  # fixed: rows encoded at their final width
+    return text.pad_rows(rows, len(rows[0]) if fixed else length, pad, batch=batch_size,
+                         side=side)[0]
 
   batch = {}
   for key, first in examples[0].items():
     pad = pad_ids.get(key, 0)
+    fixed = key.startswith("sharer_context")  # encoded at their final width
     if isinstance(first, tuple):
       pads = pad if isinstance(pad, tuple) else (pad,) * len(first)
-      batch[key] = tuple(stack([e[key][j] for e in examples], pads[j])
+      batch[key] = tuple(stack([e[key][j] for e in examples], pads[j], fixed)
                          for j in range(len(first)))
     else:
-      batch[key] = stack([e[key] for e in examples], pad)
+      batch[key] = stack([e[key] for e in examples], pad, fixed)
   return batch
 
 
@@ -103,6 +107,8 @@ class EncodeChat(grain.transforms.Map):
     messages = chat.to_messages(element, drop_system=self.drop_system)
     if not messages or messages[-1]["role"] != "assistant":
       return None
+    if self.encoder.context_len:
+      return self.encoder(messages, element.get("sharer_context"))
     return self.encoder(messages)
 
 

@@ -11,6 +11,10 @@ kept in upstream file order:
   ``offline_instruct``: the instruction files shipped in
     ``c2cjax/data/files/instruct`` (GPTeacher, an Alpaca demo set), one config per
     file plus ``all``; works offline.
+  ``synthetic_docs``: the private-document task of :mod:`c2cjax.data.synthetic`
+    (configs ``mc``, ``short``, ``all``; splits ``train`` and ``heldout`` with disjoint
+    entities and names), built locally; its records add ``sharer_context`` (the
+    document, read by the sharer only).
 
 :func:`load_source` prepares a builder once and returns its random-access data
 source (``__len__`` / ``__getitem__``), which ``grain.MapDataset.source`` takes.
@@ -28,7 +32,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from c2cjax.data import chat
+from c2cjax.data import chat, synthetic
 from c2cjax.runtime import cache_root
 
 OPENHERMES_REPO = "teknium/OpenHermes-2.5"
@@ -145,7 +149,36 @@ class OpenHermes25(_Builder):
       yield i, _example(chat.to_messages(record), record.get("source"))
 
 
-SOURCES = ("open_hermes25",) + tuple(f"offline_instruct/{n}" for n in (*INSTRUCT_FILES, "all"))
+class SyntheticDocs(_Builder):
+  """The synthetic private-document task (``synthetic.TaskConfig()`` sizes)."""
+
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "short MCQ template; short answers start 'The answer is:'"}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="mc", description="multiple choice"),
+                     tfds.core.BuilderConfig(name="short", description="short answer"),
+                     tfds.core.BuilderConfig(name="all", description="both forms")]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    features = dict(_features())
+    features["sharer_context"] = tfds.features.Text()
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict(features), disable_shuffling=True,
+        description="Invented people and facts (c2cjax.data.synthetic); the sharer reads "
+                    "the document in sharer_context, the receiver only the question.")
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    name = self.builder_config.name
+    forms = ("mc", "short") if name == "all" else (name,)
+    return {split: self._generate_examples(split, forms) for split in synthetic.SPLITS}
+
+  def _generate_examples(self, split: str, forms):
+    for record in synthetic.records(split, forms=forms):
+      yield record["source"], record
+
+
+SOURCES = (("open_hermes25",) + tuple(f"offline_instruct/{n}" for n in (*INSTRUCT_FILES, "all"))
+           + tuple(f"synthetic_docs/{n}" for n in ("mc", "short", "all")))
 
 
 def load_source(name: str, *, data_dir: str | os.PathLike | None = None,
@@ -161,7 +194,7 @@ def load_source(name: str, *, data_dir: str | os.PathLike | None = None,
   Returns:
     A TFDS ``ArrayRecordDataSource``; records are ``{"messages": {"role": [bytes],
     "content": [bytes]}, "source": bytes}`` (:func:`c2cjax.data.chat.to_messages`
-    reads them).
+    reads them), plus ``"sharer_context": bytes`` for ``synthetic_docs``.
   """
   if name not in SOURCES:
     raise ValueError(f"unknown source {name!r}; expected one of {SOURCES}")

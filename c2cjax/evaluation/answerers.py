@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import align, text
+from c2cjax import align, sharer_context, text
 from c2cjax.c2c import C2C
 from c2cjax.data import chat
 from c2cjax.evaluation import prompts
@@ -40,21 +40,48 @@ def bucket(n: int, buckets: Sequence[int]) -> int:
   return -(-n // buckets[-1]) * buckets[-1]
 
 
-def pad_left(rows: Sequence[Encoded], width: int, batch: int):
+def pad_left(rows: Sequence[Encoded], width: int, batch: int,
+             buckets: Sequence[int] = (32,)):
   """Left-padded tokens, mask [batch, width] and sharer ids; missing rows repeat the last.
+
+  Sharer rows longer than their receiver row (a context first) widen that sharer's array by
+  a bucket of the longest extra, right-aligned; its padding is then -1 (a mask that
+  :func:`sharer_ids_and_masks` turns back into pad ids).
   Release-scheme rows also give ``{"sharer_masks", "fuse_mask"}`` [batch, width] arrays,
-  and their mask is 0 at the pads inside a prompt too."""
+  and their mask is 0 at the pads inside a prompt too.
+  """
   rows = list(rows) + [rows[-1]] * (batch - len(rows))
   tokens, mask = text.pad_rows([r[0] for r in rows], width)
   n = len(rows[0][1])
-  sharer = tuple(text.pad_rows([r[1][j] for r in rows], width)[0] for j in range(n))
+  sharer = []
+  for j in range(n):
+    extra = max(len(r[1][j]) - len(r[0]) for r in rows)
+    wide = width + (bucket(extra, buckets) if extra > 0 else 0)
+    sharer.append(text.pad_rows([r[1][j] for r in rows], wide, -1 if extra > 0 else 0)[0])
   if len(rows[0]) == 2:
-    return tokens, mask, sharer
+    return tokens, mask, tuple(sharer)
   pad = lambda key: text.pad_rows([r[2][key] for r in rows], width)[0]
   smasks = tuple(text.pad_rows([r[2]["sharer_masks"][j] for r in rows], width)[0]
                  for j in range(n))
-  return tokens, pad("attention_mask"), sharer, {"sharer_masks": smasks,
-                                                 "fuse_mask": pad("fuse_mask")}
+  return tokens, pad("attention_mask"), tuple(sharer), {"sharer_masks": smasks,
+                                                        "fuse_mask": pad("fuse_mask")}
+
+
+def with_context(tokenizer, context: str, ids: np.ndarray) -> np.ndarray:
+  """``context`` in ``tokenizer``'s ids (with its special tokens), then ``ids``."""
+  if not context:
+    return np.asarray(ids, np.int32)
+  ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
+  return np.concatenate([np.asarray(ctx, np.int32), np.asarray(ids, np.int32)])
+
+
+def sharer_ids_and_masks(tokens, sharer_tokens, pads):
+  """:func:`pad_left`'s sharer arrays (-1 marks padding) -> ids and masks (None when no
+  sharer reads a context: every array as wide as ``tokens``)."""
+  if all(s.shape[1] == tokens.shape[1] for s in sharer_tokens):
+    return tuple(np.maximum(s, 0) for s in sharer_tokens), None
+  return (tuple(np.where(s >= 0, s, p).astype(np.int32) for s, p in zip(sharer_tokens, pads)),
+          tuple((s >= 0).astype(np.int32) for s in sharer_tokens))
 
 
 def letter_token_ids(tokenizer, n: int) -> list[list[int]]:
@@ -118,7 +145,8 @@ class Solo:
   def tokenizer(self):
     return self.lm.tokenizer
 
-  def encode(self, text: str, special: bool) -> Encoded:
+  def encode(self, text: str, special: bool, context: str = "") -> Encoded:
+    del context  # a model alone reads only its prompt
     return align.encode(self.lm.tokenizer, text, special)[0], ()
 
   def prefill(self, tokens, mask, sharer_tokens, max_len: int):
@@ -160,20 +188,38 @@ class Fused:
     return chat.ChatEncoder(self.tokenizer, self.c2c.max_len, self.c2c.aligners,
                             alignment="release")
 
-  def encode(self, prompt, special: bool) -> Encoded:
+  def encode(self, prompt, special: bool, context: str = "") -> Encoded:
+    """Receiver ids and per sharer its aligned ids, after ``context`` in its own tokens
+    (offsets scheme; the release scheme adds its masks, see :func:`pad_left`)."""
     if self.messages:
       if isinstance(prompt, str):
         raise ValueError("the release alignment scheme aligns chat messages; this answer "
                          "method gives plain text (use the logits or generate method)")
+      if context:
+        raise ValueError("a sharer context needs the offsets alignment scheme")
       r = self._release_encoder.prompt(prompt)
       return r["receiver_ids"], r["sharer_ids"], {
           "attention_mask": r["attention_mask"], "sharer_masks": r["sharer_attention_mask"],
           "fuse_mask": r["fuse_mask"]}
     alignments = [a.align(prompt, special) for a in self.c2c.aligners]
-    return alignments[0].receiver_ids, tuple(a.sharer_ids for a in alignments)
+    return alignments[0].receiver_ids, tuple(
+        with_context(a.sharer, context, x.sharer_ids)
+        for a, x in zip(self.c2c.aligners, alignments))
+
+  @property
+  def pads(self) -> list[int]:
+    return [a.sharer_pad_id for a in self.c2c.aligners]
+
+  def _sharer_args(self, tokens, sharer_tokens, release):
+    """Sharer ids and the keyword arguments for ``C2C.prefill`` / ``generate_ids``."""
+    if release:
+      return sharer_tokens, release
+    ids, masks = sharer_ids_and_masks(tokens, sharer_tokens, self.pads)
+    return ids, {"sharer_masks": masks}
 
   def prefill(self, tokens, mask, sharer_tokens, release=None, *, max_len: int):
-    return self.c2c.prefill(tokens, mask, sharer_tokens, max_len=max_len, **(release or {}))
+    ids, kw = self._sharer_args(tokens, sharer_tokens, release)
+    return self.c2c.prefill(tokens, mask, ids, max_len=max_len, **kw)
 
   def score(self, last_logits, cache, cont):
     r = self.c2c.receiver
@@ -181,14 +227,48 @@ class Fused:
 
   def generate(self, tokens, mask, sharer_tokens, release=None, *, max_new_tokens: int,
                eos_ids=None):
-    out, lengths, _ = self.c2c.generate_ids(tokens, mask, sharer_tokens,
-                                            max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-                                            **(release or {}))
+    ids, kw = self._sharer_args(tokens, sharer_tokens, release)
+    out, lengths, _ = self.c2c.generate_ids(tokens, mask, ids, max_new_tokens=max_new_tokens,
+                                            eos_ids=eos_ids, **kw)
     return out, lengths
 
   def decode(self, out, lengths) -> list[str]:
     r = self.c2c.receiver
     return r.decode_texts(out, lengths, r.sampling_config())
+
+
+def enriched_prefill(module, params, tokens, mask, ids, smask, max_len: int):
+  """The cache-enrichment oracle's prefill: the model reads ``ids [B, C + P]`` (context +
+  prompt, ``smask`` their real tokens), keeps the prompt's slots but the last, then runs the
+  last token on them with the prompt's own positions (the structure of
+  :func:`c2cjax.models.lm.prefill`). Logits [B, V] and the cache (``max_len`` slots)."""
+  p = tokens.shape[1]
+  cache = sharer_context.prefill_slice(module, params, ids[:, :-1], smask[:, :-1], p - 1)
+  first = jnp.argmax(mask.astype(bool), axis=-1).astype(jnp.int32)
+  logits, cache = lm_lib.forward(module, params, tokens[:, -1:],
+                                 cache.replace(start=first).pad_to(max_len))
+  return logits[:, -1], cache
+
+
+_enriched_prefill = jax.jit(enriched_prefill, static_argnums=(0,), static_argnames=("max_len",))
+
+
+class Enriched(Solo):
+  """The training-free cache-enrichment oracle (:func:`enriched_prefill`): a cache as long
+  as :class:`Solo`'s whose prompt slots attended to a context first."""
+
+  def encode(self, text: str, special: bool, context: str = "") -> Encoded:
+    ids = align.encode(self.lm.tokenizer, text, special)[0]
+    return ids, (with_context(self.lm.tokenizer, context, ids),)
+
+  def prefill(self, tokens, mask, sharer_tokens, max_len: int):
+    ids, masks = sharer_ids_and_masks(tokens, sharer_tokens, [self.lm.config.pad_token_id or 0])
+    return _enriched_prefill(self.lm.module, self.lm.params, jnp.asarray(tokens),
+                             jnp.asarray(mask), jnp.asarray(ids[0]),
+                             jnp.asarray(mask if masks is None else masks[0]), max_len=max_len)
+
+  def generate(self, tokens, mask, sharer_tokens, *, max_new_tokens: int, eos_ids=None):
+    raise NotImplementedError("the oracle scores prefill methods (logits, cloze) only")
 
 
 Answerer = Solo | Fused
@@ -201,3 +281,4 @@ class System:
   name: str
   answerer: Answerer
   writer: Solo | None = None
+  document: str = ""  # "prompt": read Question.context in the prompt; "sharer": as context

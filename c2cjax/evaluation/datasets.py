@@ -1,4 +1,6 @@
-"""Multiple-choice benchmarks as lists of `Question`: MMLU-Redux, ARC-Challenge, OpenBookQA, C-Eval.
+"""Multiple-choice benchmarks as lists of `Question`: MMLU-Redux, ARC-Challenge, OpenBookQA, C-Eval,
+and the synthetic private-document task (``synthetic_docs``, generated locally; its questions
+carry the document in `Question.context`, for the sharer only).
 
 Every loader reads from one of three sources:
 
@@ -43,7 +45,7 @@ ARC_CHALLENGE_HUB = "allenai/ai2_arc"  # config "ARC-Challenge", split "test"
 OPENBOOKQA_HUB = "allenai/openbookqa"  # config "main", split "test"
 CEVAL_HUB = "ceval/ceval-exam"  # config = subject, split "val"
 
-BENCHMARKS = ("mmlu_redux", "arc_challenge", "openbookqa", "ceval")
+BENCHMARKS = ("mmlu_redux", "arc_challenge", "openbookqa", "ceval", "synthetic_docs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Question:
     choices: option texts, in letter order A, B, ...
     answer: index into `choices` of the gold answer.
     error_type: MMLU-Redux annotation, normalised ("ok", "wrong_groundtruth", ...); else None.
+    context: a private document only some systems read (synthetic_docs); else "".
   """
 
   id: str
@@ -69,6 +72,7 @@ class Question:
   choices: tuple[str, ...]
   answer: int
   error_type: str | None = None
+  context: str = ""
 
   def __post_init__(self):
     if not 0 <= self.answer < len(self.choices):
@@ -226,9 +230,27 @@ def load_ceval(path: str | pathlib.Path | None = None, *, source: Source | None 
   return select(questions, limit=limit, seed=seed)
 
 
+def load_synthetic_docs(*, split: str = "heldout", subjects: Iterable[str] | None = None,
+                        limit: int | None = None, seed: int = 0,
+                        task_seed: int = 0) -> list[Question]:
+  """The synthetic private-document task (``c2cjax.data.synthetic``, default sizes); subjects
+  are the attributes asked about. ``context`` holds the document (what the sharer reads)."""
+  from c2cjax.data import synthetic  # pylint: disable=import-outside-toplevel
+  wanted = set(_check_subjects(subjects, {a: a for a in synthetic.ATTRIBUTES}, "synthetic_docs"))
+  questions = [
+      Question(id=qa.id, benchmark="synthetic_docs", subject=qa.attribute,
+               category=qa.attribute, question=qa.question, choices=qa.choices,
+               answer=qa.answer, context=synthetic.context_text(doc))
+      for doc, qa in synthetic.questions(split, synthetic.TaskConfig(seed=task_seed))
+      if qa.attribute in wanted]
+  questions.sort(key=lambda q: q.subject)  # canonical order: subjects sorted, then file order
+  return select(questions, limit=limit, seed=seed)
+
+
 _LOADERS: dict[str, Callable[..., list[Question]]] = {
     "mmlu_redux": load_mmlu_redux, "arc_challenge": load_arc_challenge,
-    "openbookqa": load_openbookqa, "ceval": load_ceval}
+    "openbookqa": load_openbookqa, "ceval": load_ceval,
+    "synthetic_docs": load_synthetic_docs}
 
 
 def load_benchmark(name: str, **kwargs: Any) -> list[Question]:

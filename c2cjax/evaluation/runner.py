@@ -138,11 +138,13 @@ class Evaluator:
     out = jax.tree.map(np.asarray, fn())
     return out, time.perf_counter() - start
 
-  def _encode_all(self, answerer: Answerer, texts: Sequence[str], special: bool):
+  def _encode_all(self, answerer: Answerer, texts: Sequence[str], special: bool,
+                  contexts: Sequence[str] | None = None):
     enc, secs = [], []
-    for t in texts:
+    for i, t in enumerate(texts):
       start = time.perf_counter()
-      enc.append(answerer.encode(t, special))
+      enc.append(answerer.encode(t, special, contexts[i]) if contexts else
+                 answerer.encode(t, special))
       secs.append(time.perf_counter() - start)
     return enc, np.asarray(secs)
 
@@ -162,7 +164,8 @@ class Evaluator:
     todo = [q for q in questions if (id(writer), q.id) not in self._backgrounds]
     if todo:
       s = self.settings
-      texts = [prompts.background_prompt(q, writer.tokenizer, s.prompts) for q in todo]
+      texts = [q.context + prompts.background_prompt(q, writer.tokenizer, s.prompts)
+               for q in todo]  # the writer reads a question's document first
       enc, enc_s = self._encode_all(writer, texts, not _has_chat(writer.tokenizer))
       size = min(s.batch_size, len(todo))
       for idx in self._batches([len(e[0]) for e in enc], size, "backgrounds"):
@@ -191,14 +194,15 @@ class Evaluator:
   def letters(self, system: System, questions: Sequence[Question], bgs) -> list[Prediction]:
     s, a = self.settings, system.answerer
     texts = self._mcq_prompts(a, questions, bgs)
-    enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer))
+    enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer),
+                                  _contexts(system, questions))
     ids = letter_token_ids(a.tokenizer, max(len(q.choices) for q in questions))
     preds = [None] * len(questions)
     size = min(s.batch_size, len(questions))
     for idx in self._batches([len(e[0]) for e in enc], size, f"{system.name} logits"):
       width = bucket(max(len(enc[i][0]) for i in idx), s.buckets)
-      batch = pad_left([enc[i] for i in idx], width, size)
-      logits, secs = self._timed(("logits", id(a), width),
+      batch = pad_left([enc[i] for i in idx], width, size, s.buckets)
+      logits, secs = self._timed(("logits", id(a), width, _widths(batch)),
                                  lambda: a.prefill(*batch, max_len=width)[0])
       for row, i in enumerate(idx):
         q = questions[i]
@@ -216,7 +220,8 @@ class Evaluator:
       chars.append(np.array([len(o) for o in options]))
       if bg is not None:
         ctx = s.prompts.plain_context.format(background=bg.text.strip(), prompt=ctx)
-      ctx_enc.append(a.encode(ctx, True))
+      ctx_enc.append(a.encode(ctx, True, q.context) if system.document == "sharer" else
+                     a.encode(ctx, True))
       n = len(ctx_enc[-1][0])
       conts.append([align.encode(a.tokenizer, ctx + o, True)[0][n:] for o in options])
       enc_s.append(time.perf_counter() - start)
@@ -226,13 +231,13 @@ class Evaluator:
     for idx in self._batches([len(e[0]) for e in ctx_enc], size, f"{system.name} cloze"):
       width = bucket(max(len(ctx_enc[i][0]) for i in idx), s.buckets)
       c = bucket(max(max(len(x) for x in conts[i]) for i in idx), s.continuation_buckets)
-      batch = pad_left([ctx_enc[i] for i in idx], width, size)
+      batch = pad_left([ctx_enc[i] for i in idx], width, size, s.buckets)
       cont = np.zeros((size, n_opt, c), np.int32)
       for row, i in enumerate(idx):
         for o, x in enumerate(conts[i]):
           cont[row, o, :len(x)] = x
       logp, secs = self._timed(
-          ("cloze", id(a), width, c, n_opt),
+          ("cloze", id(a), width, c, n_opt, _widths(batch)),
           lambda: a.score(*a.prefill(*batch, max_len=width + c), cont))
       for row, i in enumerate(idx):
         q, t = questions[i], secs / len(idx) + enc_s[i]
@@ -248,13 +253,14 @@ class Evaluator:
   def generate(self, system: System, questions: Sequence[Question], bgs) -> list[Prediction]:
     s, a = self.settings, system.answerer
     texts = self._mcq_prompts(a, questions, bgs)
-    enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer))
+    enc, enc_s = self._encode_all(a, texts, not _has_chat(a.tokenizer),
+                                  _contexts(system, questions))
     preds = [None] * len(questions)
     size = min(s.batch_size, len(questions))
     for idx in self._batches([len(e[0]) for e in enc], size, f"{system.name} generate"):
       width = bucket(max(len(enc[i][0]) for i in idx), s.buckets)
-      batch = pad_left([enc[i] for i in idx], width, size)
-      (out, lengths), secs = self._timed(("generate", id(a), width),
+      batch = pad_left([enc[i] for i in idx], width, size, s.buckets)
+      (out, lengths), secs = self._timed(("generate", id(a), width, _widths(batch)),
                                          lambda: a.generate(*batch,
                                                             max_new_tokens=s.max_new_tokens))
       replies = a.decode(out, lengths)
@@ -280,7 +286,20 @@ class Evaluator:
       raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
     if not questions:
       return []
-    bgs = (self.backgrounds(system.writer, questions) if system.writer is not None
-           else [None] * len(questions))
+    if system.writer is not None:
+      bgs = self.backgrounds(system.writer, questions)
+    elif system.document == "prompt":  # the document as a background, free of cost
+      bgs = [Background(q.context.strip(), 0, 0.0) if q.context else None for q in questions]
+    else:
+      bgs = [None] * len(questions)
     run = {"logits": self.letters, "cloze": self.cloze, "generate": self.generate}
     return [p for m in methods for p in run[m](system, questions, bgs)]
+
+
+def _contexts(system: System, questions: Sequence[Question]) -> list[str] | None:
+  """Per question the document its sharers read first, for ``document="sharer"`` systems."""
+  return [q.context for q in questions] if system.document == "sharer" else None
+
+
+def _widths(batch) -> tuple[int, ...]:
+  return tuple(x.shape[1] for x in batch[2])

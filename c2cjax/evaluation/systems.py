@@ -4,6 +4,14 @@
 the question (``prompts.background_prompt``, greedy, a token budget) and the receiver answers
 with it in its prompt (``t2t_receiver_prompt``); ``c2c``: the receiver answers on its cache
 fused from the first sharer's; ``c2c_multi``: from all sharers.
+
+Questions with a private document (``Question.context``, the ``synthetic_docs`` benchmark):
+``receiver`` and ``c2c`` never show it to the receiver; ``receiver_doc`` / ``sharer_doc``
+answer with it in their prompt (as a background: the upper bounds); the T2T writer reads it
+before its background request; ``c2c`` and ``c2c_self`` (the receiver model as its own
+sharer, ``config.self_fusers``) fuse from sharers that read it first (C2C's sharer context);
+``oracle`` is the training-free cache enrichment: the receiver prefills document + question
+and keeps only the question's slots (a cache as long as ``receiver``'s).
 """
 
 from __future__ import annotations
@@ -19,9 +27,11 @@ import jax.numpy as jnp
 from c2cjax import fuse as fuse_lib
 from c2cjax.c2c import C2C
 from c2cjax.fuse import Fuser
-from c2cjax.evaluation.answerers import Fused, Solo, System
+from c2cjax.evaluation.answerers import Enriched, Fused, Solo, System
 
-SYSTEMS = ("receiver", "sharer", "t2t", "c2c", "c2c_multi")
+SYSTEMS = ("receiver", "sharer", "t2t", "c2c", "c2c_multi", "receiver_doc", "sharer_doc",
+           "c2c_self", "oracle")
+_RECEIVER_ONLY = {"receiver", "receiver_doc", "c2c_self", "oracle"}
 
 
 def config_names(config, key: str, known: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -77,9 +87,9 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
   dtype = jnp.dtype(config.dtype)
   receiver = resolve(config.receiver, dtype, seed=config.seed)
   specs = config_names(config, "sharers")
-  if not specs and set(names) - {"receiver"}:
+  if not specs and set(names) - _RECEIVER_ONLY:
     raise ValueError(f"systems {names} need at least one sharer (config.sharers)")
-  want = len(specs) if "c2c_multi" in names else int(bool(set(names) - {"receiver"}))
+  want = len(specs) if "c2c_multi" in names else int(bool(set(names) - _RECEIVER_ONLY))
   sharers = [resolve(s, dtype, seed=config.seed + 1 + i) for i, s in enumerate(specs[:want])]
 
   fusers: list[Fuser] | None = None
@@ -108,12 +118,26 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
   for name in names:
     if name == "receiver":
       systems.append(System(name, Solo(receiver)))
+    elif name == "receiver_doc":
+      systems.append(System(name, Solo(receiver), document="prompt"))
+    elif name == "sharer_doc":
+      systems.append(System(name, Solo(sharers[0]), document="prompt"))
+    elif name == "oracle":
+      systems.append(System(name, Enriched(receiver), document="sharer"))
+    elif name == "c2c_self":
+      paths = [p for p in config_names(config, "self_fusers") if pathlib.Path(p).exists()]
+      if not paths:
+        log(f"self fuser {config_names(config, 'self_fusers')} not found: c2c_self skipped")
+        continue
+      systems.append(System(name, Fused(C2C(receiver, [receiver], load_fusers(paths[0])[:1],
+                                            **kw)), document="sharer"))
     elif name == "sharer":
       systems.append(System(name, Solo(sharers[0])))
     elif name == "t2t":
       systems.append(System(name, Solo(receiver), writer=Solo(sharers[0])))
     elif name == "c2c" and fusers is not None:
-      systems.append(System(name, Fused(C2C(receiver, sharers[:1], fusers[:1], **kw))))
+      systems.append(System(name, Fused(C2C(receiver, sharers[:1], fusers[:1], **kw)),
+                            document="sharer"))
     elif name == "c2c_multi" and fusers is not None:
       if len(sharers) < 2 or len(fusers) != len(sharers):
         log(f"c2c_multi needs >= 2 sharers and one fuser each ({len(sharers)} sharers, "
@@ -123,7 +147,7 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
   # One Solo per model, so T2T backgrounds (cached per writer) are shared.
   by_lm: dict[int, Solo] = {}
   def share(s):
-    return by_lm.setdefault(id(s.lm), s) if isinstance(s, Solo) else s
+    return by_lm.setdefault(id(s.lm), s) if type(s) is Solo else s
   return [dataclasses.replace(s, answerer=share(s.answerer),
                               writer=None if s.writer is None else share(s.writer))
           for s in systems]
