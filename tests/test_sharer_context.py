@@ -57,6 +57,7 @@ def test_training_batches_read_the_document_only_through_the_sharer(tmp_path):
   except offline.MissingOfflinePackage as e:
     pytest.skip(str(e))
   from c2cjax.train import build_c2c, build_data, c2c_nll, receiver_nll
+  from c2cjax.train_step import pass2_split
   cfg = tiny_cfg()
   cfg.data.data_dir = str(tmp_path / "tfds")
   cfg.data.source, cfg.data.heldout_split = "synthetic_docs/mc", "heldout"
@@ -87,6 +88,12 @@ def test_training_batches_read_the_document_only_through_the_sharer(tmp_path):
   opened = loss(_set_gates(f, 1.0), batch)
   assert opened[1] == closed[1] and opened[0] != closed[0]
   assert loss(_set_gates(f, 1.0), other)[0] != opened[0]  # it reads the document
+  # The pass-2 split (pass 1 on the fused prefix only) cuts the context rows at C + fused_end.
+  split = pass2_split(jax.tree.map(np.asarray, batch), 4)
+  assert split != (0, batch["receiver_ids"].shape[1])  # the split path is taken
+  np.testing.assert_allclose([float(x) for x in c2c_nll(
+      c2c, (_set_gates(f, 1.0),), rp, sp, batch, train=False, split=split)], opened,
+      rtol=1e-5)
   # Without context fields the same batch is ordinary C2C (the sharer reads the question only).
   plain = {k: v for k, v in batch.items() if not k.startswith("sharer_context")}
   assert loss(_set_gates(f, 1.0), plain)[0] != opened[0]
