@@ -15,7 +15,7 @@ import difflib
 import math
 from typing import Any, Callable, Mapping
 
-LLM_DTYPES = ("float32", "bfloat16")
+LLM_DTYPES = ("auto", "float32", "bfloat16")
 LAYER_MAPS = ("last_aligned", "k_nearest", "last_aligned_clamped")
 FUSION_MODES = ("parallel", "sequential")
 
@@ -155,10 +155,11 @@ def _name(v):
 
 def _rules() -> dict[str, Callable[[Any], str | None]]:
   from c2cjax import sections
+  from c2cjax.models.layers import REMAT_POLICIES
   pos, nonneg = _int(1), _int(0)
   return {
       "receiver": _name, "llm_dtype": _one_of(*LLM_DTYPES), "seed": _int(),
-      "self_fusion": _boolean, "remat": _boolean,
+      "self_fusion": _boolean, "remat": _one_of("none", *sorted(REMAT_POLICIES)),
       "layer_map": _one_of(*LAYER_MAPS), "alignment": _one_of(*sections.SCHEMES),
       "fusion_mode": _one_of(*FUSION_MODES),
       "fuser.hidden_dim": pos, "fuser.intermediate_dim": pos, "fuser.num_layers": _int(3),

@@ -70,7 +70,8 @@ def problems(cfg) -> list[str]:
     ("optimizer.warmup_fraction", -0.1, "optimizer.warmup_fraction=-0.1"),
     ("per_device_batch_size", 0, "per_device_batch_size=0: must be an integer >= 1"),
     ("checkpoint_every", 0, "checkpoint_every=0: must be an integer >= 1"),
-    ("llm_dtype", "float16", "llm_dtype='float16': must be one of 'float32', 'bfloat16'"),
+    ("llm_dtype", "float16", "llm_dtype='float16': must be one of 'auto', 'float32', 'bfloat16'"),
+    ("remat", "fast", "remat='fast': must be one of 'none', "),
     ("max_steps", 0, "max_steps=0: must be a positive step count, or -1"),
     ("fuser.num_layers", 2, "fuser.num_layers=2: must be an integer >= 3"),
     ("data.heldout_fraction", 1.0, "data.heldout_fraction=1.0"),
@@ -383,7 +384,7 @@ def test_train_step_flags_non_finite():
   f = Fuser.init(r, s, jax.random.PRNGKey(0), hidden_dim=32, intermediate_dim=48)
   tx, _ = make_optimizer(train_config(), 10)
   ids = np.random.default_rng(0).integers(3, 128, (1, 2, 12)).astype(np.int32)
-  batch = {"receiver_ids": ids, "sharer_ids": ids, "attention_mask": np.ones_like(ids),
+  batch = {"receiver_ids": ids, "sharer_ids": (ids,), "attention_mask": np.ones_like(ids),
            "fuse_mask": np.ones_like(ids), "loss_mask": np.ones_like(ids)}
   step = jax.jit(make_train_step(C2C(r, [s], [f]), tx))
   state = TrainState(jnp.int32(0), (f.params,), tx.init((f.params,)), jax.random.PRNGKey(1))
