@@ -315,6 +315,9 @@ class C2C:
       to that sharer's ids, used for the generated tokens with ``fuse_response``. None
       (the default) takes :meth:`c2cjax.align.TokenAligner.vocab_map` of the two
       tokenizers (identity for the same tokenizer); models without tokenizers need it.
+    allow_mismatch: run fusers on other models than the ones they record
+    (``Fuser.models``: architecture, layers, kv heads, head dim, hidden size, vocabulary)
+    with a warning instead of the ValueError naming both (research use).
 
   Generation options (``generate``, ``generate_ids``, ``prefill``):
     fuse_last: also fuse the last prompt token. Receiver and sharers prefill all P prompt
@@ -332,11 +335,16 @@ class C2C:
 
   def __init__(self, receiver: LM, sharers: Sequence[LM], fusers: Sequence[Fuser], *,
                mode: str = "parallel", alignment: str | None = None, strategy: str = "first",
-               max_len: int = 4096, vocab_maps: Sequence[Any] | None = None):
+               max_len: int = 4096, vocab_maps: Sequence[Any] | None = None,
+               allow_mismatch: bool = False):
     if len(sharers) != len(fusers):
       raise ValueError(f"{len(sharers)} sharers but {len(fusers)} fusers")
     if not sharers:
       raise ValueError("C2C needs at least one sharer")
+    fuse_lib.refuse_mismatches(
+        [p for i, (s, f) in enumerate(zip(sharers, fusers))
+         for p in fuse_lib.model_mismatches(getattr(f, "models", None), receiver, [s], [i])],
+        allow_mismatch)
     self.receiver, self.sharers, self.fusers, self.mode = receiver, tuple(sharers), tuple(fusers), mode
     for i, (s, f) in enumerate(zip(self.sharers, self.fusers)):
       want = fuse_lib.FuserConfig.for_models(receiver.config, s.config)

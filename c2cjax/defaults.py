@@ -94,6 +94,7 @@ def eval_config() -> ml_collections.ConfigDict:
   c.fusers = ("runs/default/fuser",)  # one checkpoint per sharer (a multi-sharer one counts all)
   c.self_fusers = ()  # c2c_self: a fuser trained with the receiver as its own sharer
   c.random_fuser = False  # missing fuser: a fresh one with open gates (smoke runs only)
+  c.allow_mismatch = False  # fusers on other models than they record: a warning (research)
   c.dtype = "float32"
   c.seed = 0  # question selection; tiny:* models are built with the training seeds
   c.alignment = ""  # "": each fuser's recorded scheme; or "offsets" / "release"

@@ -2,6 +2,7 @@
 
     python -m c2cjax.demo [--fuser runs/local/fuser] [--receiver offline:smollm2]
                           [--sharer offline:gemma3] [--max_new_tokens 48]
+                          [--allow_mismatch]
 
 Without ``--fuser`` (or when it does not exist yet) a fresh fuser is used: its gates are
 closed at initialisation, so C2C then answers exactly like the receiver alone.
@@ -18,6 +19,9 @@ FLAGS = flags.DEFINE_string("fuser", "runs/local/fuser", "trained fuser director
 RECEIVER = flags.DEFINE_string("receiver", "offline:smollm2", "receiver model spec")
 SHARER = flags.DEFINE_string("sharer", "offline:gemma3", "sharer model spec")
 MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "tokens to generate")
+ALLOW_MISMATCH = flags.DEFINE_boolean(
+    "allow_mismatch", False, "run a fuser on other models than it was trained for, with a "
+    "warning (research use)")
 
 PROMPTS = (
     "What is the boiling point of water at sea level, in Celsius?",
@@ -42,7 +46,7 @@ def main(argv):
   else:
     fuser = Fuser.init(receiver, sharer, jax.random.PRNGKey(0))
     note = f"no fuser at {path}: fresh fuser (closed gates: C2C == receiver alone)"
-  c2c = C2C(receiver, [sharer], [fuser.pruned()])
+  c2c = C2C(receiver, [sharer], [fuser.pruned()], allow_mismatch=ALLOW_MISMATCH.value)
   print(f"receiver {receiver}\nsharer   {sharer}\n{note}\n")
   systems = {
       "receiver": lambda: receiver.generate(list(PROMPTS), max_new_tokens=MAX_NEW.value,

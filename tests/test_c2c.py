@@ -97,8 +97,10 @@ def test_bad_inputs_are_clear_errors(models):
   with pytest.raises(ValueError, match="out of range"):
     c2c.prefill(tokens, mask, sharer[:1], sharers=[3])
   wrong = small_fuser(r, models[2], 0)  # built for another sharer's cache shape
-  with pytest.raises(ValueError, match="other cache shapes"):
+  with pytest.raises(ValueError, match="trained for other models:\n  sharer 0: "):
     C2C(r, [s], [wrong])
+  with pytest.warns(UserWarning), pytest.raises(ValueError, match="other cache shapes"):
+    C2C(r, [s], [wrong], allow_mismatch=True)  # the override cannot run other shapes
 
 
 # --- fuse_last / fuse_response -------------------------------------------------------------

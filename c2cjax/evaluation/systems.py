@@ -65,7 +65,8 @@ def open_gates(fuser: Fuser, logit: float = 1.0) -> Fuser:
 
 
 def load_fusers(path, prune: bool = True) -> list[Fuser]:
-  """The fuser(s) of a ``fuse.save`` checkpoint (several for a multi-sharer run).
+  """The fuser(s) of a ``fuse.save`` checkpoint (several for a multi-sharer run), each with
+  the receiver and its sharer the checkpoint records (``Fuser.models``: C2C checks them).
 
   ``prune`` drops layer pairs whose gates are both closed: with inference's hard gates they
   are the identity, so answers are unchanged and C2C prefill gets cheaper.
@@ -74,8 +75,9 @@ def load_fusers(path, prune: bool = True) -> list[Fuser]:
   if not isinstance(config, tuple):
     params, config, layer_map = (params,), (config,), (layer_map,)
   scheme = fuse_lib.checkpoint_alignment(meta)
-  fusers = [Fuser(p, c, m, scheme, meta.get("layer_map_name"))
-            for p, c, m in zip(params, config, layer_map)]
+  fusers = [Fuser(p, c, m, scheme, meta.get("layer_map_name"),
+                  fuse_lib.checkpoint_models(meta, i))
+            for i, (p, c, m) in enumerate(zip(params, config, layer_map))]
   return [f.pruned() for f in fusers] if prune else fusers
 
 
@@ -113,7 +115,8 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
       fusers = None
 
   kw = dict(mode=config.fusion_mode, alignment=config.alignment or None,
-            strategy=config.get("alignment_strategy", "first"))
+            strategy=config.get("alignment_strategy", "first"),
+            allow_mismatch=bool(config.get("allow_mismatch", False)))
   systems = []
   for name in names:
     if name == "receiver":

@@ -10,7 +10,9 @@ from c2cjax.fuse.apply import init as init_params, prune
 from c2cjax.fuse.config import (FuserConfig, LayerMap, k_nearest, last_aligned,
                                 last_aligned_clamped)
 from c2cjax.fuse.io import (export_rosetta, import_rosetta, load as load_checkpoint,
-                            resolve_rosetta, save as save_checkpoint)
+                            model_mismatches, refuse_mismatches, resolve_rosetta,
+                            save as save_checkpoint)
+from c2cjax.models.identity import identity
 
 
 ALIGNMENTS = ("release", "offsets")  # the schemes of ``c2cjax.sections``
@@ -23,6 +25,17 @@ def checkpoint_alignment(meta: dict | None) -> str:
   return value if value in ALIGNMENTS else "offsets"
 
 
+def checkpoint_models(meta: dict | None, sharer: int = 0) -> dict | None:
+  """Sharer ``sharer``'s fuser's part of the models a checkpoint's ``meta`` records:
+  ``{"receiver": identity, "sharers": [identity]}``, or None without a record."""
+  recorded = (meta or {}).get("models")
+  if not recorded:
+    return None
+  sharers = recorded.get("sharers") or []
+  return {"receiver": recorded.get("receiver"),
+          "sharers": sharers[sharer:sharer + 1]}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Fuser:
   """One sharer's trained fuser: params, config and receiver->sharer layer map.
@@ -31,7 +44,10 @@ class Fuser:
   sections and the sharer's own chat template; ``"offsets"``: the receiver's text
   re-tokenised by character offsets); ``C2C`` uses it unless told otherwise.
   ``layer_map_name`` is the name the layer map was built from, None when it was given
-  as pairs (or stored in a released checkpoint).
+  as pairs (or stored in a released checkpoint). ``models`` records the receiver and
+  sharer it was built for (``{"receiver": identity, "sharers": [identity]}``, see
+  ``c2cjax.models.identity``); ``C2C`` refuses other models. None: unknown (a released
+  checkpoint, or one written before the record), not checked.
   """
 
   params: Any
@@ -39,6 +55,7 @@ class Fuser:
   layer_map: LayerMap
   alignment: str = "offsets"
   layer_map_name: str | None = None
+  models: dict | None = None
 
   def __post_init__(self):
     if self.alignment not in ALIGNMENTS:
@@ -52,22 +69,37 @@ class Fuser:
     if isinstance(layer_map, str):
       layer_map = layer_map_by_name(layer_map, receiver.config.num_layers,
                                     sharer.config.num_layers)
-    return cls(init_params(config, layer_map, rng), config, layer_map, alignment, name)
+    models = {"receiver": identity(receiver, fingerprint=False),
+              "sharers": [identity(sharer, fingerprint=False)]}
+    return cls(init_params(config, layer_map, rng), config, layer_map, alignment, name, models)
 
   @classmethod
-  def load(cls, path) -> "Fuser":
-    """A :meth:`save` (or ``fuse.save``) checkpoint of one sharer's fuser."""
+  def load(cls, path, receiver=None, sharer=None, *, allow_mismatch: bool = False) -> "Fuser":
+    """A :meth:`save` (or ``fuse.save``) checkpoint of one sharer's fuser.
+
+    Given a ``receiver`` and/or ``sharer`` (LMs), they are checked against the models the
+    checkpoint records: a mismatch is a ValueError naming both, or only a warning with
+    ``allow_mismatch`` (research use).
+    """
     params, config, layer_map, meta = load_checkpoint(path)
     if isinstance(config, tuple):
       raise ValueError(f"{path} holds {len(config)} fusers; load them with "
                        "c2cjax.evaluation.systems.load_fusers")
-    return cls(params, config, layer_map, checkpoint_alignment(meta),
-               meta.get("layer_map_name"))
+    fuser = cls(params, config, layer_map, checkpoint_alignment(meta),
+                meta.get("layer_map_name"), checkpoint_models(meta))
+    refuse_mismatches(fuser.mismatches(receiver, sharer), allow_mismatch)
+    return fuser
+
+  def mismatches(self, receiver=None, sharer=None, sharer_id: int = 0) -> list[str]:
+    """One line per model that differs from the one this fuser was built for
+    (``fuse.model_mismatches``): ``receiver``/``sharer`` are LMs or identity dicts (None:
+    not compared); empty for a fuser without a record."""
+    return model_mismatches(self.models, receiver, [sharer], [sharer_id])
 
   def save(self, path, meta: dict | None = None, *, overwrite: bool = False) -> None:
-    """``fuse.save`` with the alignment scheme and layer-map name in its metadata."""
-    meta = {**(meta or {}), "alignment": self.alignment,
-            "layer_map_name": self.layer_map_name}
+    """``fuse.save`` with the alignment scheme, layer-map name and models in its metadata."""
+    meta = {**({"models": self.models} if self.models else {}), **(meta or {}),
+            "alignment": self.alignment, "layer_map_name": self.layer_map_name}
     save_checkpoint(path, self.params, self.config, self.layer_map, meta, overwrite=overwrite)
 
   @classmethod
@@ -93,7 +125,8 @@ class Fuser:
 
   def to_rosetta(self, path, *, overwrite: bool = False) -> None:
     """Writes this fuser in the released C2C format (see ``fuse.export_rosetta``), which
-    the released code loads; the format has no field for the alignment scheme."""
+    the released code loads; the format has no field for the alignment scheme or the
+    models."""
     export_rosetta(path, self.params, self.config, self.layer_map, overwrite=overwrite)
 
   def pruned(self) -> "Fuser":

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 from flax import traverse_util
 import jax
@@ -107,29 +107,47 @@ def check_checkpoint_dir(path: str | os.PathLike) -> None:
   raise FileNotFoundError(f"{path} is not a fuser checkpoint (no {meta})")
 
 
-def check_models(meta: dict, receiver, sharers, *, allow_mismatch: bool = False) -> None:
-  """Compares the models a checkpoint's ``meta["models"]`` records (``c2cjax.train``
-  writes them) with ``receiver`` and ``sharers`` (LMs or identity dicts): a different
-  architecture, layer count, kv heads, head dim, hidden size or vocabulary is a ValueError
-  naming both, or only a warning with ``allow_mismatch`` (research use). Checkpoints
-  without the record pass."""
+def model_mismatches(recorded: dict | None, receiver, sharers,
+                     sharer_ids: Sequence[int] | None = None) -> list[str]:
+  """One line per model that differs from a ``{"receiver": identity, "sharers":
+  [identity, ...]}`` record (``c2cjax.train`` writes it as a checkpoint's ``meta["models"]``):
+  its architecture, layer count, kv heads, head dim, hidden size or vocabulary, naming both.
+
+  ``receiver``/``sharers`` are LMs or identity dicts; a None model, or a side the record
+  lacks, is not compared. ``sharer_ids`` labels the sharers (default 0, 1, ...)."""
   from c2cjax.models import identity as ident_lib
-  recorded = (meta or {}).get("models")
   if not recorded:
-    return
+    return []
   as_ident = lambda m: m if isinstance(m, dict) else ident_lib.identity(m, fingerprint=False)
-  pairs = [("receiver", recorded.get("receiver"), as_ident(receiver))]
-  pairs += [(f"sharer {i}", rec, as_ident(s))
-            for i, (rec, s) in enumerate(zip(recorded.get("sharers", []), sharers))]
-  problems = [f"{role}: trained for {ident_lib.describe(rec)}, given "
-              f"{ident_lib.describe(got)} ({'; '.join(diff)})"
-              for role, rec, got in pairs if rec
-              for diff in [ident_lib.differences(rec, got)] if diff]
-  if problems:
-    msg = "the fuser was trained for other models:\n  " + "\n  ".join(problems)
-    if not allow_mismatch:
-      raise ValueError(msg + "\npass allow_mismatch=True to use it anyway (research use)")
-    warnings.warn(msg, stacklevel=2)
+  ids = range(len(sharers)) if sharer_ids is None else sharer_ids
+  pairs = [("receiver", recorded.get("receiver"), receiver)]
+  pairs += [(f"sharer {i}", rec, s)
+            for i, rec, s in zip(ids, recorded.get("sharers") or [], sharers)]
+  return [f"{role}: trained for {ident_lib.describe(rec)}, given "
+          f"{ident_lib.describe(got)} ({'; '.join(diff)})"
+          for role, rec, model in pairs if rec and model is not None
+          for got in [as_ident(model)]
+          for diff in [ident_lib.differences(rec, got)] if diff]
+
+
+def refuse_mismatches(problems: Sequence[str], allow_mismatch: bool = False, *,
+                      stacklevel: int = 3) -> None:
+  """:func:`model_mismatches`' lines as one ValueError, or only a warning with
+  ``allow_mismatch`` (research use); nothing when there are none."""
+  if not problems:
+    return
+  msg = "the fuser was trained for other models:\n  " + "\n  ".join(problems)
+  if not allow_mismatch:
+    raise ValueError(msg + "\npass allow_mismatch=True to use it anyway (research use)")
+  warnings.warn(msg, stacklevel=stacklevel)
+
+
+def check_models(meta: dict, receiver, sharers, *, allow_mismatch: bool = False) -> None:
+  """Compares the models a checkpoint's ``meta["models"]`` records with ``receiver`` and
+  ``sharers`` (see :func:`model_mismatches`): a mismatch is a ValueError naming both, or
+  only a warning with ``allow_mismatch``. Checkpoints without the record pass."""
+  refuse_mismatches(model_mismatches((meta or {}).get("models"), receiver, sharers),
+                    allow_mismatch)
 
 
 # --- import of the released PyTorch format ----------------------------------------------
