@@ -6,7 +6,7 @@
 #
 # Nothing else should run meanwhile: the load average is printed by each benchmark.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 out=${1:-runs/issue16}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
