@@ -46,8 +46,8 @@ def fuse_and_decode(rparams, sparams, fparams, tokens, mask, sharer_tokens, *, r
   scache = lm.prefill_cache(smod, sparams, sharer_tokens[:, head],
                             lm.init_cache(smod, b, p - 1), mask[:, head])
   # 2. fused cache out: the sharer's keys/values projected into the receiver's.
-  fused = fuse_lib.fuse(fparams, rcache, scache, layer_map, mask[:, head].astype(bool),
-                        config=config)
+  fused = fuse_lib.fuse((fparams,), rcache, (scache,), (layer_map,),
+                        mask[:, head].astype(bool), config=(config,))
   # 3. the last prompt token on the fused cache, then the receiver decodes alone.
   max_len = p + cfg.max_new_tokens - 1
   logits, cache = lm.forward(rmod, rparams, tokens[:, last], fused.pad_to(max_len))

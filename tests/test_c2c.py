@@ -58,8 +58,8 @@ def test_open_gates_equal_manual_pipeline(models):
   # by hand: prefill both on all but the last token, fuse, then the last token
   _, rc = r.apply(r.params, tokens[:, :-1], r.init_cache(2, 11), attention_mask=mask[:, :-1])
   _, sc = s.apply(s.params, sharer[0][:, :-1], s.init_cache(2, 11), attention_mask=mask[:, :-1])
-  fused = fuse_lib.fuse(f.params, rc, sc, f.layer_map, jnp.asarray(mask[:, :-1], bool),
-                        config=f.config)
+  fused = fuse_lib.fuse((f.params,), rc, (sc,), (f.layer_map,),
+                        jnp.asarray(mask[:, :-1], bool), config=(f.config,))
   ref_logits, ref_cache = r.apply(r.params, tokens[:, -1:], fused.pad_to(20))
   np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits[:, -1]), atol=1e-5)
   np.testing.assert_allclose(np.asarray(cache.k), np.asarray(ref_cache.k), atol=1e-5)

@@ -212,7 +212,7 @@ def test_fuse_inference_matches_numpy():
   params = random_params(CFG, LMAP, 0, KEY_LOGITS, VALUE_LOGITS)
   receiver = random_cache(10, LR, KR, HR)
   sharer = random_cache(11, 4, 3, 2)
-  out = F.fuse_jit(params, receiver, sharer, LMAP, MASK, config=CFG)
+  out = F.fuse_jit((params,), receiver, (sharer,), (LMAP,), MASK, config=(CFG,))
   assert out.k.dtype == receiver.k.dtype and out.k.shape == receiver.k.shape
   ref_k, ref_v = np_fuse([[to_state_dict(params, p) for p in range(4)]], receiver, [sharer],
                          [LMAP], MASK, [CFG.num_layers], "parallel")
@@ -256,11 +256,11 @@ def test_fuser_layer_train_with_given_noise_matches_numpy():
 def test_fuse_train_mode_wiring():
   receiver, sharer = random_cache(30, LR, KR, HR), random_cache(31, 4, 3, 2)
   saturated = random_params(CFG, LMAP, 2, [40.0, -40.0, 40.0, -40.0], [40.0, 40.0, -40.0, -40.0])
-  train = lambda params, rng, step: F.fuse_jit(params, receiver, sharer, LMAP, MASK,
-                                               config=CFG, train=True, rng=rng, step=step)
+  train = lambda params, rng, step: F.fuse_jit((params,), receiver, (sharer,), (LMAP,), MASK,
+                                               config=(CFG,), train=True, rng=rng, step=step)
   # Saturated logits: relaxed gates are 0/1, so train (dropout 0) equals inference.
   out_t = train(saturated, jax.random.key(0), 5)
-  out_i = F.fuse_jit(saturated, receiver, sharer, LMAP, MASK, config=CFG)
+  out_i = F.fuse_jit((saturated,), receiver, (sharer,), (LMAP,), MASK, config=(CFG,))
   np.testing.assert_allclose(out_t.k, out_i.k, atol=1e-5)
   np.testing.assert_allclose(out_t.v, out_i.v, atol=1e-5)
   # Soft gates: deterministic per rng, noisy across rngs, masked slots still untouched.
@@ -272,16 +272,17 @@ def test_fuse_train_mode_wiring():
   off = ~np.asarray(MASK)[:, None, :, None]
   np.testing.assert_array_equal(np.where(off, a.k[0], 0), np.where(off, receiver.k[0], 0))
   with pytest.raises(ValueError, match="rng"):
-    F.fuse(soft, receiver, sharer, LMAP, MASK, config=CFG, train=True)
+    F.fuse((soft,), receiver, (sharer,), (LMAP,), MASK, config=(CFG,), train=True)
 
 
 def test_dropout_active_only_in_train():
   cfg = dataclasses.replace(CFG, dropout=0.5)
   params = random_params(cfg, LMAP, 3, [40.0] * 4, [40.0] * 4)
   receiver, sharer = random_cache(32, LR, KR, HR), random_cache(33, 4, 3, 2)
-  run = lambda train: F.fuse_jit(params, receiver, sharer, LMAP, MASK, config=cfg,
+  run = lambda train: F.fuse_jit((params,), receiver, (sharer,), (LMAP,), MASK, config=(cfg,),
                                  train=train, rng=jax.random.key(0))
-  ref = F.fuse_jit(params, receiver, sharer, LMAP, MASK, config=CFG)  # same weights, no dropout
+  # same weights, no dropout
+  ref = F.fuse_jit((params,), receiver, (sharer,), (LMAP,), MASK, config=(CFG,))
   np.testing.assert_allclose(run(False).k, ref.k, atol=1e-6)
   assert not np.allclose(run(True).k, ref.k, atol=1e-3)
 
@@ -290,7 +291,7 @@ def test_closed_gates_exact_in_bf16_and_prune():
   params = random_params(CFG, LMAP, 4, KEY_LOGITS, VALUE_LOGITS)
   receiver = random_cache(40, LR, KR, HR, jnp.bfloat16)
   sharer = random_cache(41, 4, 3, 2, jnp.bfloat16)
-  out = F.fuse_jit(params, receiver, sharer, LMAP, MASK, config=CFG)
+  out = F.fuse_jit((params,), receiver, (sharer,), (LMAP,), MASK, config=(CFG,))
   assert out.k.dtype == jnp.bfloat16
   f32 = lambda x: np.asarray(x, np.float32)
   np.testing.assert_array_equal(f32(out.k[4]), f32(receiver.k[4]))
@@ -299,16 +300,16 @@ def test_closed_gates_exact_in_bf16_and_prune():
   assert pmap == F.LayerMap((0, 2, 3), (3, 0, 1))
   np.testing.assert_array_equal(pruned["key_gate_logit"], np.asarray(KEY_LOGITS[:3], np.float32))
   np.testing.assert_array_equal(pruned["key_in"]["kernel"], params["key_in"]["kernel"][:3])
-  out_p = F.fuse_jit(pruned, receiver, sharer, pmap, MASK, config=CFG)
+  out_p = F.fuse_jit((pruned,), receiver, (sharer,), (pmap,), MASK, config=(CFG,))
   np.testing.assert_array_equal(f32(out_p.k), f32(out.k))
   np.testing.assert_array_equal(f32(out_p.v), f32(out.v))
-  pruned2, pmaps = F.prune((params, params), (LMAP, LMAP))
-  assert pmaps == (pmap, pmap) and len(pruned2) == 2
+  with pytest.raises(TypeError, match="layer_map must be one fuser's LayerMap"):
+    F.prune((params, params), (LMAP, LMAP))
   # All closed: nothing left, and fusion is the identity.
   closed = random_params(CFG, LMAP, 4, [-1.0] * 4, [0.0] * 4)
   empty, emap = F.prune(closed, LMAP)
   assert len(emap) == 0 and empty["key_in"]["kernel"].shape[0] == 0
-  out_e = F.fuse(empty, receiver, sharer, emap, MASK, config=CFG)
+  out_e = F.fuse((empty,), receiver, (sharer,), (emap,), MASK, config=(CFG,))
   np.testing.assert_array_equal(f32(out_e.k), f32(receiver.k))
 
 
@@ -336,11 +337,30 @@ def test_shape_checks():
   params = random_params(CFG, LMAP, 0, KEY_LOGITS, VALUE_LOGITS)
   receiver = random_cache(60, LR, KR, HR)
   with pytest.raises(ValueError, match="Sharer cache has"):
-    F.fuse(params, receiver, random_cache(61, 4, 1, 6), LMAP, MASK, config=CFG)
+    F.fuse((params,), receiver, (random_cache(61, 4, 1, 6),), (LMAP,), MASK, config=(CFG,))
   with pytest.raises(ValueError, match="out of range"):
-    F.fuse(params, receiver, random_cache(61, 3, 3, 2), LMAP, MASK, config=CFG)
+    F.fuse((params,), receiver, (random_cache(61, 3, 3, 2),), (LMAP,), MASK, config=(CFG,))
   with pytest.raises(ValueError, match="fusers but the layer map"):
-    F.fuse(params, receiver, random_cache(61, 4, 3, 2), F.LayerMap((0,), (0,)), MASK, config=CFG)
+    F.fuse((params,), receiver, (random_cache(61, 4, 3, 2),), (F.LayerMap((0,), (0,)),), MASK,
+           config=(CFG,))
+
+
+def test_one_sharer_is_a_tuple_too():
+  """Per-sharer arguments are sequences, also for one sharer: a single value is an error
+  naming the argument."""
+  params = random_params(CFG, LMAP, 0, KEY_LOGITS, VALUE_LOGITS)
+  receiver, sharer = random_cache(62, LR, KR, HR), random_cache(63, 4, 3, 2)
+  ok = F.fuse((params,), receiver, (sharer,), (LMAP,), MASK, config=(CFG,))
+  assert not np.allclose(ok.k, receiver.k)
+  for name, args, config in (
+      ("params", (params, (sharer,), (LMAP,)), (CFG,)),
+      ("sharer_caches", ((params,), sharer, (LMAP,)), (CFG,)),
+      ("layer_map", ((params,), (sharer,), LMAP), (CFG,)),
+      ("config", ((params,), (sharer,), (LMAP,)), CFG)):
+    with pytest.raises(TypeError, match=f"{name} must be a sequence"):
+      F.fuse(args[0], receiver, args[1], args[2], MASK, config=config)
+  with pytest.raises(TypeError, match="sharer_caches must be a sequence"):
+    F.fuse_jit((params,), receiver, sharer, (LMAP,), MASK, config=(CFG,))
 
 
 def test_gradients_flow_in_train_mode():
@@ -351,7 +371,7 @@ def test_gradients_flow_in_train_mode():
 
   @jax.jit
   def loss(params):
-    out = F.fuse(params, receiver, sharer, LMAP, MASK, config=cfg, train=True,
+    out = F.fuse((params,), receiver, (sharer,), (LMAP,), MASK, config=(cfg,), train=True,
                  rng=jax.random.key(0), step=100)
     return jnp.mean((out.k - target.k) ** 2) + jnp.mean((out.v - target.v) ** 2)
 
@@ -446,7 +466,7 @@ def test_import_rosetta_matches_numpy(tmp_path):
   assert config == dataclasses.replace(CFG, dropout=0.1)
   assert layer_map == F.LayerMap((0, 2, 4), (3, 0, 1))
   receiver, sharer = random_cache(80, LR, KR, HR), random_cache(81, 4, 3, 2)
-  out = F.fuse_jit(params, receiver, sharer, layer_map, MASK, config=config)
+  out = F.fuse_jit((params,), receiver, (sharer,), (layer_map,), MASK, config=(config,))
   ref_sds = [{k: np.asarray(v, np.float64) for k, v in sds[i].items()} for i in (1, 2, 0)]
   ref_k, ref_v = np_fuse([ref_sds], receiver, [sharer], [layer_map], MASK, [CFG.num_layers],
                          "parallel")

@@ -37,7 +37,7 @@ def _caches(seed):
 
 def _fused(fuser, r, s):
   mask = jnp.array([[True] * 5 + [False], [False] + [True] * 5])
-  return F.fuse_jit(fuser.params, r, s, fuser.layer_map, mask, config=fuser.config)
+  return F.fuse_jit((fuser.params,), r, (s,), (fuser.layer_map,), mask, config=(fuser.config,))
 
 
 def test_export_import_round_trip(tmp_path):

@@ -86,7 +86,8 @@ def test_release_prefill_equals_the_release_loop():
   params = dict(f.params)
   for k in ("key_gate_logit", "value_gate_logit"):  # open gates: the fusion shows
     params[k] = jnp.full_like(params[k], 3.0)
-  fuse_one = lambda rc, sc, tm: fuse_lib.fuse(params, rc, sc, f.layer_map, tm, config=f.config)
+  fuse_one = lambda rc, sc, tm: fuse_lib.fuse((params,), rc, (sc,), (f.layer_map,), tm,
+                                              config=(f.config,))
   rng = np.random.default_rng(0)
   p = 22
   tokens = rng.integers(3, 128, size=(1, p)).astype(np.int32)
@@ -146,7 +147,8 @@ def test_c2c_generate_with_the_release_scheme():
   prompts = ["What is the capital of France?", multi]
   out, lengths = c2c.generate(prompts, max_new_tokens=4, return_tokens=True, eos_ids=())
   ex = c2c.aligners[0].prompt([{"role": "user", "content": prompts[0]}])
-  fuse_one = lambda rc, sc, tm: fuse_lib.fuse(f.params, rc, sc, f.layer_map, tm, config=f.config)
+  fuse_one = lambda rc, sc, tm: fuse_lib.fuse((f.params,), rc, (sc,), (f.layer_map,), tm,
+                                              config=(f.config,))
   logits, _ = _sectioned_reference(
       r, s, fuse_one, ex["receiver_ids"][None], ex["attention_mask"][None],
       ex["sharer_ids"][None], ex["sharer_attention_mask"][None], ex["fuse_mask"][None])
@@ -189,7 +191,8 @@ def test_c2c_nll_with_the_release_scheme():
   batch = {k: jnp.asarray(v) for k, v in pipeline.pad_examples(
       [ex], length=len(ex["receiver_ids"]), pad_ids=enc.pad_ids).items()}
   total, count = train.c2c_nll(c2c, (params,), r.params, (s.params,), batch, train=False)
-  fuse_one = lambda rc, sc, tm: fuse_lib.fuse(params, rc, sc, f.layer_map, tm, config=f.config)
+  fuse_one = lambda rc, sc, tm: fuse_lib.fuse((params,), rc, (sc,), (f.layer_map,), tm,
+                                              config=(f.config,))
   (logits, a), _ = _sectioned_reference(
       r, s, fuse_one, ex["receiver_ids"][None], ex["attention_mask"][None],
       ex["sharer_ids"][0][None], ex["sharer_attention_mask"][0][None], ex["fuse_mask"][None],

@@ -148,8 +148,8 @@ def test_c2c_sharer_context_equals_slow_reference(sharer):
     _, rc = r.apply(r.params, prompt[None, :-1], r.init_cache(1, n - 1))
     _, sc = sharer.apply(sharer.params, row[None, :-1], sharer.init_cache(1, len(row) - 1))
     sc = sc.replace(k=sc.k[:, :, :, -(n - 1):], v=sc.v[:, :, :, -(n - 1):])
-    fused = fuse_lib.fuse(f.params, rc, sc, f.layer_map, jnp.ones((1, n - 1), bool),
-                          config=f.config)
+    fused = fuse_lib.fuse((f.params,), rc, (sc,), (f.layer_map,), jnp.ones((1, n - 1), bool),
+                          config=(f.config,))
     ref, ref_cache = r.apply(r.params, prompt[None, -1:], fused.pad_to(n))
     np.testing.assert_allclose(np.asarray(logits[b]), np.asarray(ref[0, -1]), atol=2e-4)
     np.testing.assert_allclose(np.asarray(cache.k[:, b, :, 10 - n:10]),

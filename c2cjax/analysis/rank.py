@@ -37,7 +37,8 @@ def fused_vectors(receiver: LM, sharer: LM, params, config: fuse_lib.FuserConfig
     width = caches.width_for(len(rids))
     rc = caches.prefill(receiver, rids, width)
     sc = caches.prefill(sharer, sids, width)
-    fused = fuse_lib.fuse(params, rc, sc, layer_map, rc.valid_mask(), config=config)
+    fused = fuse_lib.fuse((params,), rc, (sc,), (layer_map,), rc.valid_mask(),
+                          config=(config,))
     for store, cache in ((before, rc), (after, fused)):
       k, v = caches.token_vectors(cache)
       store["k"].append(k)

@@ -59,14 +59,15 @@ def prune(params, layer_map):
   """Drops pairs whose key and value gates are both closed (host side, load time).
 
   Hard-gated (inference) fusion of a dropped pair is the identity, so pruning changes
-  no output but skips its compute. Accepts one (params, layer_map) or sequences of them.
+  no output but skips its compute. One fuser: its stacked params and its LayerMap (map
+  over several sharers' fusers).
 
   Returns:
-    (params, layer_map) of the kept pairs, same structure as given.
+    (params, layer_map) of the kept pairs.
   """
   if not isinstance(layer_map, LayerMap):
-    pruned = [prune(p, m) for p, m in zip(params, layer_map, strict=True)]
-    return tuple(p for p, _ in pruned), tuple(m for _, m in pruned)
+    raise TypeError(f"prune: layer_map must be one fuser's LayerMap, got "
+                    f"{type(layer_map).__name__} (prune each sharer's fuser in turn)")
   keep = (np.asarray(params["key_gate_logit"]) > 0) | (np.asarray(params["value_gate_logit"]) > 0)
   idx = np.flatnonzero(keep)
   return jax.tree.map(lambda x: x[idx], params), layer_map.select(keep)
@@ -111,22 +112,32 @@ def _apply_pairs(params: Params, sharer: KVCache, rk: jax.Array, rv: jax.Array,
   return jax.vmap(one)(params, sk, sv, rk, rv, keys)
 
 
+def _check_per_sharer(**args) -> None:
+  """TypeError naming the argument when a per-sharer argument of :func:`fuse` is one value
+  (params, a KVCache, a LayerMap, a FuserConfig) instead of a sequence, one per sharer."""
+  for name, value in args.items():
+    if not isinstance(value, (tuple, list)):
+      raise TypeError(f"fuse: {name} must be a sequence with one entry per sharer, got "
+                      f"{type(value).__name__} (for one sharer pass ({name},))")
+
+
 def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: jax.Array,
          *, config, train: bool = False, rng: jax.Array | None = None, step=0,
          mode: str = "parallel") -> KVCache:
   """Fuses one or more sharer caches into the receiver cache.
 
-  Jit with ``layer_map``, ``config``, ``train`` and ``mode`` static (pass sequences as
-  tuples). Differentiable wrt ``params``.
+  Every per-sharer argument is a sequence with one entry per sharer, also for one sharer
+  (``(params,)``, ``(cache,)``, ...). Jit with ``layer_map``, ``config``, ``train`` and
+  ``mode`` static (as tuples). Differentiable wrt ``params``.
 
   Args:
-    params: stacked fuser params, or a sequence (one per sharer).
+    params: sequence of stacked fuser params, one per sharer.
     receiver_cache: k, v [Lr, B, Kr, T, Hr].
-    sharer_caches: a KVCache (k, v [Ls, B, Ks, T, Hs], token-aligned to the receiver) or
-      a sequence of them.
-    layer_map: LayerMap, or a sequence (one per sharer).
+    sharer_caches: sequence of KVCaches (k, v [Ls, B, Ks, T, Hs], token-aligned to the
+      receiver), one per sharer.
+    layer_map: sequence of LayerMaps, one per sharer.
     token_mask: [B, T] bool; only these slots change.
-    config: FuserConfig, or a sequence (one per sharer).
+    config: sequence of FuserConfigs, one per sharer.
     train: Gumbel-sigmoid gates and dropout (needs ``rng``); else hard gates.
     rng: PRNG key for Gumbel noise and dropout.
     step: training step for the temperature schedule (may be traced).
@@ -136,8 +147,8 @@ def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: 
   Returns:
     The receiver cache with fused k, v (same dtype); ``start``/``end`` unchanged.
   """
-  if isinstance(sharer_caches, KVCache):
-    params, sharer_caches, layer_map, config = (params,), (sharer_caches,), (layer_map,), (config,)
+  _check_per_sharer(params=params, sharer_caches=sharer_caches, layer_map=layer_map,
+                    config=config)
   n = len(sharer_caches)
   if not len(params) == len(layer_map) == len(config) == n:
     raise ValueError(f"Need one params/layer_map/config per sharer; got {len(params)}, "
