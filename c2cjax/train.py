@@ -313,7 +313,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   # Gathering the params is a collective: every process takes part; process 0 writes.
   params = multihost_utils.process_allgather(state.params, tiled=True)
   if jax.process_index() == 0:
-    single = len(params) == 1
     meta = {"receiver": cfg.receiver, "sharers": sharer_names,
             "self_fusion": bool(cfg.self_fusion), "step": int(step),
             "alignment": cfg.alignment, "layer_map_name": cfg.layer_map,
@@ -321,9 +320,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
             "fusion_mode": cfg.fusion_mode,
             "models": models}  # identities: c2cjax.fuse.io.check_models
     try:
-      fuse_lib.save(workdir / "fuser", params[0] if single else params,
-                    c2c.fusers[0].config if single else tuple(f.config for f in c2c.fusers),
-                    c2c.fusers[0].layer_map if single else
+      fuse_lib.save(workdir / "fuser", tuple(params), tuple(f.config for f in c2c.fusers),
                     tuple(f.layer_map for f in c2c.fusers), meta, overwrite=True)
       files.atomic_write_text(workdir / rundir.FINAL, files.dumps_strict(final, indent=2))
     except Exception as e:  # rerunning exports again from the last checkpoint

@@ -112,7 +112,7 @@ def test_transform(models, tmp_path):
 def test_gates_curves_and_cli(models, tmp_path):
   r, s = models
   params, config, layer_map = _fuser(r, s, 2.0)
-  fuse_lib.save(tmp_path / "fuser", params, config, layer_map, {"self_fusion": False})
+  fuse_lib.save(tmp_path / "fuser", (params,), (config,), (layer_map,), {"self_fusion": False})
   g = plots.gates(tmp_path / "fuser")
   assert [p["receiver_layer"] for p in g["pairs"]] == list(layer_map.receiver)
   assert [p["value_open"] for p in g["pairs"]] == [False, True]

@@ -220,7 +220,7 @@ def test_load_fusers_prunes_closed_pairs(models, tmp_path):
   params = dict(f.params)
   for k in ("key_gate_logit", "value_gate_logit"):
     params[k] = params[k].at[0].set(-1.0)
-  fuse_lib.save(tmp_path / "fuser", params, f.config, f.layer_map)
+  fuse_lib.save(tmp_path / "fuser", (params,), (f.config,), (f.layer_map,))
   (full,) = load_fusers(tmp_path / "fuser", prune=False)
   (pruned,) = load_fusers(tmp_path / "fuser")
   assert full.layer_map == f.layer_map

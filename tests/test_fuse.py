@@ -395,14 +395,18 @@ def test_for_models():
 def test_save_load_round_trip(tmp_path):
   params = random_params(CFG, LMAP, 8, KEY_LOGITS, VALUE_LOGITS)
   meta = {"receiver": "org/recv-0.6b", "sharer": "org/share-0.5b", "step": 12}
-  F.save(tmp_path / "ckpt", params, CFG, LMAP, meta)
-  p2, c2, m2, meta2 = F.load(tmp_path / "ckpt")
-  assert c2 == CFG and m2 == LMAP and meta2 == meta
+  F.save(tmp_path / "ckpt", (params,), (CFG,), (LMAP,), meta)
+  (p2,), c2, m2, meta2 = F.load(tmp_path / "ckpt")  # tuples, also for one sharer
+  assert c2 == (CFG,) and m2 == (LMAP,) and meta2 == meta
   jax.tree.map(np.testing.assert_array_equal, p2, params)
   with pytest.raises(ValueError):
-    F.save(tmp_path / "ckpt", params, CFG, LMAP, meta)
-  F.save(tmp_path / "ckpt", params, CFG, LMAP, {"step": 13}, overwrite=True)
+    F.save(tmp_path / "ckpt", (params,), (CFG,), (LMAP,), meta)
+  F.save(tmp_path / "ckpt", (params,), (CFG,), (LMAP,), {"step": 13}, overwrite=True)
   assert F.load(tmp_path / "ckpt")[3] == {"step": 13}
+  with pytest.raises(TypeError, match="save: layer_map must be a sequence"):
+    F.save(tmp_path / "one", (params,), (CFG,), LMAP)
+  with pytest.raises(ValueError, match="one entry per sharer; got 2, 1, 1"):
+    F.save(tmp_path / "one", (params, params), (CFG,), (LMAP,))
   # Several sharers, one bf16.
   cfg2 = dataclasses.replace(CFG2, param_dtype="bfloat16")
   map2 = F.LayerMap((1,), (2,))
@@ -462,7 +466,7 @@ def test_import_rosetta_matches_numpy(tmp_path):
   # Receiver layers 4, 0, 2 <- sharer layers 1, 3, 0 via projectors 0, 1, 2.
   mapping = {"0": {"1": {"4": [[1, 0]], "0": [[3, 1]], "2": [[0, 2]]}}}
   _write_release(tmp_path, torch, sds, CFG, mapping)
-  params, config, layer_map = F.import_rosetta(tmp_path)
+  (params,), (config,), (layer_map,) = F.import_rosetta(tmp_path)
   assert config == dataclasses.replace(CFG, dropout=0.1)
   assert layer_map == F.LayerMap((0, 2, 4), (3, 0, 1))
   receiver, sharer = random_cache(80, LR, KR, HR), random_cache(81, 4, 3, 2)

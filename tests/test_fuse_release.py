@@ -136,7 +136,7 @@ def test_checkpoint_records_scheme_and_layer_map_name(tmp_path):
   _, _, _, meta = F.load(tmp_path / "new")
   assert meta == {"step": 3, "alignment": "release", "layer_map_name": "last_aligned"}
   # Written before schemes had names: "alignment" held the token strategy.
-  F.save(tmp_path / "old", fuser.params, CFG, LMAP, {"alignment": "first"})
+  F.save(tmp_path / "old", (fuser.params,), (CFG,), (LMAP,), {"alignment": "first"})
   old = Fuser.load(tmp_path / "old")
   assert (old.alignment, old.layer_map_name) == ("offsets", None)
   assert old.pruned().alignment == "offsets"

@@ -95,6 +95,8 @@ def test_load_fusers_gives_each_fuser_its_sharer(models, tmp_path):
   fuse.save(tmp_path / "multi", (f.params, f.params), (f.config, f.config),
             (f.layer_map, f.layer_map), {"models": record})
   a, b = load_fusers(tmp_path / "multi", prune=False)
+  with pytest.raises(ValueError, match="holds 2 fusers .*load_fusers"):
+    Fuser.load(tmp_path / "multi")
   assert a.models == {"receiver": record["receiver"], "sharers": [record["sharers"][0]]}
   assert b.models["sharers"] == [record["sharers"][1]]
   with pytest.raises(ValueError, match="sharer 1: trained for qwen3.*given llama"):

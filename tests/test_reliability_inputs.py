@@ -173,7 +173,8 @@ def _saved_fuser(path, tiny_pair, models=None):
   from c2cjax import fuse
   r, s, c2c = tiny_pair
   f = c2c.fusers[0]
-  fuse.save(path, f.params, f.config, f.layer_map, {"models": models} if models else None)
+  fuse.save(path, (f.params,), (f.config,), (f.layer_map,),
+            {"models": models} if models else None)
   return path
 
 

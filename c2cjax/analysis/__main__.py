@@ -73,8 +73,9 @@ def cmd_rank(args):
   from c2cjax.analysis import rank  # pylint: disable=import-outside-toplevel
   if args.fuser:
     params, config, layer_map, meta = fuse_lib.load(args.fuser)
-    if isinstance(layer_map, tuple):
+    if len(layer_map) != 1:
       raise ValueError(f"{args.fuser} holds several fusers; rank reads one-sharer checkpoints")
+    (params,), (config,), (layer_map,) = params, config, layer_map
     if meta.get("self_fusion"):
       args.sharer = "self"
   receiver, sharer = _models(args)

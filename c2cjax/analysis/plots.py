@@ -35,8 +35,9 @@ def gates(path) -> dict:
   """Per fused receiver layer of a ``fuse.save`` checkpoint: key/value gate logits and
   whether each gate is open (``logit > 0``, the inference rule)."""
   params, config, layer_map, meta = fuse_lib.load(path)
-  if isinstance(layer_map, tuple):
+  if len(layer_map) != 1:
     raise ValueError(f"{path} holds {len(layer_map)} fusers; gates() reads one-sharer checkpoints")
+  (params,), (config,), (layer_map,) = params, config, layer_map
   k = np.asarray(params["key_gate_logit"], np.float64)
   v = np.asarray(params["value_gate_logit"], np.float64)
   rows = [{"receiver_layer": r, "sharer_layer": s, "key_logit": float(a), "value_logit": float(b),

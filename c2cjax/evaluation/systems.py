@@ -72,8 +72,6 @@ def load_fusers(path, prune: bool = True) -> list[Fuser]:
   are the identity, so answers are unchanged and C2C prefill gets cheaper.
   """
   params, config, layer_map, meta = fuse_lib.load(path)
-  if not isinstance(config, tuple):
-    params, config, layer_map = (params,), (config,), (layer_map,)
   scheme = fuse_lib.checkpoint_alignment(meta)
   fusers = [Fuser(p, c, m, scheme, meta.get("layer_map_name"),
                   fuse_lib.checkpoint_models(meta, i))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax.fuse.config import FuserConfig, LayerMap, Params, temperature
+from c2cjax.fuse.config import FuserConfig, LayerMap, Params, check_per_sharer, temperature
 from c2cjax.fuse.module import FuserLayer
 from c2cjax.models.cache import KVCache
 
@@ -112,15 +112,6 @@ def _apply_pairs(params: Params, sharer: KVCache, rk: jax.Array, rv: jax.Array,
   return jax.vmap(one)(params, sk, sv, rk, rv, keys)
 
 
-def _check_per_sharer(**args) -> None:
-  """TypeError naming the argument when a per-sharer argument of :func:`fuse` is one value
-  (params, a KVCache, a LayerMap, a FuserConfig) instead of a sequence, one per sharer."""
-  for name, value in args.items():
-    if not isinstance(value, (tuple, list)):
-      raise TypeError(f"fuse: {name} must be a sequence with one entry per sharer, got "
-                      f"{type(value).__name__} (for one sharer pass ({name},))")
-
-
 def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: jax.Array,
          *, config, train: bool = False, rng: jax.Array | None = None, step=0,
          mode: str = "parallel") -> KVCache:
@@ -147,8 +138,8 @@ def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: 
   Returns:
     The receiver cache with fused k, v (same dtype); ``start``/``end`` unchanged.
   """
-  _check_per_sharer(params=params, sharer_caches=sharer_caches, layer_map=layer_map,
-                    config=config)
+  check_per_sharer("fuse", params=params, sharer_caches=sharer_caches, layer_map=layer_map,
+                   config=config)
   n = len(sharer_caches)
   if not len(params) == len(layer_map) == len(config) == n:
     raise ValueError(f"Need one params/layer_map/config per sharer; got {len(params)}, "

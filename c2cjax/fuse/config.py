@@ -169,3 +169,14 @@ def k_nearest(num_receiver_layers: int, num_sharer_layers: int) -> LayerMap:
     dist = [abs(s * max(nr - 1, 1) - t * max(ns - 1, 1)) if ns > 1 else 0 for s in range(ns)]
     sharer.append(int(np.argmin(dist)))
   return LayerMap(tuple(range(nr)), tuple(sharer))
+
+
+# --- per-sharer arguments -------------------------------------------------------------
+def check_per_sharer(caller: str, **args) -> None:
+  """TypeError naming the argument when a per-sharer argument (params, a KVCache, a
+  LayerMap, a FuserConfig) is one value instead of a sequence, one entry per sharer (also
+  for one sharer)."""
+  for name, value in args.items():
+    if not isinstance(value, (tuple, list)):
+      raise TypeError(f"{caller}: {name} must be a sequence with one entry per sharer, got "
+                      f"{type(value).__name__} (for one sharer pass ({name},))")

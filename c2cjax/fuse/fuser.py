@@ -36,6 +36,15 @@ def checkpoint_models(meta: dict | None, sharer: int = 0) -> dict | None:
           "sharers": sharers[sharer:sharer + 1]}
 
 
+def _one(loaded: tuple, where, how: str) -> tuple:
+  """``loaded`` (per-sharer tuples first) if it holds one sharer's fuser, else an error
+  naming ``how`` to read several."""
+  if len(loaded[1]) != 1:
+    raise ValueError(f"{where} holds {len(loaded[1])} fusers (one per sharer); read them "
+                     f"with {how}")
+  return loaded
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Fuser:
   """One sharer's trained fuser: params, config and receiver->sharer layer map.
@@ -81,10 +90,8 @@ class Fuser:
     checkpoint records: a mismatch is a ValueError naming both, or only a warning with
     ``allow_mismatch`` (research use).
     """
-    params, config, layer_map, meta = load_checkpoint(path)
-    if isinstance(config, tuple):
-      raise ValueError(f"{path} holds {len(config)} fusers; load them with "
-                       "c2cjax.evaluation.systems.load_fusers")
+    (params,), (config,), (layer_map,), meta = _one(load_checkpoint(path), path,
+                                                    "c2cjax.evaluation.systems.load_fusers")
     fuser = cls(params, config, layer_map, checkpoint_alignment(meta),
                 meta.get("layer_map_name"), checkpoint_models(meta))
     refuse_mismatches(fuser.mismatches(receiver, sharer), allow_mismatch)
@@ -100,7 +107,8 @@ class Fuser:
     """``fuse.save`` with the alignment scheme, layer-map name and models in its metadata."""
     meta = {**({"models": self.models} if self.models else {}), **(meta or {}),
             "alignment": self.alignment, "layer_map_name": self.layer_map_name}
-    save_checkpoint(path, self.params, self.config, self.layer_map, meta, overwrite=overwrite)
+    save_checkpoint(path, (self.params,), (self.config,), (self.layer_map,), meta,
+                    overwrite=overwrite)
 
   @classmethod
   def from_rosetta(cls, path_or_hub_id, subfolder: str | None = None, *,
@@ -116,11 +124,8 @@ class Fuser:
       param_dtype: dtype of the imported params.
     """
     folder = resolve_rosetta(path_or_hub_id, subfolder)
-    out = import_rosetta(folder, param_dtype=param_dtype)
-    if isinstance(out[1], tuple):
-      raise ValueError(f"{folder} holds fusers of {len(out[1])} sharers; import them with "
-                       "c2cjax.fuse.import_rosetta")
-    params, config, layer_map = out
+    (params,), (config,), (layer_map,) = _one(
+        import_rosetta(folder, param_dtype=param_dtype), folder, "c2cjax.fuse.import_rosetta")
     return cls(params, config, layer_map, "release", None)
 
   def to_rosetta(self, path, *, overwrite: bool = False) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from c2cjax import files
-from c2cjax.fuse.config import BRANCHES, FuserConfig, LayerMap, Params
+from c2cjax.fuse.config import BRANCHES, FuserConfig, LayerMap, Params, check_per_sharer
 from c2cjax.fuse.apply import init, num_pairs
 
 FORMAT = "c2cjax.fuser/v1"
@@ -44,18 +44,20 @@ def save(path: str | os.PathLike, params, config, layer_map, meta: dict | None =
 
   Call it from one process (in multi-process runs: with params gathered to the host).
 
-  ``params``/``config``/``layer_map`` are one fuser or sequences (one per sharer).
-  Layout: ``path/params`` (orbax standard) and ``path/fuser/metadata`` (JSON).
+  ``params``/``config``/``layer_map``: sequences, one entry per sharer (also for one).
+  Layout: ``path/params`` (orbax standard) and ``path/fuser/metadata`` (JSON); one fuser
+  is stored unwrapped, as checkpoints always were.
   """
-  multi = not isinstance(layer_map, LayerMap)
-  seq = lambda x: list(x) if multi else [x]
-  if multi and not len(params) == len(config) == len(layer_map):
-    raise ValueError("params, config and layer_map must have one entry per sharer.")
+  check_per_sharer("save", params=params, config=config, layer_map=layer_map)
+  if not len(params) == len(config) == len(layer_map) >= 1:
+    raise ValueError(f"save: params, config and layer_map must have one entry per sharer; "
+                     f"got {len(params)}, {len(config)}, {len(layer_map)}")
+  multi = len(params) > 1
   info = {"format": FORMAT, "multi": multi,
-          "config": [_config_json(c) for c in seq(config)],
-          "layer_map": [m.to_json() for m in seq(layer_map)],
+          "config": [_config_json(c) for c in config],
+          "layer_map": [m.to_json() for m in layer_map],
           "meta": dict(meta or {})}
-  tree = jax.tree.map(np.asarray, list(params) if multi else params)
+  tree = jax.tree.map(np.asarray, list(params) if multi else params[0])
   ckptr = _checkpointer()
   ckptr.save(os.path.abspath(path), force=overwrite,
              args=ocp.args.Composite(params=ocp.args.StandardSave(tree),
@@ -66,7 +68,7 @@ def load(path: str | os.PathLike):
   """Reads a :func:`save` checkpoint.
 
   Returns:
-    (params, config, layer_map, meta); tuples per sharer if saved as sequences.
+    (params, config, layer_map, meta): tuples with one entry per sharer (also for one).
   """
   path = os.path.abspath(path)
   check_checkpoint_dir(path)
@@ -82,9 +84,8 @@ def load(path: str | os.PathLike):
   params = ckptr.restore(path, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(target)))["params"]
   params = jax.tree.map(jnp.asarray, params)
-  if info["multi"]:
-    return tuple(params), tuple(configs), tuple(maps), info["meta"]
-  return params, configs[0], maps[0], info["meta"]
+  params = tuple(params) if info["multi"] else (params,)
+  return params, tuple(configs), tuple(maps), info["meta"]
 
 
 def check_checkpoint_dir(path: str | os.PathLike) -> None:
@@ -232,8 +233,8 @@ def import_rosetta(path: str | os.PathLike, *, param_dtype: str = "float32"):
   (only here); tensors are read with ``torch.load(weights_only=True)``.
 
   Returns:
-    (params, config, layer_map) for one sharer, or tuples of them ordered by source model
-    index when there are several.
+    (params, config, layer_map): tuples with one entry per source (sharer) model, ordered
+    by its index (also for one).
   """
   try:
     import torch  # pylint: disable=import-outside-toplevel
@@ -280,8 +281,6 @@ def import_rosetta(path: str | os.PathLike, *, param_dtype: str = "float32"):
       raise ValueError(f"Source model {src} maps no receiver layer.")
     params = jax.tree.map(lambda *xs: jnp.stack(xs), *stack)
     results.append((params, cfg, LayerMap(tuple(receivers), tuple(sharers))))
-  if len(results) == 1:
-    return results[0]
   return tuple(zip(*results))
 
 
