@@ -7,4 +7,5 @@ tokenizer-side helpers shared with models and C2C live in ``c2cjax.text``):
     files, plus seeded first-N / held-out splits.
   pipeline: the grain input pipeline (shuffle, host sharding, padded batches,
     checkpointable iterator).
+  synthetic: a seeded private-document task (invented people and facts) for transfer.
 """

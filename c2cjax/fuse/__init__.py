@@ -1,11 +1,11 @@
 """The C2C fuser alone: it sees caches, a layer map and a token mask, never the models.
 
 - ``config``: :class:`FuserConfig`, :class:`LayerMap` (``last_aligned``,
-  ``last_aligned_clamped``, ``k_nearest``),
-  the gate temperature schedule.
+  ``last_aligned_clamped``, ``k_nearest``), the gate temperature schedule.
 - ``module``: the paper's modules (``FuserLayer`` and its FFN blocks) and the gates.
-- ``apply``: ``init`` (stacked params of all mapped layers), ``prune``, and ``fuse`` --
-  sharer caches into a receiver cache, pure, for use inside ``jax.jit``.
+- ``apply``: ``init`` (stacked params of all mapped layers), ``prune`` (one fuser), and
+  ``fuse`` -- sharer caches into a receiver cache, pure, for use inside ``jax.jit``.
+  Per-sharer arguments of ``fuse``, ``save`` and ``load`` are tuples, also for one sharer.
 - ``io``: orbax ``save``/``load``, ``check_models`` (a checkpoint's recorded models
   against the given ones); ``import_rosetta`` / ``export_rosetta`` (the released
   PyTorch format) and ``resolve_rosetta`` (a folder or a hub id).

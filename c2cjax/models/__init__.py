@@ -1,9 +1,11 @@
 """Frozen LLM ports (Llama, Qwen2/2.5/3, Gemma 3) on shared Flax Linen layers.
 
   config: ModelConfig / RopeConfig; layers: the Linen Decoder and its blocks;
-  llama / qwen / gemma: HF config -> ModelConfig per family; cache: KVCache;
-  lm: pure forward / prefill_cache / prefill / generate functions and the thin LM class;
-  registry: model_type -> family module; load / convert: hub, safetensors and GGUF weights; tiny: tiny random models (tests).
+  attention: the attention kernels; llama / qwen / gemma: HF config -> ModelConfig per
+  family; cache: KVCache; lm: pure forward / prefill_cache / prefill / generate functions
+  and the thin LM class; registry: model_type -> family module; load / convert: hub,
+  safetensors and GGUF weights; identity: what a manifest or checkpoint records of a
+  model; tiny: tiny random models (tests); paper: the paper's pair at its shapes, random.
 """
 
 from c2cjax.models.cache import KVCache
