@@ -120,6 +120,8 @@ def test_prompt_encoding(toks, encoder):
   assert batch["receiver_ids"].shape == (2, 12)
   np.testing.assert_array_equal(batch["attention_mask"][0], [0] * 5 + [1] * 7)
   assert batch["receiver_ids"][0, 0] == rec.pad_token_id
+  with pytest.raises(TypeError, match=r"pad_ids\['sharer_ids'\] must be a tuple of 1 pad ids"):
+    pipeline.pad_examples([ex], length=12, pad_ids={**encoder.pad_ids, "sharer_ids": 0})
 
 
 def test_no_chat_template_is_a_clear_error(toks):

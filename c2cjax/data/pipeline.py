@@ -43,8 +43,8 @@ def pad_examples(examples: Sequence[Mapping[str, Any]], *, length: int,
   Args:
     examples: dicts of [L] arrays (tuples of them for several sharers), L <= length.
     length: padded length T.
-    pad_ids: pad value per key (tuple per sharer for tuple fields); missing keys
-      (the masks) pad with 0.
+    pad_ids: pad value per key, a tuple with one per sharer for tuple fields; missing
+      keys (the masks) pad with 0.
     batch_size: rows B >= len(examples); extra rows are padding (default: as many
       as examples).
     side: ``"right"`` (training) or ``"left"`` (prompts for generation).
@@ -65,7 +65,10 @@ def pad_examples(examples: Sequence[Mapping[str, Any]], *, length: int,
     pad = pad_ids.get(key, 0)
     fixed = key.startswith("sharer_context")  # encoded at their final width
     if isinstance(first, tuple):
-      pads = pad if isinstance(pad, tuple) else (pad,) * len(first)
+      pads = pad_ids[key] if key in pad_ids else (0,) * len(first)
+      if not isinstance(pads, tuple) or len(pads) != len(first):
+        raise TypeError(f"pad_ids[{key!r}] must be a tuple of {len(first)} pad ids, one per "
+                        f"sharer, got {pads!r}")
       batch[key] = tuple(stack([e[key][j] for e in examples], pads[j], fixed)
                          for j in range(len(first)))
     else:
