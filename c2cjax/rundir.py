@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 import time
 from typing import Any
 
@@ -50,9 +51,12 @@ def prepare(workdir: str | os.PathLike) -> pathlib.Path:
       raise RunDirError(f"{d} is not a directory (a file is in the way)") from None
     except OSError as e:
       raise RunDirError(f"cannot create {d}: {e.strerror or e}") from None
-  try:  # an unwritable or full disk fails here, before any model loads
-    files.atomic_write_text(workdir / "checkpoints" / ".write_test", "ok")
-    (workdir / "checkpoints" / ".write_test").unlink()
+  # An unwritable or full disk fails here, before any model loads. The probe is named per
+  # host and process: every process of a multi-process run probes the same shared folder.
+  probe = workdir / "checkpoints" / f".write_test.{socket.gethostname()}.{os.getpid()}"
+  try:
+    files.atomic_write_text(probe, "ok")
+    probe.unlink()
   except OSError as e:
     raise RunDirError(f"cannot write to {workdir / 'checkpoints'}: {e.strerror or e}") from None
   return workdir
