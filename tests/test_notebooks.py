@@ -1,6 +1,7 @@
 """Every notebook in colabs/ runs headless (nbclient) on this checkout with small settings
 (C2CJAX_NOTEBOOK_SMALL=1: tiny random models on the real tokenizers, a few steps); an
-error in any cell fails. The committed notebooks carry the outputs of a real run."""
+error in any cell fails. The committed notebooks carry the outputs of a full-settings run on
+the offline pair (SmolLM2-135M-Instruct <- Gemma-3-270M)."""
 
 import pathlib
 
