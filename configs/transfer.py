@@ -12,10 +12,10 @@ document in its prompt, so the multiple-choice form has no gap to recover at thi
   python -m c2cjax.train --config configs/transfer.py        # runs/transfer
   python -m c2cjax.train --config configs/transfer.py:short  # smoke run (a few steps)
 
-Size: 120 steps x 4 sequences (480 of the 6,000 training questions). Measured on this
-repository's CI machine (2 x86-64 cores, jax CPU, fp32), see benchmarks/RESULTS.md
-"Private-document transfer": the machine was shared with other jobs when measured, so the
-wall time there is an upper bound of the idle time.
+Size: 120 steps x 4 sequences (480 of the 6,000 training questions): 204 s on this
+repository's CI machine, idle (2 x86-64 cores, jax CPU, fp32; 1.1-1.8 s a step); 600 steps
+(``--config.max_steps=600 --config.fuser.anneal_steps=400``) took 14 min. Results in
+benchmarks/RESULTS.md, "Private-document transfer".
 """
 
 from c2cjax.defaults import train_config
