@@ -111,7 +111,7 @@ def test_every_bad_field_reported_at_once():
 
 
 def test_shipped_train_configs_are_valid():
-  for name in ("tiny", "local", "qwen3", "pairs"):
+  for name in ("tiny", "local", "qwen3", "pairs", "transfer"):
     import importlib.util
     spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
