@@ -21,3 +21,11 @@ def build(kind: str, directory: pathlib.Path | None = None, seed: int = 0):
   if directory is not None:
     model.save_pretrained(directory)
   return model
+
+
+def loaded(kind: str, tmp_path_factory):
+  """(kind, the tiny HF model, the same weights loaded by c2cjax) in a fresh temp folder."""
+  from c2cjax.models import load_model  # pylint: disable=import-outside-toplevel
+  d = tmp_path_factory.mktemp(kind)
+  hf = build(kind, d)
+  return kind, hf, load_model(d, tokenizer=False, use_cache=False)

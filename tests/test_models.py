@@ -14,11 +14,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module", params=hf_tiny.KINDS)
 def pair(request, tmp_path_factory):
-  kind = request.param
-  d = tmp_path_factory.mktemp(kind)
-  hf = hf_tiny.build(kind, d)
-  lm = load_model(d, tokenizer=False, use_cache=False)
-  return kind, hf, lm
+  return hf_tiny.loaded(request.param, tmp_path_factory)
 
 
 def _tokens(b, s, seed=0, vocab=128):

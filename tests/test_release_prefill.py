@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from c2cjax.models import load_model
 from tests import hf_tiny
 
 torch = pytest.importorskip("torch")
@@ -14,11 +13,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module", params=hf_tiny.KINDS)
 def pair(request, tmp_path_factory):
-  kind = request.param
-  d = tmp_path_factory.mktemp(kind)
-  hf = hf_tiny.build(kind, d)
-  lm = load_model(d, tokenizer=False, use_cache=False)
-  return kind, hf, lm
+  return hf_tiny.loaded(request.param, tmp_path_factory)
 
 
 def test_holes_match_transformers_attention_mask(pair):
