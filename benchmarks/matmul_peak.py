@@ -34,6 +34,8 @@ def main():
   p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
   p.add_argument("--reps", type=int, default=5)
   args = p.parse_args()
+  if min(args.sizes) < 1 or args.reps < 1:
+    p.error(f"--sizes and --reps must be positive, got sizes {args.sizes}, reps {args.reps}")
   print(f"{os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}; "
         f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
   for n in args.sizes:
