@@ -193,7 +193,8 @@ def validate_train_config(cfg) -> None:
   from c2cjax import sections
   optional = {"fuse_last": _boolean, "fuse_response": _boolean,
               "alignment_strategy": _one_of(*sections.STRATEGIES),
-              "data.max_fused_runs": _int(1)}
+              "data.max_fused_runs": _int(1),
+              "data.reply_prefix": lambda v: None if isinstance(v, str) else "must be a string"}
   for field, check in optional.items():
     v = _get(cfg, field)
     if v is not _MISSING and (msg := check(v)):

@@ -56,6 +56,7 @@ def train_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source="open_hermes25", data_dir="", manual_dir="", max_examples=500_000,
       heldout_fraction=0.01, heldout_split="", context_len=0, split_seed=0, seed=0,
+      reply_prefix="",  # text opening every reply that is fused with the prompt (no loss)
       max_len=2048,
       bucket_lengths=(256, 512, 1024), read_threads=4, worker_count=0, prefetch_batches=2,
       max_fused_runs=4))  # release scheme: longer conversations are skipped

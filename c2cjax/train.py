@@ -95,7 +95,8 @@ def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int,
     encoder = chat.ChatEncoder(c2c.receiver.tokenizer, cfg.data.max_len, aligners,
                                fuse_last=cfg.get("fuse_last", False),
                                fuse_response=cfg.get("fuse_response", False),
-                               context_len=cfg.data.get("context_len", 0))
+                               context_len=cfg.data.get("context_len", 0),
+                               reply_prefix=cfg.data.get("reply_prefix", ""))
   pcfg = pipeline.PipelineConfig(
       batch_size=batch_size, bucket_lengths=tuple(cfg.data.bucket_lengths), seed=seed,
       shuffle=not heldout, num_epochs=1 if heldout else None, drop_remainder=not heldout,
@@ -318,6 +319,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
             "alignment": cfg.alignment, "layer_map_name": cfg.layer_map,
             "alignment_strategy": cfg.get("alignment_strategy", "first"),
             "fusion_mode": cfg.fusion_mode,
+            # how its prompts were fused: evaluation follows (c2cjax.evaluation.systems)
+            "fuse_last": bool(cfg.get("fuse_last", False)),
+            "reply_prefix": cfg.data.get("reply_prefix", ""),
             "models": models}  # identities: c2cjax.fuse.io.check_models
     try:
       fuse_lib.save(workdir / "fuser", tuple(params), tuple(f.config for f in c2c.fusers),

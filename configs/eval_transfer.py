@@ -4,7 +4,8 @@ Receiver SmolLM2-135M-Instruct, sharer Gemma-3-270M; fusers from ``configs/trans
 (``runs/transfer/fuser``, Gemma reads the document) and ``configs/transfer.py:self``
 (``runs/transfer_self/fuser``, the receiver model reads it). Missing fusers skip their
 system. Scoring: ``cloze`` with the short-answer prompt the fusers were trained on (the
-receiver's chat-rendered question, then "The answer is:"; each option's value scored as the
+receiver's chat-rendered question, then "The answer is:", which opens the reply: C2C
+reads it with the receiver alone on the fused cache, as training runs the reply; each option's value scored as the
 continuation; ``cloze`` sums its log-probs, ``cloze_norm`` divides by its characters).
 ``--config.methods=logits`` scores the multiple-choice form by its letter instead.
 
@@ -30,6 +31,7 @@ def get_config():
   c.systems = ("receiver", "receiver_doc", "sharer_doc", "t2t", "c2c", "c2c_self", "oracle")
   c.prompts.mcq = synthetic.MCQ_TEMPLATE
   c.prompts.cloze = synthetic.cloze_template(offline.load_tokenizer(offline.smollm2_gguf()))
+  c.prompts.reply_prefix = synthetic.SHORT_PREFIX  # C2C reads it unfused, as in training
   c.prompts.plain_mcq = "Question: {question}\n{options}\nAnswer:"
   c.background_tokens = 32
   c.buckets = (64, 96, 128, 160, 192, 256, 320, 384)

@@ -18,6 +18,7 @@ repository's CI machine, idle (2 x86-64 cores, jax CPU, fp32; 1.1-1.8 s a step);
 benchmarks/RESULTS.md, "Private-document transfer".
 """
 
+from c2cjax.data import synthetic
 from c2cjax.defaults import train_config
 
 
@@ -28,6 +29,11 @@ def get_config(variant: str = "gemma"):
   c.llm_dtype = "float32"  # bf16 matmuls are slow on CPU
   c.remat = "none"
   c.alignment = "offsets"  # a sharer context is an offsets-scheme option
+  # "The answer is:" opens every reply and is fused with the prompt, its last token ":"
+  # included: the slot where a sharer that read the document is about to answer. The
+  # evaluation follows (the fuser records both).
+  c.fuse_last = True
+  c.data.reply_prefix = synthetic.SHORT_PREFIX
   c.workdir = "runs/transfer"
   c.fuser.hidden_dim = 256
   c.fuser.intermediate_dim = 256

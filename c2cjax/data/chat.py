@@ -128,6 +128,9 @@ class ChatEncoder:
       its own pass up to a static bound (``c2cjax.release_prefill``). None: no limit.
     context_len: slots for a sharer-only context (0: none; "offsets" only); longer contexts
       drop the example.
+    reply_prefix: text that opens every reply and belongs to the prompt ("offsets" only):
+      fused like the prompt (its last token too with ``fuse_last``) and not a loss target,
+      as an evaluation prompt that ends with it (e.g. "The answer is:") is fused.
   """
   tokenizer: Any
   max_len: int
@@ -137,6 +140,7 @@ class ChatEncoder:
   alignment: str = "offsets"
   max_runs: int | None = None
   context_len: int = 0
+  reply_prefix: str = ""
 
   def __post_init__(self):
     require_chat_template(self.tokenizer)
@@ -156,8 +160,8 @@ class ChatEncoder:
     if self.alignment == "release":
       if not self.aligners:
         raise ValueError("the release scheme needs one ReleaseAligner per sharer")
-      if self.fuse_last or self.fuse_response or self.context_len:
-        raise ValueError("fuse_last / fuse_response / context_len are options of the "
+      if self.fuse_last or self.fuse_response or self.context_len or self.reply_prefix:
+        raise ValueError("fuse_last / fuse_response / context_len / reply_prefix are options of the "
                          "offsets scheme; the release scheme fuses message contents only")
 
   @property
@@ -205,17 +209,24 @@ class ChatEncoder:
     return out
 
   def split(self, messages: Sequence[Mapping[str, str]]) -> tuple[str, int]:
-    """The full rendered conversation and the prompt's length in characters."""
+    """The full rendered conversation and the prompt's length in characters (with
+    ``reply_prefix``, up to its end)."""
     if not messages or messages[-1]["role"] != "assistant":
       raise ValueError("a training conversation must end with an assistant message")
     full = render(self.tokenizer, messages, add_generation_prompt=False)
     prompt = render(self.tokenizer, messages[:-1], add_generation_prompt=True)
     if full.startswith(prompt):
-      return full, len(prompt)
-    content = messages[-1]["content"]
-    pos = full.rfind(content) if content else -1
-    if pos < 0:
-      raise ValueError("cannot locate the response in the rendered chat template")
+      pos = len(prompt)
+    else:
+      content = messages[-1]["content"]
+      pos = full.rfind(content) if content else -1
+      if pos < 0:
+        raise ValueError("cannot locate the response in the rendered chat template")
+    if self.reply_prefix:
+      if not full.startswith(self.reply_prefix, pos):
+        raise ValueError(f"reply_prefix {self.reply_prefix!r}: this reply does not open with "
+                         f"it: {full[pos:pos + 60]!r}")
+      pos += len(self.reply_prefix)
     return full, pos
 
   def _fuse_mask(self, n: int, num_prompt: int) -> np.ndarray:

@@ -295,12 +295,13 @@ def short_messages(qa: QA) -> list[dict[str, str]]:
 
 def cloze_template(tokenizer) -> str:
   """The short-answer prompt as an evaluation cloze template (``PromptConfig.cloze``, field
-  ``{question}``): the chat-rendered question followed by ``SHORT_PREFIX``; each option is
-  then scored as the continuation ``" {value}"``, as the training reply continues."""
+  ``{question}``): the chat-rendered question, up to the assistant's turn. ``SHORT_PREFIX``
+  opens the reply (``PromptConfig.reply_prefix``: C2C reads it unfused, as in training);
+  each option is then scored as the continuation ``" {value}"``, as the training reply
+  continues."""
   text = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False,
                                        add_generation_prompt=True)
-  text = text.replace("{", "{{").replace("}", "}}").replace("\x00", "{question}")
-  return text + SHORT_PREFIX
+  return text.replace("{", "{{").replace("}", "}}").replace("\x00", "{question}")
 
 
 def context_text(doc: Document) -> str:

@@ -169,9 +169,15 @@ class Solo:
 
 
 class Fused:
-  """A C2C receiver answering on its cache fused from the sharers'."""
+  """A C2C receiver answering on its cache fused from the sharers'.
 
-  def __init__(self, c2c: C2C):
+  ``fuse_last``: the prompt's last token is fused too; ``fuse_reply``: a cloze
+  ``reply_prefix`` is fused as part of the prompt rather than read by the receiver alone
+  (both as the fuser was trained: its checkpoint's ``fuse_last`` / ``reply_prefix``).
+  """
+
+  def __init__(self, c2c: C2C, fuse_last: bool = False, fuse_reply: bool = False):
+    self.fuse_last, self.fuse_reply = bool(fuse_last), bool(fuse_reply)
     if any(a is None for a in c2c.aligners):
       raise ValueError("C2C evaluation needs tokenizers on the receiver and every sharer")
     self.c2c = c2c
@@ -217,9 +223,30 @@ class Fused:
     ids, masks = sharer_ids_and_masks(tokens, sharer_tokens, self.pads)
     return ids, {"sharer_masks": masks}
 
-  def prefill(self, tokens, mask, sharer_tokens, release=None, *, max_len: int):
+  def prefill(self, tokens, mask, sharer_tokens, release=None, *, max_len: int,
+              reply: int = 0):
+    """Logits [B, V] after left-padded ``tokens`` [B, P] and the fused cache.
+
+    ``reply``: the last ``reply`` tokens of every row open the receiver's reply (the cloze
+    ``reply_prefix``): C2C fuses the prompt before them, then the receiver reads them alone
+    on the fused cache, as it decodes a reply and as training runs the reply (unfused);
+    with ``fuse_reply`` they are fused with the prompt instead.
+    """
     ids, kw = self._sharer_args(tokens, sharer_tokens, release)
-    return self.c2c.prefill(tokens, mask, ids, max_len=max_len, **kw)
+    if self.fuse_last:
+      kw["fuse_last"] = True
+    if not reply or self.fuse_reply:
+      return self.c2c.prefill(tokens, mask, ids, max_len=max_len, **kw)
+    if release or not 0 < reply < tokens.shape[1]:
+      raise ValueError(f"a reply prefix of {reply} tokens needs the offsets scheme and a "
+                       f"longer prompt ({tokens.shape[1]} tokens)")
+    if kw.get("sharer_masks") is not None:
+      kw["sharer_masks"] = tuple(None if m is None else m[:, :-reply]
+                                 for m in kw["sharer_masks"])
+    logits, cache = self.c2c.prefill(tokens[:, :-reply], mask[:, :-reply],
+                                     tuple(t[:, :-reply] for t in ids), max_len=max_len, **kw)
+    r = self.c2c.receiver
+    return _read_on(r.module, r.params, jnp.asarray(tokens[:, -reply:]), cache)
 
   def score(self, last_logits, cache, cont):
     r = self.c2c.receiver
@@ -228,6 +255,8 @@ class Fused:
   def generate(self, tokens, mask, sharer_tokens, release=None, *, max_new_tokens: int,
                eos_ids=None):
     ids, kw = self._sharer_args(tokens, sharer_tokens, release)
+    if self.fuse_last:
+      kw["fuse_last"] = True
     out, lengths, _ = self.c2c.generate_ids(tokens, mask, ids, max_new_tokens=max_new_tokens,
                                             eos_ids=eos_ids, **kw)
     return out, lengths
@@ -235,6 +264,16 @@ class Fused:
   def decode(self, out, lengths) -> list[str]:
     r = self.c2c.receiver
     return r.decode_texts(out, lengths, r.sampling_config())
+
+
+def read_on(module, params, tokens, cache: KVCache):
+  """``tokens [B, N]`` read by a model on ``cache`` (after its ``end``): logits [B, V] after
+  the last one and the grown cache."""
+  logits, cache = lm_lib.forward(module, params, tokens, cache)
+  return logits[:, -1], cache
+
+
+_read_on = jax.jit(read_on, static_argnums=(0,))
 
 
 def enriched_prefill(module, params, tokens, mask, ids, smask, max_len: int):

@@ -64,6 +64,10 @@ class PromptConfig:
     context: chat-model T2T receiver message; fields {background}, {prompt}.
     plain_mcq, plain_background, plain_context: the same three for base models.
     cloze: cloze context; field {question}.
+    reply_prefix: text after the cloze context that opens the model's reply (e.g. "The
+      answer is:"); every system reads it after the context, and C2C reads it with the
+      receiver alone on its fused cache, as it decodes a reply (fusers are trained with the
+      reply unfused), instead of fusing it as part of the prompt.
     system: optional system message (None: no system turn; some templates reject one).
     enable_thinking: passed to templates that read `enable_thinking` (Qwen3); the paper's
       evaluation runs with thinking off.
@@ -76,6 +80,7 @@ class PromptConfig:
   plain_background: str = PLAIN_BACKGROUND_TEMPLATE
   plain_context: str = PLAIN_CONTEXT_TEMPLATE
   cloze: str = CLOZE_TEMPLATE
+  reply_prefix: str = ""
   system: str | None = None
   enable_thinking: bool = False
 
@@ -167,5 +172,7 @@ def t2t_receiver_prompt(q: Question, background: str, tokenizer: Any = None,
 
 def cloze_prompt(q: Question, config: PromptConfig = DEFAULT) -> tuple[str, tuple[str, ...]]:
   """(context, continuations) for log-likelihood scoring: the chosen option is the argmax of
-  log p(continuation | context) (lm-evaluation-harness also reports a length-normalised one)."""
-  return config.cloze.format(question=q.question), tuple(f" {c}" for c in q.choices)
+  log p(continuation | context) (lm-evaluation-harness also reports a length-normalised one).
+  The context ends with ``config.reply_prefix``."""
+  return (config.cloze.format(question=q.question) + config.reply_prefix,
+          tuple(f" {c}" for c in q.choices))

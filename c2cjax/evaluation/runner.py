@@ -42,8 +42,8 @@ from tqdm import tqdm
 
 from c2cjax import align
 from c2cjax.evaluation import prompts, report
-from c2cjax.evaluation.answerers import (Answerer, Solo, System, bucket, letter_token_ids,
-                                         pad_left)
+from c2cjax.evaluation.answerers import (Answerer, Fused, Solo, System, bucket,
+                                         letter_token_ids, pad_left)
 from c2cjax.evaluation.datasets import Question
 from c2cjax.evaluation.parse import parse_answer
 
@@ -213,7 +213,7 @@ class Evaluator:
 
   def cloze(self, system: System, questions: Sequence[Question], bgs) -> list[Prediction]:
     s, a = self.settings, system.answerer
-    ctx_enc, conts, chars, enc_s = [], [], [], []
+    ctx_enc, conts, chars, enc_s, replies = [], [], [], [], []
     for q, bg in zip(questions, bgs):
       start = time.perf_counter()
       ctx, options = prompts.cloze_prompt(q, s.prompts)
@@ -223,6 +223,8 @@ class Evaluator:
       ctx_enc.append(a.encode(ctx, True, q.context) if system.document == "sharer" else
                      a.encode(ctx, True))
       n = len(ctx_enc[-1][0])
+      replies.append(reply_tokens(a.tokenizer, ctx, ctx_enc[-1][0], s.prompts.reply_prefix)
+                     if isinstance(a, Fused) else 0)
       conts.append([align.encode(a.tokenizer, ctx + o, True)[0][n:] for o in options])
       enc_s.append(time.perf_counter() - start)
     n_opt = max(len(q.choices) for q in questions)
@@ -236,9 +238,15 @@ class Evaluator:
       for row, i in enumerate(idx):
         for o, x in enumerate(conts[i]):
           cont[row, o, :len(x)] = x
+      reply = {replies[i] for i in idx}
+      if len(reply) != 1:
+        raise ValueError(f"the reply prefix {s.prompts.reply_prefix!r} is {sorted(reply)} "
+                         "tokens in different prompts of one batch; C2C reads it unfused and "
+                         "needs one length")
+      kw = {"reply": reply.pop()} if isinstance(a, Fused) else {}
       logp, secs = self._timed(
           ("cloze", id(a), width, c, n_opt, _widths(batch)),
-          lambda: a.score(*a.prefill(*batch, max_len=width + c), cont))
+          lambda: a.score(*a.prefill(*batch, max_len=width + c, **kw), cont))
       for row, i in enumerate(idx):
         q, t = questions[i], secs / len(idx) + enc_s[i]
         ll = np.array([logp[row, o, :len(x)].astype(np.float64).sum()
@@ -299,6 +307,21 @@ class Evaluator:
 def _contexts(system: System, questions: Sequence[Question]) -> list[str] | None:
   """Per question the document its sharers read first, for ``document="sharer"`` systems."""
   return [q.context for q in questions] if system.document == "sharer" else None
+
+
+def reply_tokens(tokenizer, context: str, ids, prefix: str) -> int:
+  """How many of ``ids`` (``context`` encoded with special tokens) are the trailing
+  ``prefix``; the context without it must encode to the ids before them."""
+  if not prefix:
+    return 0
+  if not context.endswith(prefix):
+    raise ValueError(f"the cloze context does not end with reply_prefix {prefix!r}")
+  head = align.encode(tokenizer, context[:-len(prefix)], True)[0]
+  n = len(ids) - len(head)
+  if n <= 0 or list(ids[:len(head)]) != list(head):
+    raise ValueError(f"reply_prefix {prefix!r} does not tokenise apart from the context "
+                     "before it; C2C cannot read it unfused (change the prefix or template)")
+  return n
 
 
 def _widths(batch) -> tuple[int, ...]:

@@ -11,7 +11,9 @@ answer with it in their prompt (as a background: the upper bounds); the T2T writ
 before its background request; ``c2c`` and ``c2c_self`` (the receiver model as its own
 sharer, ``config.self_fusers``) fuse from sharers that read it first (C2C's sharer context);
 ``oracle`` is the training-free cache enrichment: the receiver prefills document + question
-and keeps only the question's slots (a cache as long as ``receiver``'s).
+and keeps only the question's slots (a cache as long as ``receiver``'s); ``sharer_oracle``
+is the same with the sharer answering on its own slots: whether the question's slots of the
+cache C2C fuses from carry the answer at all.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from c2cjax import fuse as fuse_lib
+from c2cjax import files, fuse as fuse_lib
 from c2cjax.c2c import C2C
 from c2cjax.fuse import Fuser
 from c2cjax.evaluation.answerers import Enriched, Fused, Solo, System
 
 SYSTEMS = ("receiver", "sharer", "t2t", "c2c", "c2c_multi", "receiver_doc", "sharer_doc",
-           "c2c_self", "oracle")
+           "c2c_self", "oracle", "sharer_oracle")
 _RECEIVER_ONLY = {"receiver", "receiver_doc", "c2c_self", "oracle"}
 
 
@@ -79,6 +81,23 @@ def load_fusers(path, prune: bool = True) -> list[Fuser]:
   return [f.pruned() for f in fusers] if prune else fusers
 
 
+def prompt_options(path, config) -> dict[str, bool]:
+  """How a fuser checkpoint's training fused its prompts, as :class:`Fused` options:
+  ``fuse_last`` and ``fuse_reply`` (its ``reply_prefix`` fused with the prompt).
+
+  Raises:
+    ValueError: the fuser was trained with a reply prefix the evaluation prompts lack.
+  """
+  meta = files.read_json(pathlib.Path(path) / "fuser" / "metadata", "fuser metadata")
+  meta = meta.get("meta", {})
+  trained = meta.get("reply_prefix", "")
+  if trained and trained != config.prompts.get("reply_prefix", ""):
+    raise ValueError(f"the fuser {path} was trained with reply_prefix {trained!r} fused with "
+                     f"the prompt; set --config.prompts.reply_prefix={trained!r} (got "
+                     f"{config.prompts.get('reply_prefix', '')!r})")
+  return {"fuse_last": bool(meta.get("fuse_last", False)), "fuse_reply": bool(trained)}
+
+
 def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
   """Loads the models and fusers the requested systems need (skipping C2C without one)."""
   from c2cjax.models.load import resolve  # pylint: disable=import-outside-toplevel
@@ -93,11 +112,13 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
   sharers = [resolve(s, dtype, seed=config.seed + 1 + i) for i, s in enumerate(specs[:want])]
 
   fusers: list[Fuser] | None = None
+  options: dict[str, bool] = {}  # the first checkpoint's (see prompt_options)
   if {"c2c", "c2c_multi"} & set(names):
     fusers, missing = [], []
     for path in config_names(config, "fusers"):
       if pathlib.Path(path).exists():
         fusers += load_fusers(path)
+        options = options or prompt_options(path, config)
       else:
         missing.append(path)
     if missing and config.random_fuser:
@@ -125,26 +146,29 @@ def build_systems(config, log: Callable[[str], None] = print) -> list[System]:
       systems.append(System(name, Solo(sharers[0]), document="prompt"))
     elif name == "oracle":
       systems.append(System(name, Enriched(receiver), document="sharer"))
+    elif name == "sharer_oracle":
+      systems.append(System(name, Enriched(sharers[0]), document="sharer"))
     elif name == "c2c_self":
       paths = [p for p in config_names(config, "self_fusers") if pathlib.Path(p).exists()]
       if not paths:
         log(f"self fuser {config_names(config, 'self_fusers')} not found: c2c_self skipped")
         continue
       systems.append(System(name, Fused(C2C(receiver, [receiver], load_fusers(paths[0])[:1],
-                                            **kw)), document="sharer"))
+                                            **kw), **prompt_options(paths[0], config)),
+                            document="sharer"))
     elif name == "sharer":
       systems.append(System(name, Solo(sharers[0])))
     elif name == "t2t":
       systems.append(System(name, Solo(receiver), writer=Solo(sharers[0])))
     elif name == "c2c" and fusers is not None:
-      systems.append(System(name, Fused(C2C(receiver, sharers[:1], fusers[:1], **kw)),
-                            document="sharer"))
+      systems.append(System(name, Fused(C2C(receiver, sharers[:1], fusers[:1], **kw),
+                                        **options), document="sharer"))
     elif name == "c2c_multi" and fusers is not None:
       if len(sharers) < 2 or len(fusers) != len(sharers):
         log(f"c2c_multi needs >= 2 sharers and one fuser each ({len(sharers)} sharers, "
             f"{len(fusers)} fusers): skipped")
         continue
-      systems.append(System(name, Fused(C2C(receiver, sharers, fusers, **kw))))
+      systems.append(System(name, Fused(C2C(receiver, sharers, fusers, **kw), **options)))
   # One Solo per model, so T2T backgrounds (cached per writer) are shared.
   by_lm: dict[int, Solo] = {}
   def share(s):
