@@ -166,6 +166,7 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
       "fuser.dropout": _num(0.0, 1.0, hi_open=True),
       "fuser.initial_temperature": _num(0.0, lo_open=True),
       "fuser.final_temperature": _num(0.0, lo_open=True), "fuser.anneal_steps": pos,
+      "fuser.gate_init": _num(-50.0, 50.0),
       "data.source": _name, "data.max_len": _int(2), "data.max_examples": nonneg,
       "data.heldout_fraction": _num(0.0, 1.0, hi_open=True), "data.read_threads": pos,
       "data.worker_count": nonneg, "data.prefetch_batches": nonneg,

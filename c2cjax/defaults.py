@@ -35,7 +35,8 @@ def train_config() -> ml_collections.ConfigDict:
   # The C2C fuser (paper defaults).
   c.fuser = ml_collections.ConfigDict(dict(
       hidden_dim=1024, intermediate_dim=1024, num_layers=3, dropout=0.1,
-      initial_temperature=1.0, final_temperature=0.001, anneal_steps=1929))
+      initial_temperature=1.0, final_temperature=0.001, anneal_steps=1929,
+      gate_init=0.0))  # the release's; see c2cjax.fuse.FuserConfig.gate_init
   # "last_aligned" leaves receiver layers without a sharer layer unfused;
   # "last_aligned_clamped" (the released C2C's) maps them all to sharer layer 0.
   c.layer_map = "last_aligned"

@@ -502,3 +502,18 @@ def test_init_is_pytorch_default():
   np.testing.assert_array_equal(params["key_mlp1"]["blocks_0"]["norm"]["scale"], 1.0)
   np.testing.assert_array_equal(params["value_gate_logit"], np.zeros(4))
   assert float(F.gate_openness(params)["all"]) == 0.0
+
+
+def test_gate_init_starts_the_gates_open():
+  cfg = dataclasses.replace(CFG, gate_init=4.0)
+  params = F.init(cfg, LMAP, jax.random.key(0))
+  np.testing.assert_array_equal(params["key_gate_logit"], np.full(4, 4.0))
+  assert float(F.gate_openness(params)["all"]) == 1.0
+  sk = jnp.zeros((1, cfg.sharer_kv_heads, 2, cfg.sharer_head_dim))
+  rk = jnp.zeros((1, cfg.receiver_kv_heads, 2, cfg.receiver_head_dim))
+  flax_init = F.FuserLayer(cfg).init(jax.random.key(0), sk, sk, rk, rk)
+  assert float(flax_init["params"]["value_gate_logit"]) == 4.0
+  # Training draws: sigmoid((4 + g) / tau) with a standard Gumbel g is open unless g < -4.
+  noise = jax.random.gumbel(jax.random.key(1), (100_000,))
+  open_frac = float(jnp.mean(F.soft_gate(jnp.float32(4.0), noise, 0.001) > 0.5))
+  assert open_frac > 0.999

@@ -1,5 +1,6 @@
 """The synthetic private-document task: deterministic, disjoint splits, correct answers."""
 
+import numpy as np
 import pytest
 
 from c2cjax.data import chat, synthetic
@@ -102,3 +103,23 @@ def test_registered_as_a_training_source(tmp_path):
   assert len(src) == synthetic.TaskConfig().heldout_docs * synthetic.TaskConfig().questions_per_doc
   assert src[0]["sharer_context"].decode() == first["sharer_context"]
   assert chat.to_messages(src[0]) == first["messages"]
+
+
+def test_reply_prefix_is_fused_with_the_prompt_and_not_a_target():
+  from tests.test_eval_runner import char_tokenizer
+  tok = char_tokenizer()
+  (rec,) = synthetic.records("train", forms=("short",))[:1]
+  value = chat.to_messages(rec)[-1]["content"].removeprefix(synthetic.SHORT_PREFIX)
+  plain = chat.ChatEncoder(tok, 512)(chat.to_messages(rec))
+  for fuse_last in (False, True):
+    ex = chat.ChatEncoder(tok, 512, fuse_last=fuse_last,
+                          reply_prefix=synthetic.SHORT_PREFIX)(chat.to_messages(rec))
+    np.testing.assert_array_equal(ex["receiver_ids"], plain["receiver_ids"])
+    first = int(np.argmax(plain["loss_mask"]))  # the reply's first token
+    n = len(synthetic.SHORT_PREFIX)  # characters are tokens
+    assert ex["loss_mask"][:first + n].sum() == 0 and ex["loss_mask"][first + n:].all()
+    assert ex["loss_mask"].sum() == len(value) + 2  # " value", <|im_end|>, "\n"
+    assert ex["fuse_mask"][:first + n - 1].all() and not ex["fuse_mask"][first + n:].any()
+    assert ex["fuse_mask"][first + n - 1] == fuse_last  # ":"
+  with pytest.raises(ValueError, match="does not open with it"):
+    chat.ChatEncoder(tok, 512, reply_prefix="Sure:")(chat.to_messages(rec))

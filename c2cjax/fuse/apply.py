@@ -24,7 +24,7 @@ def init(config: FuserConfig, layer_map: LayerMap, rng: jax.Array) -> Params:
   """Fresh params stacked over the pairs of ``layer_map``: leaves ``[P, ...]``.
 
   PyTorch's defaults, as the released code trains from: every Linear weight and bias
-  ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, RMSNorm scales 1, gate logits 0. All draws come
+  ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, RMSNorm scales 1, gate logits 0 (``config.gate_init``). All draws come
   from one uniform sample (one PRNG call compiles in well under a second; one per leaf
   would take several).
   """
@@ -45,7 +45,7 @@ def init(config: FuserConfig, layer_map: LayerMap, rng: jax.Array) -> Params:
     if path[-1] == "scale":
       out[path] = jnp.ones((p, *s.shape), s.dtype)
     elif path[-1].endswith("gate_logit"):
-      out[path] = jnp.zeros((p, *s.shape), s.dtype)
+      out[path] = jnp.full((p, *s.shape), config.gate_init, s.dtype)
   if set(out) != set(flat):
     raise AssertionError(f"Uninitialised fuser params: {set(flat) - set(out)}")
   return traverse_util.unflatten_dict(out)

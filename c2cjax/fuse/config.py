@@ -30,6 +30,10 @@ class FuserConfig:
     final_temperature: temperature from ``anneal_steps`` on.
     anneal_steps: length of the geometric annealing.
     param_dtype: dtype of the parameters and of the fuser's compute.
+    gate_init: initial gate logit. The release's 0 makes each training draw a coin flip
+      (open with p = 1 - 1/e under its single Gumbel) and leaves the inference gate
+      ``logit > 0`` to what little gradient the logit gets; a few units (e.g. 4) start
+      every gate open in training and at inference, and training may still close them.
   """
 
   sharer_kv_heads: int
@@ -44,6 +48,7 @@ class FuserConfig:
   final_temperature: float = 0.001
   anneal_steps: int = 1929
   param_dtype: str = "float32"
+  gate_init: float = 0.0
 
   def __post_init__(self):
     if self.num_layers < 3:

@@ -144,7 +144,8 @@ class FuserLayer(nn.Module):
       w = FFNStack(1, cfg.hidden_dim, cfg.dropout, dt, name=f"{prefix}_scalar_mlp2")(
           h, not train)
       w = _dense(kr, dt, f"{prefix}_scalar_head")(w)  # [B, T, Kr]
-      logit = self.param(f"{prefix}_gate_logit", nn.initializers.zeros, (), dt)
+      logit = self.param(f"{prefix}_gate_logit", nn.initializers.constant(cfg.gate_init),
+                         (), dt)
       if not train:
         gate = hard_gate(logit)
       elif gumbel_noise is not None:
