@@ -19,6 +19,10 @@ import numpy as np
 
 # The original PyTorch code on this machine kind (issue 16): the offline pair, the
 # paper-size fuser with 30 projectors, gates open, 124-token chat prompt + 64 tokens.
+# Re-measure on an idle machine with the released code's venv (its module doc):
+#   /work/venv-rosetta/bin/python benchmarks/original_query.py --hf ~/.cache/c2cjax/hf \
+#       --rosetta /work/rosetta-src --reps 3 --answer 64 --prompt 124 --json original.json
+# and paste the ``ORIGINAL = {...}`` line it prints.
 ORIGINAL = {"query_s": 12.00, "prefill_s": 5.01, "decode_ms": 111.0, "receiver_hf_s": 7.76}
 
 
@@ -56,14 +60,8 @@ def _prompt(c2c, n: int):
     rng = np.random.default_rng(0)
     t = rng.integers(100, c2c.receiver.config.vocab_size, (1, n)).astype(np.int32)
     return t, np.ones_like(t), (t.copy(),)
-  words = ("Explain step by step how a cache of keys and values from one language model "
-           "can be projected into another model so that it answers a question better. ").split()
-  for k in range(1, 10 * n):
-    text = " ".join(words[i % len(words)] for i in range(k))
-    tokens, mask, stoks = c2c.encode([text], multiple_of=1)
-    if tokens.shape[1] >= n:
-      return tokens, mask, stoks
-  raise AssertionError("prompt did not reach the length")
+  from query_prompt import shortest  # pylint: disable=import-outside-toplevel
+  return shortest(n, lambda t: c2c.encode([t], multiple_of=1), lambda e: e[0].shape[1])[1]
 
 
 def measure(c2c, tokens, mask, stoks, answer: int, background: int, reps: int) -> dict:

@@ -1,0 +1,228 @@
+"""One batch-1 C2C query with the released PyTorch code: the figures ``c2c_query.py`` compares
+c2cjax with (its ``ORIGINAL``), measured on this machine.
+
+Run in the released code's venv from the repo root, on an idle machine (the HF folders are
+written once by ``tests/fixtures/rosetta/export_hf.py`` in the main environment):
+
+  /work/venv-rosetta/bin/python benchmarks/original_query.py --hf ~/.cache/c2cjax/hf \\
+      --rosetta /work/rosetta-src [--reps 3] [--answer 64] [--prompt 124] [--json out.json]
+
+and beside it ``python3 benchmarks/c2c_latency.py --shapes original`` for c2cjax.
+
+What runs, all the released code's own classes (``rosetta`` at /work/rosetta-src), fp32 on CPU,
+``torch.inference_mode``, torch's default thread count (all cores; ``--threads`` only for a
+smoke run on a busy machine: there, threads waiting on a busy core make each small decode op
+wait, e.g. 1.8 s/token with 2 threads vs 0.1 with 1):
+- Models: the offline pair, receiver SmolLM2-135M-Instruct, sharer Gemma-3-270M, as fp32 HF
+  folders, with the evaluator's ``apply_generation_config`` (greedy) and tokenizers set up as
+  ``load_rosetta_model`` / ``UnifiedEvaluator`` do.
+- Fuser at ``c2c_query.py --shapes original``'s sizes: one seeded ``C2CProjector`` per receiver
+  layer (30; hidden = intermediate = 1024, 3 layers; ``create_projector``), layer map
+  ``last_aligned_sources(30, 18)``, gate logits +1 (open, as ``open_gates``), in a
+  ``RosettaModel`` ("sequential" fusion, the loader's default), built by
+  ``tests/fixtures/rosetta/make_generation_fixture.py``'s helpers (not saved / reloaded).
+- Prompt: the same user text as ``c2c_query.py`` (``query_prompt.shortest``: the fewest words
+  whose receiver chat prompt has >= ``--prompt`` tokens). C2C's inputs come from
+  ``UnifiedEvaluator.prepare_model_inputs`` (generate path, token aligner, strategy "first"),
+  whose receiver row is the aligner's padded row: it can be longer than the plain prompt,
+  both counts are printed.
+- Timed, best of ``--reps`` after one warm-up, batch 1, ``--answer`` new tokens, greedy, EOS
+  ignored: C2C query = ``RosettaModel.generate`` (``eos_token_id=[]``); C2C prefill =
+  ``RosettaModel.forward`` on the prompt, the call ``generate`` makes first (sharer forward,
+  projectors, receiver sections: it returns the fused cache and the last logits); receiver
+  query = transformers ``generate`` on the plain chat prompt (``min_new_tokens`` = answer);
+  receiver prefill = its forward on that prompt. Decode ms/token = (query - prefill) /
+  (answer - 1) as ``c2c_query.py`` defines it; note that ``RosettaModel.generate`` runs one
+  decode forward after the last token too (``answer`` decode forwards, not answer - 1), so this
+  slightly overstates its per-forward time (by answer / (answer - 1)).
+
+Prints one line per figure and the ``ORIGINAL`` dict to paste into ``c2c_query.py``; ``--json``
+writes the figures with the machine, versions and the rosetta commit (never overwrites).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import timeit
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, os.pardir, "tests", "fixtures", "rosetta")]
+import make_generation_fixture as fixture  # noqa: E402  (the fuser and import helpers)
+from query_prompt import shortest  # noqa: E402
+
+HIDDEN = 1024  # c2c_query.py --shapes original: hidden = intermediate = 1024, 3 layers
+
+
+def best_time(fn, reps: int) -> float:
+  fn()  # warm-up
+  return min(timeit.repeat(fn, repeat=reps, number=1))
+
+
+def load(args):
+  """(RosettaModel, receiver tokenizer, sharer tokenizer, evaluator module, layer map)."""
+  import transformers
+  U, E = fixture.released_evaluator(args.rosetta)
+  from rosetta.model.wrapper import RosettaModel
+
+  slm_dir = os.path.join(args.hf, "SmolLM2-135M-Instruct")
+  llm_dir = os.path.join(args.hf, "gemma-3-270m")
+  generation = {"do_sample": False}
+  models, toks = [], []
+  for d in (slm_dir, llm_dir):
+    m = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()
+    E.apply_generation_config(m, generation)
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    if tok.pad_token is None:
+      tok.pad_token = tok.eos_token
+    E.set_default_chat_template(tok, d)
+    models.append(m)
+    toks.append(tok)
+  projectors, mapping = fixture.make_projectors(models[0].config, models[1].config, HIDDEN)
+  model = RosettaModel(models, base_model_idx=0, projector_list=projectors,
+                       multi_source_fusion_mode="sequential").eval()
+  fixture.set_layer_map(model, mapping)
+  evaluator = U.UnifiedEvaluator.__new__(U.UnifiedEvaluator)
+  evaluator.model_config = {"rosetta_config": {"alignment_strategy": fixture.STRATEGY}}
+  evaluator.eval_config, evaluator.generation_config = {}, generation
+  return model, toks, evaluator, mapping
+
+
+def measure(model, tok, evaluator, sharer_tok, text, plain, n: int, reps: int) -> dict:
+  """Seconds per query / prefill of C2C and the receiver alone (module doc)."""
+  c2c_in = evaluator.prepare_model_inputs(text, tok, torch.device("cpu"), "rosetta", sharer_tok,
+                                          "generate")["inputs"]
+  receiver = model.model_list[0]
+  plain = torch.tensor([plain])
+  pad = tok.pad_token_id
+
+  def c2c_query():
+    out = model.generate(**c2c_in, max_new_tokens=n, do_sample=False, eos_token_id=[],
+                         pad_token_id=pad)
+    assert out.shape[1] == c2c_in["input_ids"][0].shape[1] + n, out.shape
+
+  def receiver_query():
+    out = receiver.generate(input_ids=plain, attention_mask=torch.ones_like(plain),
+                            max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                            pad_token_id=pad)
+    assert out.shape[1] == plain.shape[1] + n, out.shape
+
+  times = {
+      "receiver prefill": best_time(lambda: receiver(input_ids=plain, use_cache=True), reps),
+      "c2c prefill": best_time(lambda: model.forward(**c2c_in, use_cache=True), reps),
+      "receiver query": best_time(receiver_query, reps),
+      "c2c query": best_time(c2c_query, reps),
+  }
+  for k in ("receiver", "c2c"):
+    times[f"{k} decode ms/token"] = (1e3 * (times[f"{k} query"] - times[f"{k} prefill"])
+                                     / max(n - 1, 1))
+  sections = [int(s.shape[1]) for s in c2c_in["kv_cache_index"]]
+  fused = [int(s[0, 0, 0]) > 0 for s in c2c_in["kv_cache_index"]]
+  counts = {"receiver plain": plain.shape[1], "c2c receiver": int(c2c_in["input_ids"][0].shape[1]),
+            "c2c receiver unpadded": int(c2c_in["attention_mask"][0].sum()),
+            "c2c sharer": int(c2c_in["input_ids"][1].shape[1]),
+            "c2c sharer unpadded": int(c2c_in["attention_mask"][1].sum()),
+            "sections": sections, "fused sections": fused}
+  return times, counts
+
+
+def machine() -> dict:
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return {"machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count(),
+          "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+          "python": platform.python_version()}
+
+
+def rosetta_commit(path):
+  try:
+    return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--hf", default=os.path.expanduser("~/.cache/c2cjax/hf"),
+                  help="fp32 HF folders of the offline pair (export_hf.py)")
+  ap.add_argument("--rosetta", default="/work/rosetta-src", help="the released code's checkout")
+  ap.add_argument("--reps", type=int, default=3, help="timed calls per figure (best)")
+  ap.add_argument("--answer", type=int, default=64, help="new tokens per query")
+  ap.add_argument("--prompt", type=int, default=124, help="receiver chat prompt tokens (at least)")
+  ap.add_argument("--json", default=None, help="write the figures here (must not exist)")
+  ap.add_argument("--threads", type=int, default=None,
+                  help="torch threads (default: torch's, all cores; fewer only on a busy machine)")
+  args = ap.parse_args()
+  if args.json and os.path.exists(args.json):
+    ap.error(f"--json {args.json} exists; not overwriting it")
+  for d in ("SmolLM2-135M-Instruct", "gemma-3-270m"):
+    if not os.path.isdir(os.path.join(args.hf, d)):
+      ap.error(f"no {d} in --hf {args.hf}: run python3 tests/fixtures/rosetta/export_hf.py")
+  if args.reps < 1 or args.answer < 1:
+    ap.error("--reps and --answer must be >= 1")
+  if args.threads is not None:
+    torch.set_num_threads(args.threads)
+
+  import transformers
+  start = time.perf_counter()
+  with torch.inference_mode():
+    model, (tok, sharer_tok), evaluator, mapping = load(args)
+    chat = lambda t: tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True,
+                                             add_generation_prompt=True, enable_thinking=False)
+    text, plain = shortest(args.prompt, chat, len)
+    times, counts = measure(model, tok, evaluator, sharer_tok, text, list(plain), args.answer,
+                            args.reps)
+  n = args.answer
+  params = sum(p.numel() for p in model.projector_list.parameters())
+  commit = rosetta_commit(args.rosetta)
+  info = machine()
+
+  print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load "
+        f"average {' '.join(f'{x:.2f}' for x in info['load_average'])}")
+  print(f"machine: {info['machine']}, {info['cpu']}, {info['cores']} cores; torch "
+        f"{torch.__version__} ({info['torch_threads']} threads), transformers "
+        f"{transformers.__version__}, rosetta {commit or 'unknown commit'}")
+  print(f"original code: receiver SmolLM2-135M-Instruct, sharer Gemma-3-270M, float32; "
+        f"C2CProjector hidden {HIDDEN} x 3 layers, {len(model.projector_list)} projectors, "
+        f"{sum(len(v) for v in mapping.values())} pairs, gates open, {params / 1e6:.0f}M params")
+  print(f"batch 1, prompt {len(text.split())} words: receiver alone {counts['receiver plain']} "
+        f"tokens; C2C receiver {counts['c2c receiver']} slots ({counts['c2c receiver unpadded']} "
+        f"unpadded), sharer {counts['c2c sharer']} slots ({counts['c2c sharer unpadded']} "
+        f"unpadded), sections {counts['sections']} fused {counts['fused sections']}")
+  print(f"answer {n} tokens, greedy, EOS ignored; best of {args.reps} after a warm-up\n")
+  print("| system | query s | prefill s | decode ms/token |")
+  print("|---|---:|---:|---:|")
+  for k, name in (("receiver", "receiver (transformers generate)"),
+                  ("c2c", "c2c (RosettaModel.generate)")):
+    print(f"| {name} | {times[f'{k} query']:.2f} | {times[f'{k} prefill']:.2f} | "
+          f"{times[f'{k} decode ms/token']:.1f} |")
+  original = {"query_s": round(times["c2c query"], 2), "prefill_s": round(times["c2c prefill"], 2),
+              "decode_ms": round(times["c2c decode ms/token"], 1),
+              "receiver_hf_s": round(times["receiver query"], 2)}
+  print(f"\nORIGINAL = {original}")
+  print(f"(whole run {time.perf_counter() - start:.0f} s)")
+  if args.json:
+    record = {"command": " ".join([sys.executable] + sys.argv), "times_s": times,
+              "original": original, "tokens": counts, "prompt_text": text, "answer": n,
+              "reps": args.reps, "hidden_dim": HIDDEN, "projectors": len(model.projector_list),
+              "projector_params": params, "layer_map": mapping, "torch": torch.__version__,
+              "transformers": transformers.__version__, "rosetta_commit": commit, **info,
+              "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"}
+    with open(args.json, "x") as f:
+      json.dump(record, f, indent=1)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+  main()
