@@ -109,7 +109,7 @@ def test_eval_systems_refuse_or_allow(tmp_path, monkeypatch):
   from c2cjax.defaults import eval_config
   from c2cjax.evaluation import systems
   from c2cjax.evaluation.systems import build_systems
-  monkeypatch.setattr(systems, "Fused", lambda c2c: c2c)  # tiny models have no tokenizer
+  monkeypatch.setattr(systems, "Fused", lambda c2c, **_: c2c)  # tiny models have no tokenizer
   r, s = tiny_lm("qwen3", seed=0, num_hidden_layers=2), tiny_lm("llama3", seed=1)
   Fuser.init(r, s, jax.random.PRNGKey(0), hidden_dim=32,
              intermediate_dim=48).save(tmp_path / "fuser")
