@@ -35,6 +35,13 @@ wait, e.g. 1.8 s/token with 2 threads vs 0.1 with 1):
   (answer - 1) as ``c2c_query.py`` defines it; note that ``RosettaModel.generate`` runs one
   decode forward after the last token too (``answer`` decode forwards, not answer - 1), so this
   slightly overstates its per-forward time (by answer / (answer - 1)).
+- Fused slots differ between the two schemes: the evaluator (default, ``--fuse release``)
+  fuses the user message's slots only (94 of the 124 slots of the default prompt: sections
+  [24, 94, 6], the sharer runs on the first two, the projectors on the second), while
+  ``c2c_query.py``'s fresh fuser uses c2cjax's "offsets" scheme, which fuses every prompt slot
+  but the last (123). ``--fuse all-but-last`` gives the released ``RosettaModel`` that layout
+  (two sections, [1, 0] x (P - 1) and [-1, 0]) on the same aligned ids: the same fusion work
+  as c2cjax's, not the evaluator's own layout.
 
 Prints one line per figure and the ``ORIGINAL`` dict to paste into ``c2c_query.py``; ``--json``
 writes the figures with the machine, versions and the rosetta commit (never overwrites).
@@ -94,10 +101,14 @@ def load(args):
   return model, toks, evaluator, mapping
 
 
-def measure(model, tok, evaluator, sharer_tok, text, plain, n: int, reps: int) -> dict:
+def measure(model, tok, evaluator, sharer_tok, text, plain, n: int, reps: int,
+            fuse: str = "release") -> dict:
   """Seconds per query / prefill of C2C and the receiver alone (module doc)."""
   c2c_in = evaluator.prepare_model_inputs(text, tok, torch.device("cpu"), "rosetta", sharer_tok,
                                           "generate")["inputs"]
+  if fuse == "all-but-last":  # c2cjax's "offsets" scheme's fused slots, in the release format
+    p = c2c_in["input_ids"][0].shape[1]
+    c2c_in["kv_cache_index"] = [torch.tensor([[[1, 0]] * (p - 1)]), torch.tensor([[[-1, 0]]])]
   receiver = model.model_list[0]
   plain = torch.tensor([plain])
   pad = tok.pad_token_id
@@ -153,7 +164,8 @@ def rosetta_commit(path):
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap = argparse.ArgumentParser(description="One batch-1 C2C query with the released PyTorch "
+                               "code, timed (see the module doc).")
   ap.add_argument("--hf", default=os.path.expanduser("~/.cache/c2cjax/hf"),
                   help="fp32 HF folders of the offline pair (export_hf.py)")
   ap.add_argument("--rosetta", default="/work/rosetta-src", help="the released code's checkout")
@@ -161,6 +173,9 @@ def main():
   ap.add_argument("--answer", type=int, default=64, help="new tokens per query")
   ap.add_argument("--prompt", type=int, default=124, help="receiver chat prompt tokens (at least)")
   ap.add_argument("--json", default=None, help="write the figures here (must not exist)")
+  ap.add_argument("--fuse", choices=["release", "all-but-last"], default="release",
+                  help="fused slots: the evaluator's sections (default) or every slot but the "
+                       "last, as c2cjax's offsets scheme (module doc)")
   ap.add_argument("--threads", type=int, default=None,
                   help="torch threads (default: torch's, all cores; fewer only on a busy machine)")
   args = ap.parse_args()
@@ -182,7 +197,7 @@ def main():
                                              add_generation_prompt=True, enable_thinking=False)
     text, plain = shortest(args.prompt, chat, len)
     times, counts = measure(model, tok, evaluator, sharer_tok, text, list(plain), args.answer,
-                            args.reps)
+                            args.reps, args.fuse)
   n = args.answer
   params = sum(p.numel() for p in model.projector_list.parameters())
   commit = rosetta_commit(args.rosetta)
@@ -199,7 +214,8 @@ def main():
   print(f"batch 1, prompt {len(text.split())} words: receiver alone {counts['receiver plain']} "
         f"tokens; C2C receiver {counts['c2c receiver']} slots ({counts['c2c receiver unpadded']} "
         f"unpadded), sharer {counts['c2c sharer']} slots ({counts['c2c sharer unpadded']} "
-        f"unpadded), sections {counts['sections']} fused {counts['fused sections']}")
+        f"unpadded), sections {counts['sections']} fused {counts['fused sections']} "
+        f"(--fuse {args.fuse})")
   print(f"answer {n} tokens, greedy, EOS ignored; best of {args.reps} after a warm-up\n")
   print("| system | query s | prefill s | decode ms/token |")
   print("|---|---:|---:|---:|")
@@ -215,7 +231,8 @@ def main():
   if args.json:
     record = {"command": " ".join([sys.executable] + sys.argv), "times_s": times,
               "original": original, "tokens": counts, "prompt_text": text, "answer": n,
-              "reps": args.reps, "hidden_dim": HIDDEN, "projectors": len(model.projector_list),
+              "reps": args.reps, "fuse": args.fuse, "hidden_dim": HIDDEN,
+              "projectors": len(model.projector_list),
               "projector_params": params, "layer_map": mapping, "torch": torch.__version__,
               "transformers": transformers.__version__, "rosetta_commit": commit, **info,
               "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"}
