@@ -130,3 +130,41 @@ def test_gates_curves_and_cli(models, tmp_path):
     assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000
   with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
     plots.read_metrics(tmp_path / "nothing")
+
+
+def test_probe_finds_a_planted_answer_and_not_noise():
+  from c2cjax.analysis import probe
+  rng = np.random.default_rng(0)
+  n, d, c = 300, 40, 12
+  y = rng.integers(0, c, n)
+  opts = np.stack([np.concatenate([[t], rng.choice(np.delete(np.arange(c), t), 3, False)])
+                   for t in y])
+  ans = np.zeros(n, int)
+  planted = rng.normal(size=(n, d)) + 5.0 * np.eye(c, d)[y]  # the class in the first c dims
+  noise = rng.normal(size=(n, d))
+  for x, lo, hi in ((planted, 0.95, 1.0), (noise, 0.1, 0.42)):
+    r = probe.fit_layer(x[:200], y[:200], opts[:200], ans[:200], x[200:], y[200:],
+                        opts[200:], ans[200:], c)
+    assert lo <= r["accuracy"] <= hi, r
+  wide = rng.normal(size=(n, 500)) + 10.0 * np.eye(c, 500)[y]  # more features than examples
+  r = probe.fit_layer(wide[:200], y[:200], opts[:200], ans[:200], wide[200:], y[200:],
+                      opts[200:], ans[200:], c)
+  assert r["accuracy"] > 0.9
+
+
+def test_probe_features_and_labels(models):
+  from c2cjax.analysis import probe
+  from c2cjax.data import synthetic
+  r, _ = models
+  items = probe.closed_questions("heldout", 3)
+  assert all(synthetic.ATTRIBUTES[qa.attribute][2] for _, qa in items)
+  y, opts, ans = probe.labels(items)
+  names = probe.classes()
+  assert [names[y[i]].split(":")[1] for i in range(3)] == [qa.answer_text for _, qa in items]
+  assert (opts[np.arange(3), ans] == y).all()
+  template = synthetic.cloze_template(r.tokenizer)
+  with_doc = probe.last_slot_features(r, template, items, True)
+  without = probe.last_slot_features(r, template, items, False)
+  cfg = r.config
+  assert with_doc.shape == (3, cfg.num_layers, 2 * cfg.num_kv_heads * cfg.head_dim)
+  assert np.abs(with_doc - without).max() > 1e-4  # the document reached the last slot

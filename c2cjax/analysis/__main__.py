@@ -92,6 +92,22 @@ def cmd_rank(args):
           **result}, plots.plot_rank
 
 
+def cmd_probe(args):
+  """Linear probes of the answer in the last fused slot (private-document task)."""
+  from c2cjax.analysis import probe  # pylint: disable=import-outside-toplevel
+  from c2cjax.data import synthetic  # pylint: disable=import-outside-toplevel
+  receiver, sharer = _models(args)
+  models = {"sharer": sharer} if sharer is not receiver else {}
+  if not args.sharer_only:
+    models["receiver"] = receiver
+  template = synthetic.cloze_template(receiver.tokenizer)
+  result = probe.run(models, template, args.train, args.test, seed=args.seed,
+                     progress=_progress(args))
+  for line in probe.summary(result):
+    print(line)
+  return {"receiver": args.receiver, "sharer": args.sharer, **result}, plots.plot_probe
+
+
 def cmd_gates(args):
   """Gate logits and openness per layer of a fuser checkpoint."""
   return plots.gates(args.fuser), plots.plot_gates
@@ -105,7 +121,7 @@ def cmd_curves(args):
 
 
 COMMANDS = {"enrichment": cmd_enrichment, "transform": cmd_transform, "rank": cmd_rank,
-            "gates": cmd_gates, "curves": cmd_curves}
+            "probe": cmd_probe, "gates": cmd_gates, "curves": cmd_curves}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -118,7 +134,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--progress", action="store_true")
     subs[name] = s
-  for name in ("enrichment", "transform", "rank"):
+  for name in ("enrichment", "transform", "rank", "probe"):
     s = subs[name]
     s.add_argument("--receiver", default="offline:smollm2", help="model spec (models.load.resolve)")
     s.add_argument("--benchmark", default="arc_challenge", help="questions / prompt texts")
@@ -135,6 +151,11 @@ def parser() -> argparse.ArgumentParser:
   subs["transform"].add_argument("--hidden", type=int, default=256)
   subs["rank"].add_argument("--fuser", default=None,
                             help="fuser checkpoint (default: a fresh one with open gates)")
+  subs["probe"].add_argument("--train", type=int, default=600,
+                             help="training-split questions (closed-vocabulary attributes)")
+  subs["probe"].add_argument("--test", type=int, default=400, help="held-out questions")
+  subs["probe"].add_argument("--sharer-only", action="store_true",
+                             help="probe the sharer only (not the receiver reading the same)")
   subs["gates"].add_argument("--fuser", required=True, help="fuser checkpoint (fuse.save)")
   subs["curves"].add_argument("--run", required=True, help="training workdir or metrics.jsonl")
   return p

@@ -154,6 +154,23 @@ def plot_transform(result: dict, path) -> pathlib.Path:
   return _save(fig, path)
 
 
+def plot_probe(result: dict, path) -> pathlib.Path:
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.5, 3.6))
+  for name, v in result["variants"].items():
+    acc = [r["accuracy"] for r in v["layers"]]
+    ax.plot(range(len(acc)), acc, "--" if "no_document" in name else "-", marker="o", ms=3,
+            label=f"{name} (all layers {v['all_layers']['accuracy']:.0%})")
+  ax.axhline(0.25, color="grey", lw=0.8, ls=":", label="chance")
+  ax.set_xlabel("layer")
+  ax.set_ylabel("held-out accuracy (4 options)")
+  ax.set_ylim(0, 1)
+  ax.legend(fontsize=7)
+  fig.suptitle(f"linear probe of the answer in the last fused slot ({result['test']} held-out)",
+               fontsize=10)
+  return _save(fig, path)
+
+
 def plot_rank(result: dict, path) -> pathlib.Path:
   plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
