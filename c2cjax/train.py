@@ -97,6 +97,12 @@ def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int,
                                fuse_response=cfg.get("fuse_response", False),
                                context_len=cfg.data.get("context_len", 0),
                                reply_prefix=cfg.data.get("reply_prefix", ""))
+  if encoder.reply_prefix and len(train_src):  # one line now, not a data-worker traceback
+    messages = chat.to_messages(train_src[0])
+    try:
+      encoder.split(messages)
+    except ValueError as e:
+      raise config_check.ConfigError([f"data.reply_prefix: {e}"]) from e
   pcfg = pipeline.PipelineConfig(
       batch_size=batch_size, bucket_lengths=tuple(cfg.data.bucket_lengths), seed=seed,
       shuffle=not heldout, num_epochs=1 if heldout else None, drop_remainder=not heldout,
