@@ -65,14 +65,21 @@ def _is_safe(field: str) -> bool:
              for s in SAFE_TO_CHANGE)
 
 
+# Fields added after runs were started, with the value that behaves as before they existed:
+# a run's manifest without the field matches that value (old runs still resume).
+ADDED_FIELDS = {"data.reply_prefix": "", "fuser.gate_init": 0.0}
+
+
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-  """Flat field -> (old value, new value) where they differ (``<missing>`` if absent)."""
+  """Flat field -> (old value, new value) where they differ (``<missing>`` if absent; a
+  field of ``ADDED_FIELDS`` absent from ``old`` counts as its as-before value)."""
   a, b = flatten(old), flatten(new)
   out = {}
   for k in sorted(set(a) | set(b)):
     if k in _NEVER_COMPARED:
       continue
-    va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+    va = a.get(k, ADDED_FIELDS.get(k, "<missing>"))
+    vb = b.get(k, "<missing>")
     if va != vb:
       out[k] = (va, vb)
   return out

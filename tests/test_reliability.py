@@ -510,3 +510,12 @@ def test_read_json_names_missing_and_corrupt_files(tmp_path):
   files.atomic_write_text(tmp_path / "z", "[1, 2")
   with pytest.raises(files.CorruptFileError, match=f"{tmp_path / 'z'} is not valid JSON"):
     files.read_json(tmp_path / "z")
+
+
+def test_fields_added_later_do_not_block_resuming_older_runs():
+  from c2cjax import config_check
+  old = {"fuser": {"hidden_dim": 8}, "data": {"max_len": 4}}
+  new = {"fuser": {"hidden_dim": 8, "gate_init": 0.0}, "data": {"max_len": 4, "reply_prefix": ""}}
+  assert config_check.differences(old, new) == {}
+  new["fuser"]["gate_init"] = 4.0
+  assert config_check.differences(old, new) == {"fuser.gate_init": (0.0, 4.0)}
