@@ -54,6 +54,9 @@ def main():
   ap.add_argument("--shapes", choices=["arc", "paper", "original"], default="arc")
   ap.add_argument("--prompt", type=int, default=124, help="prompt tokens (paper/original)")
   ap.add_argument("--reps", type=int, default=3, help="timed queries (paper/original; best)")
+  ap.add_argument("--layout", choices=["scanned", "unscanned"], default="scanned",
+                  help="receiver params stacked under nn.scan or one block per layer "
+                       "(paper/original)")
   args = ap.parse_args()
   if args.shapes != "arc":
     from c2c_query import one_query  # pylint: disable=import-outside-toplevel

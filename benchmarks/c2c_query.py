@@ -39,7 +39,7 @@ def best_time(fn, reps: int) -> float:
   return best
 
 
-def _models(shapes: str):
+def _models(shapes: str, layout: str = "scanned"):
   from c2cjax import fuse as fuse_lib, load_model, offline
   from c2cjax.c2c import C2C, Fuser
   from c2cjax.evaluation.systems import open_gates
@@ -47,7 +47,10 @@ def _models(shapes: str):
   if shapes == "paper":
     receiver, sharer = (paper.random_lm(n, seed=i) for i, n in enumerate(paper.MODELS))
   else:
-    receiver, sharer = load_model(offline.smollm2_gguf()), load_model(offline.gemma3_gguf())
+    receiver = load_model(offline.smollm2_gguf(), scan_layers=layout == "scanned")
+    sharer = load_model(offline.gemma3_gguf())
+  if layout == "unscanned" and receiver.scan_layers:  # per-layer params: no slice copies
+    receiver = receiver.with_layout(scan_layers=False)
   nr, ns = receiver.config.num_layers, sharer.config.num_layers
   released = fuse_lib.LayerMap(tuple(range(nr)), tuple(max(0, t + ns - nr) for t in range(nr)))
   fuser = open_gates(Fuser.init(receiver, sharer, jax.random.PRNGKey(0), released,
@@ -95,7 +98,7 @@ def measure(c2c, tokens, mask, stoks, answer: int, background: int, reps: int) -
 
 def one_query(args):
   from decode import measure_bandwidth  # pylint: disable=import-outside-toplevel
-  c2c, fuser = _models(args.shapes)
+  c2c, fuser = _models(args.shapes, args.layout)
   r, s = c2c.receiver, c2c.sharers[0]
   tokens, mask, stoks = _prompt(c2c, args.prompt)
   p, n = tokens.shape[1], args.answer[0]
@@ -113,6 +116,7 @@ def one_query(args):
         f"{np.dtype(r.dtype).name}; fuser hidden 1024 x 3 layers, {len(fuser.layer_map)} "
         f"pairs, gates open, {sum(x.size for x in jax.tree.leaves(fuser.params)) / 1e6:.0f}M "
         "params")
+  print(f"receiver layout: {args.layout}")
   print(f"batch 1, prompt {p} tokens, answer {n} tokens (T2T background {args.background}), "
         f"greedy, EOS ignored; best of {args.reps}")
   print(f"receiver weights {weights / 2**20:.0f} MiB, read bandwidth {bw / 1e9:.1f} GB/s -> "

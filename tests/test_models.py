@@ -144,3 +144,6 @@ def test_unscanned_layout_matches_scanned(pair):
   np.testing.assert_allclose(np.asarray(ca.k), np.asarray(cb.k), atol=1e-5)
   back = flat.with_layout(scan_layers=True)
   jax.tree.map(np.testing.assert_array_equal, back.params, lm.params)
+  loaded = load_model(lm.source, tokenizer=False, use_cache=False, scan_layers=False)
+  assert not loaded.scan_layers
+  jax.tree.map(np.testing.assert_array_equal, loaded.params, flat.params)

@@ -186,7 +186,8 @@ def _resolve(source: str) -> tuple[pathlib.Path, str | None]:
 
 
 def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool = True,
-               use_cache: bool = True, remat: bool = False, **config_overrides) -> LM:
+               use_cache: bool = True, remat: bool = False, scan_layers: bool = True,
+               **config_overrides) -> LM:
   """Loads a supported LLM as an :class:`LM`, converting weights once.
 
   Args:
@@ -195,6 +196,10 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
     tokenizer: also load the HF tokenizer (from the directory or the GGUF); a directory
       without tokenizer files is then an error (FileNotFoundError) naming it.
     use_cache: read/write converted params under ``$C2CJAX_CACHE`` (``~/.cache/c2cjax``).
+    scan_layers: params stacked for ``nn.scan`` (one compiled block: training, fast
+      compiles) or one block per layer (batch-1 inference on CPU: XLA copies a scanned
+      layer's weight slices before each matmul, so decoding reads them twice; see
+      ``benchmarks/RESULTS.md``, "Decode").
     config_overrides: fields of :class:`ModelConfig` to override.
   """
   from transformers import AutoConfig, AutoTokenizer
@@ -242,7 +247,8 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
     with _named_gguf_errors(gguf_path):
       tok = (offline.load_tokenizer(gguf_path) if gguf_file
              else AutoTokenizer.from_pretrained(str(directory)))
-  return LM(cfg, params, tok, dtype=dtype, source=str(source), remat=remat)
+  lm = LM(cfg, params, tok, dtype=dtype, source=str(source), remat=remat)
+  return lm if scan_layers else lm.with_layout(scan_layers=False)
 
 
 def from_hf_model(hf_model, dtype=jnp.float32, tokenizer=None) -> LM:
