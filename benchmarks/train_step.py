@@ -145,7 +145,16 @@ def _jax_models(spec: dict):
   cfg = _load_config(pathlib.Path(spec["config"]))
   rng = jax.random.PRNGKey(cfg.seed)
   if spec["shapes"] == "local":
-    return cfg, train.build_c2c(cfg, jax.random.fold_in(rng, 1))
+    # train.build_c2c's models and fuser, without the two tokenizers: the synthetic ids need
+    # none and the PyTorch side loads none (Gemma's 262k-token tokenizer alone holds ~300 MiB).
+    receiver = load_model(spec["receiver_gguf"], train.llm_dtype(cfg.llm_dtype),
+                          tokenizer=False, remat=cfg.remat)
+    sharer = load_model(spec["sharer_gguf"], train.llm_dtype(cfg.llm_dtype), tokenizer=False)
+    fuser = Fuser.init(receiver, sharer, jax.random.fold_in(jax.random.fold_in(rng, 1), 0),
+                       cfg.layer_map,
+                       alignment=cfg.alignment, **dict(cfg.fuser))
+    return cfg, C2C(receiver, [sharer], [fuser], mode=cfg.fusion_mode, alignment=cfg.alignment,
+                    max_len=cfg.data.max_len)
   if spec["shapes"] == "paper":
     receiver, sharer = (paper.random_lm(n, seed=i) for i, n in enumerate(paper.MODELS))
   else:

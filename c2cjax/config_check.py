@@ -33,6 +33,7 @@ SAFE_TO_CHANGE: dict[str, str] = {
     "per_device_batch_size": "how the same global batch is split into micro-batches (the step "
                              "averages over the global batch: same result up to rounding)",
     "mesh.*": "how the same global batch and params are laid out over devices",
+    "remat": "what the backward pass keeps or recomputes (the same gradients)",
     "data.data_dir": "where the same dataset is stored",
     "data.manual_dir": "where the same dataset's manual downloads are",
 }

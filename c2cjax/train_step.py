@@ -20,6 +20,8 @@ import optax
 
 from c2cjax import c2c as c2c_lib, fuse as fuse_lib, sharding, sharer_context
 from c2cjax.c2c import C2C
+from c2cjax.models import lm as lm_lib
+from c2cjax.models.head_nll import head_nll
 from c2cjax.release_prefill import release_prefill, run_index
 
 Batch = dict[str, Any]
@@ -126,11 +128,12 @@ def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, r
     cache = cache.replace(k=sharding.constrain(cache.k, sharding.CACHE),
                           v=sharding.constrain(cache.v, sharding.CACHE))
   with jax.named_scope("pass2_receiver"):
-    logits, _ = c2c.receiver.module_apply(rparams, tokens[:, start:],
-                                          cache.replace(end=jnp.int32(start)), keep=fuse_mask)
-    logits = sharding.constrain(logits, sharding.LOGITS)
-  with jax.named_scope("loss"):
-    return token_nll(logits, tokens[:, start:], batch["loss_mask"][:, start:])
+    hidden, _ = lm_lib.forward(c2c.receiver.module, rparams, tokens[:, start:],
+                               cache.replace(end=jnp.int32(start)), keep=fuse_mask,
+                               return_hidden=True)
+  with jax.named_scope("loss"):  # chunked through the frozen head: no [B, S, V] logits
+    return head_nll(c2c.receiver.config, rparams, hidden, tokens[:, start:],
+                    batch["loss_mask"][:, start:])
 
 
 def receiver_nll(c2c: C2C, rparams, batch: Batch):
