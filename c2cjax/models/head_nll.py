@@ -57,8 +57,8 @@ def _split(x, n: int, chunk: int):
 
 def _forward(hidden, table, targets, weights, spec, softcap, chunk):
   b, s = targets.shape
-  chunk = max(1, min(chunk, s))
-  n = -(-s // chunk)
+  n = -(-s // max(1, min(chunk, s)))
+  chunk = -(-s // n)  # the same number of chunks, padded as little as possible
 
   def body(total, xs):
     part, dh = _chunk_nll(*xs, table, spec, softcap)
