@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's CPU measurements in one go, for an idle machine (~13 min on 2 cores): prints
+# Issue 16's CPU measurements in one go, for an idle machine (~17 min on 2 cores): prints
 # every figure the issue asks for and, at the end, the "RATIO" lines side by side.
 #
 #   benchmarks/run_issue16.sh [OUTDIR]      (default runs/issue16; one log per benchmark)
@@ -21,8 +21,8 @@ run() {  # name, timeout (s), command...
 }
 # 1. Training step, local pair: c2cjax vs eager PyTorch (goal: >= 1.5x throughput at <= its
 #    peak memory).
-run train_local 240 python3 benchmarks/train_step.py --shapes local --steps 5 --warmup 2 \
-  --json "$out/train_local.json"
+run train_local 600 python3 benchmarks/train_step.py --shapes local --steps 5 --warmup 2 \
+  --rounds 2 --json "$out/train_local.json"
 # 2. The original code's shape (30 projectors, hidden 1024, ~417M params, 4 x 256, fp32):
 #    goal <= 5.8 s/step and <= 5 GiB (the original: 11.56 s, 10.5 GiB).
 run train_original 240 python3 benchmarks/train_step.py --shapes original --frameworks jax \
@@ -31,9 +31,13 @@ run train_original 240 python3 benchmarks/train_step.py --shapes original --fram
 run train_paper 330 python3 benchmarks/train_step.py --shapes paper --steps 2 --warmup 1 \
   --json "$out/train_paper.json"
 # 4. C2C query, offline pair, paper fuser (30 pairs, gates open), 124-token chat prompt +
-#    64 tokens (goal: >= 2x faster than the original code's 12.00 s).
+#    64 tokens (goal: >= 2x faster than the original code; its figure in c2c_query.ORIGINAL
+#    is from another window: benchmarks/original_query.py measures it side by side), with
+#    the receiver's params stacked (the default) and per layer (load_model(scan_layers=False)).
 run latency_original 150 python3 benchmarks/c2c_latency.py --shapes original --prompt 124 \
   --answer 64 --reps 2
+run latency_original_unscanned 150 python3 benchmarks/c2c_latency.py --shapes original \
+  --prompt 124 --answer 64 --reps 2 --layout unscanned
 # 5. Batch-1 decode vs the bandwidth floor (goal >= 80%), 42- and 124-token prompts.
 run decode 150 python3 benchmarks/decode.py --batches 1 --prompt-tokens 0 124 \
   --layouts scanned unscanned --reps 2
