@@ -22,11 +22,13 @@ import numpy as np
 # Re-measure on an idle machine with the released code's venv (its module doc):
 #   /work/venv-rosetta/bin/python benchmarks/original_query.py --hf ~/.cache/c2cjax/hf \
 #       --rosetta /work/rosetta-src --reps 3 --answer 64 --prompt 124 --json original.json
-# and paste the ``ORIGINAL = {...}`` line it prints. Measured 2026-12-01 23:46 UTC beside
-# this script's own run (benchmarks/issue16_sbs/); the issue's first figures (12.00 s,
-# 5.01 s, 111 ms, 7.76 s) were taken under thread contention and overstate it ~2x. The
-# ratio holds only for runs in the same window: rerun both when it matters.
-ORIGINAL = {"query_s": 5.62, "prefill_s": 1.92, "decode_ms": 58.6, "receiver_hf_s": 4.21}
+# and paste the ``ORIGINAL = {...}`` line it prints. Measured 2026-12-02 01:28 UTC beside
+# this script's own runs (benchmarks/issue16_sbs8/, round 2; round 1: 4.12 s; 2026-12-01
+# 23:46 UTC, benchmarks/issue16_sbs/: 5.62 s on a slower day); the issue's first figures
+# (12.00 s, 5.01 s, 111 ms, 7.76 s) were taken under thread contention and overstate it
+# ~2x. The ratio holds only for runs in the same window: rerun both when it matters
+# (benchmarks/issue16_sbs8/run.sh alternates them).
+ORIGINAL = {"query_s": 3.97, "prefill_s": 1.40, "decode_ms": 40.8, "receiver_hf_s": 2.71}
 
 
 def best_time(fn, reps: int) -> float:
