@@ -237,3 +237,20 @@ def test_fuse_response_errors(models):
     C2C(r, [s], [small_fuser(r, s, 0)], vocab_maps=[np.arange(10)])
   with pytest.raises(ValueError, match="outside sharer 0's vocabulary"):
     C2C(r, [s], [small_fuser(r, s, 0)], vocab_maps=[np.arange(128) + 1])
+
+
+def test_per_layer_receiver_generates_the_same(models):
+  """C2C on a receiver (and sharer) loaded per layer (``scan_layers=False``, the faster
+  layout for batch-1 decode on CPU) gives the stacked layout's tokens and logits."""
+  r, s, _ = models
+  f = small_fuser(r, s, 4, gate=3.0)
+  tokens, mask, sharer = _batch(4)
+  stacked = C2C(r, [s], [f])
+  flat = C2C(r.with_layout(scan_layers=False), [s.with_layout(scan_layers=False)], [f])
+  a, ca = stacked.prefill(tokens, mask, sharer[:1], max_len=20)
+  b, cb = flat.prefill(tokens, mask, sharer[:1], max_len=20)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ca.k), np.asarray(cb.k), atol=1e-5)
+  out_a = stacked.generate_ids(tokens, mask, sharer[:1], max_new_tokens=6, eos_ids=())[0]
+  out_b = flat.generate_ids(tokens, mask, sharer[:1], max_new_tokens=6, eos_ids=())[0]
+  np.testing.assert_array_equal(out_a, out_b)
