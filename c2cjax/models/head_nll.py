@@ -22,7 +22,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from c2cjax import sharding
 from c2cjax.models.config import ModelConfig
+from c2cjax.models.layers import vocab_logits
 
 
 def head_table(cfg: ModelConfig, params) -> tuple[jax.Array, str]:
@@ -32,13 +34,14 @@ def head_table(cfg: ModelConfig, params) -> tuple[jax.Array, str]:
   return params["lm_head"], "dv"
 
 
-def _chunk_nll(h, y, w, table, spec: str, softcap: float | None):
-  """NLL sum of one chunk and its gradient w.r.t. ``h``. h [B, C, D]; y, w [B, C]."""
-  raw = jnp.einsum(f"bcd,{spec}->bcv", h, table, preferred_element_type=jnp.float32)
-  z = jnp.tanh(raw / softcap) * softcap if softcap else raw
+def _chunk_nll(h, y, w, table, spec: str, softcap: float | None, with_grad: bool = True):
+  """NLL sum of one chunk (and its gradient w.r.t. ``h``). h [B, C, D]; y, w [B, C]."""
+  z = sharding.constrain(vocab_logits(h, table, spec, softcap), sharding.LOGITS)
   lse = jax.nn.logsumexp(z, axis=-1)
   target = jnp.take_along_axis(z, y[..., None], axis=-1)[..., 0]
   total = jnp.sum((lse - target) * w)
+  if not with_grad:
+    return total, None
   onehot = jnp.arange(z.shape[-1], dtype=y.dtype) == y[..., None]
   dz = (jnp.exp(z - lse[..., None]) - onehot) * w[..., None]
   if softcap:  # d tanh(x / c) * c / dx = 1 - tanh^2
@@ -55,30 +58,31 @@ def _split(x, n: int, chunk: int):
   return jnp.moveaxis(x.reshape(x.shape[0], n, chunk, *x.shape[2:]), 1, 0)
 
 
-def _forward(hidden, table, targets, weights, spec, softcap, chunk):
+def _forward(hidden, table, targets, weights, spec, softcap, chunk, with_grad: bool):
   b, s = targets.shape
   n = -(-s // max(1, min(chunk, s)))
   chunk = -(-s // n)  # the same number of chunks, padded as little as possible
 
   def body(total, xs):
-    part, dh = _chunk_nll(*xs, table, spec, softcap)
+    part, dh = _chunk_nll(*xs, table, spec, softcap, with_grad)
     return total + part, dh
 
   total, dh = jax.lax.scan(body, jnp.zeros((), jnp.float32),
                            (_split(hidden, n, chunk), _split(targets, n, chunk),
                             _split(weights, n, chunk)))
-  dh = jnp.moveaxis(dh, 0, 1).reshape(b, n * chunk, -1)[:, :s]
+  if with_grad:
+    dh = jnp.moveaxis(dh, 0, 1).reshape(b, n * chunk, -1)[:, :s]
   return total, dh
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _nll(hidden, table, targets, weights, spec, softcap, chunk):
-  return _forward(hidden, table, targets, weights, spec, softcap, chunk)[0]
+  # Not differentiated (evaluation): the loss alone, no hidden-state gradient.
+  return _forward(hidden, table, targets, weights, spec, softcap, chunk, with_grad=False)[0]
 
 
 def _nll_fwd(hidden, table, targets, weights, spec, softcap, chunk):
-  total, dh = _forward(hidden, table, targets, weights, spec, softcap, chunk)
-  return total, dh
+  return _forward(hidden, table, targets, weights, spec, softcap, chunk, with_grad=True)
 
 
 def _nll_bwd(spec, softcap, chunk, dh, g):

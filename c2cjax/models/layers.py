@@ -291,10 +291,15 @@ class Decoder(nn.Module):
     if return_hidden:
       return x, cache
     if c.tie_embeddings:
-      logits = jnp.einsum("bsd,vd->bsv", x, embed, preferred_element_type=jnp.float32)
-    else:
-      head = _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"), self.dtype)
-      logits = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
-    if c.final_softcap:
-      logits = jnp.tanh(logits / c.final_softcap) * c.final_softcap
-    return logits, cache
+      return vocab_logits(x, embed, "vd", c.final_softcap), cache
+    head = _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"), self.dtype)
+    return vocab_logits(x, head, "dv", c.final_softcap), cache
+
+
+def vocab_logits(x, table, spec: str, softcap: float | None = None):
+  """fp32 logits [B, S, V] of hidden states x [B, S, D]: the LM head ``table`` is the tied
+  embedding (``spec`` "vd", [V, D]) or ``lm_head`` ("dv", [D, V]); Gemma's final soft cap."""
+  logits = jnp.einsum(f"bsd,{spec}->bsv", x, table, preferred_element_type=jnp.float32)
+  if softcap:
+    logits = jnp.tanh(logits / softcap) * softcap
+  return logits
