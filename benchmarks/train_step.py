@@ -716,6 +716,11 @@ def main():
   ap.add_argument("--_child", choices=["jax", "torch"], help=argparse.SUPPRESS)
   ap.add_argument("--_spec", help=argparse.SUPPRESS)
   args = ap.parse_args()
+  if args.rounds < 1:
+    ap.error(f"--rounds must be >= 1, got {args.rounds}")
+  if args.json and pathlib.Path(args.json).exists():  # before any model loads
+    ap.error(f"--json {args.json} already exists; choose a new path (results are never "
+             "overwritten)")
 
   if args._child:  # pylint: disable=protected-access
     spec = json.loads(args._spec)  # pylint: disable=protected-access

@@ -10,6 +10,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 out=${1:-runs/issue16_sbs}
+if [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
+  echo "$out is not empty: choose a new folder (earlier logs are never overwritten)" >&2
+  exit 2
+fi
 mkdir -p "$out"
 py=${ROSETTA_PY:-/work/venv-rosetta/bin/python}
 src=${ROSETTA_SRC:-/work/rosetta-src}
