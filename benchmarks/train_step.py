@@ -647,6 +647,9 @@ def report(spec: dict, results: dict[str, dict]) -> None:
     print(f"split (both, same work): pass 1 (prefills + fuser) on tokens [0, {fused_end}), "
           f"pass 2 on [{start}, {t}) reading the fused cache before {start} "
           f"(--pass2-parts {spec['pass2_parts']}; 0 reruns the whole sequence)")
+  print("jax process: " + ("torch hidden, as on an install without it (--jax-imports-torch "
+                           "to let transformers import it)" if spec.get("hide_torch", False)
+                           else "torch importable (transformers imports it)"))
   rows = {}
   for name, r in results.items():
     med = statistics.median(r["step_times_s"])
@@ -713,6 +716,9 @@ def main():
   ap.add_argument("--json", help="also write the spec and raw per-framework results here")
   ap.add_argument("--check", action="store_true",
                   help="only check that both compute the same loss and gradient")
+  ap.add_argument("--jax-imports-torch", action="store_true",
+                  help="let the JAX process import torch, as transformers does when torch "
+                       "is installed (default: hidden there, as on an install without it)")
   ap.add_argument("--_child", choices=["jax", "torch"], help=argparse.SUPPRESS)
   ap.add_argument("--_spec", help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -724,11 +730,17 @@ def main():
 
   if args._child:  # pylint: disable=protected-access
     spec = json.loads(args._spec)  # pylint: disable=protected-access
+    if args._child == "jax" and spec.get("hide_torch"):  # pylint: disable=protected-access
+      # As on an install without torch: c2cjax never uses it, but transformers' config
+      # classes import it (~200 MiB) whenever it is installed, as it is here for the
+      # PyTorch side. A None entry makes find_spec say "absent" and `import torch` fail.
+      sys.modules["torch"] = None
     out = run_jax(spec) if args._child == "jax" else run_torch(spec)
     print(_RESULT + json.dumps(out), flush=True)
     return
   spec = _spec(args)
   spec["loadavg"] = _loadavg()
+  spec["hide_torch"] = not args.jax_imports_torch
   if args.check:
     if args.shapes != "local":
       raise SystemExit("--check runs on the local shapes only")

@@ -20,8 +20,9 @@ probability ``1 - exp(-exp(logit))``. ``tau`` anneals geometrically with the ste
 inference the gate is hard, ``logit > 0``.
 
 Parameters of all mapped layers are stacked on a leading pair axis (plain dicts named
-like the PyTorch modules, e.g. ``key_mlp1/blocks_0/w1/kernel``) and applied with
-``jax.vmap``; the cache is gathered and scattered on its layer axis with static indices.
+like the PyTorch modules, e.g. ``key_mlp1/blocks_0/w1/kernel``) and applied one pair
+after another (``jax.lax.map``); the cache is gathered and scattered on its layer axis
+with static indices.
 """
 
 from __future__ import annotations
@@ -130,29 +131,34 @@ class FuserLayer(nn.Module):
     """
     cfg, dt = self.config, self.config.dtype
     b, kr, t, hr = rk.shape
+    n = b * t
     outs = []
     for i, (prefix, s, r) in enumerate((("key", sk, rk), ("value", sv, rv))):
-      s_flat = jnp.einsum("bkth->btkh", s.astype(dt)).reshape(b, t, -1)
-      r_tok = jnp.einsum("bkth->btkh", r.astype(dt))
-      x = jnp.concatenate([s_flat, r_tok.reshape(b, t, -1)], axis=-1)
+      # Tokens flattened to one axis: every linear is one [N, in] x [in, out] matmul, and
+      # its weight gradient one [N, in]^T x [N, out] matmul. With [B, T, in], XLA:CPU
+      # transposed each cotangent in a strided copy with the element-wise backward fused
+      # in (3.6 of 11.5 s thread time at the original shape; RESULTS.md, ninth session).
+      s_tok = jnp.einsum("bkth->btkh", s.astype(dt)).reshape(n, -1)
+      r_tok = jnp.einsum("bkth->btkh", r.astype(dt)).reshape(n, kr, hr)
+      x = jnp.concatenate([s_tok, r_tok.reshape(n, -1)], axis=-1)  # [N, Ks*Hs + Kr*Hr]
       h = _dense(cfg.hidden_dim, dt, f"{prefix}_in")(x)
       h = FFNStack(1, cfg.intermediate_dim, cfg.dropout, dt, name=f"{prefix}_mlp1")(
           h, not train)
       p = FFNStack(cfg.num_layers - 2, cfg.intermediate_dim, cfg.dropout, dt,
                    name=f"{prefix}_proj_mlp2")(h, not train)
-      proj = _dense(kr * hr, dt, f"{prefix}_proj_out")(p).reshape(b, t, kr, hr)
+      proj = _dense(kr * hr, dt, f"{prefix}_proj_out")(p).reshape(n, kr, hr)
       w = FFNStack(1, cfg.hidden_dim, cfg.dropout, dt, name=f"{prefix}_scalar_mlp2")(
           h, not train)
-      w = _dense(kr, dt, f"{prefix}_scalar_head")(w)  # [B, T, Kr]
+      w = _dense(kr, dt, f"{prefix}_scalar_head")(w)  # [N, Kr]
       logit = self.param(f"{prefix}_gate_logit", nn.initializers.constant(cfg.gate_init),
                          (), dt)
       if not train:
         gate = hard_gate(logit)
       elif gumbel_noise is not None:
-        gate = soft_gate(logit, gumbel_noise[i].astype(dt), tau)
-      else:
-        gate = sample_gate(self.make_rng("gumbel"), logit, (b, t, kr), tau)
-      scale = (gate * jax.nn.sigmoid(w)).astype(dt)  # [B, T, Kr]
-      out = r_tok + jnp.einsum("btk,btkh->btkh", scale, proj)
-      outs.append(jnp.einsum("btkh->bkth", out))
+        gate = soft_gate(logit, gumbel_noise[i].astype(dt).reshape(n, kr), tau)
+      else:  # drawn as [B, T, Kr], the noise's documented shape
+        gate = sample_gate(self.make_rng("gumbel"), logit, (b, t, kr), tau).reshape(n, kr)
+      scale = (gate * jax.nn.sigmoid(w)).astype(dt)  # [N, Kr]
+      out = r_tok + jnp.einsum("nk,nkh->nkh", scale, proj)
+      outs.append(jnp.einsum("btkh->bkth", out.reshape(b, t, kr, hr)))
     return outs[0], outs[1]
