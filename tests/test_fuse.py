@@ -251,6 +251,11 @@ def test_fuser_layer_train_with_given_noise_matches_numpy():
                          noise=noise, tau=tau)
   np.testing.assert_allclose(fk, rk, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(fv, rv, rtol=1e-5, atol=1e-5)
+  bad = (noise[0][..., :1], noise[1][..., :1])  # [B, T, 1] instead of [B, T, Kr]
+  with pytest.raises(ValueError, match=r"gumbel_noise\[0\] \(keys\) has shape"):
+    F.FuserLayer(CFG).apply(
+        {"params": one}, sharer.k[sl], sharer.v[sl], receiver.k[rl], receiver.v[rl],
+        train=True, tau=tau, gumbel_noise=tuple(jnp.asarray(g, jnp.float32) for g in bad))
 
 
 def test_fuse_train_mode_wiring():

@@ -114,7 +114,7 @@ def _apply_pairs(params: Params, sharer: KVCache, rk: jax.Array, rv: jax.Array,
   # keeps each pair's matmul outputs and recomputes the element-wise rest (dropout masks
   # included, from the same keys). At the original code's shape on CPU this made the
   # fuser's forward + backward ~1.4x faster than vmap with every residual kept, and the
-  # step's XLA temp memory 3.8 instead of 5.4 GiB (RESULTS.md, ninth session). The
+  # step's XLA temp memory 3.7 instead of 5.3 GiB (RESULTS.md, ninth session). The
   # random draws are the same as vmap's.
   one = jax.checkpoint(one, policy=jax.checkpoint_policies.dots_saveable)
   return jax.lax.map(lambda a: one(*a), (params, sk, sv, rk, rv, keys))

@@ -155,6 +155,10 @@ class FuserLayer(nn.Module):
       if not train:
         gate = hard_gate(logit)
       elif gumbel_noise is not None:
+        if tuple(gumbel_noise[i].shape) != (b, t, kr):
+          raise ValueError(f"gumbel_noise[{i}] ({prefix}s) has shape "
+                           f"{tuple(gumbel_noise[i].shape)}; expected [B, T, Kr] = "
+                           f"{(b, t, kr)}")
         gate = soft_gate(logit, gumbel_noise[i].astype(dt).reshape(n, kr), tau)
       else:  # drawn as [B, T, Kr], the noise's documented shape
         gate = sample_gate(self.make_rng("gumbel"), logit, (b, t, kr), tau).reshape(n, kr)
