@@ -25,7 +25,7 @@ def cache_root() -> pathlib.Path:
   return pathlib.Path(os.environ.get("C2CJAX_CACHE", "~/.cache/c2cjax")).expanduser()
 
 
-def _machine_id() -> str:
+def machine_id() -> str:
   """A short hash of the CPU (architecture and feature flags): XLA:CPU entries are native
   code for the host's CPU, so a cache folder shared between different machines (a network
   home) must not mix them."""
@@ -52,7 +52,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None,
   current = jax.config.jax_compilation_cache_dir
   if path is None and current:
     return pathlib.Path(current)
-  folder = pathlib.Path(path) if path is not None else cache_root() / "xla" / _machine_id()
+  folder = pathlib.Path(path) if path is not None else cache_root() / "xla" / machine_id()
   folder.mkdir(parents=True, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", str(folder))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_s)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from c2cjax import sharding
+from c2cjax.kernels import matvec
 from c2cjax.models import attention
 from c2cjax.models.cache import KVCache
 from c2cjax.models.config import ModelConfig
@@ -90,9 +91,12 @@ class Attention(nn.Module):
     wk = _param(self, "k", (d, k, h), ("embed", "kv_heads", "head_dim"), self.dtype)
     wv = _param(self, "v", (d, k, h), ("embed", "kv_heads", "head_dim"), self.dtype)
     wo = _param(self, "o", (n, h, d), ("heads", "head_dim", "embed"), self.dtype)
-    q = jnp.einsum("bsd,dnh->bsnh", x, wq)
-    kn = jnp.einsum("bsd,dkh->bskh", x, wk)
-    vn = jnp.einsum("bsd,dkh->bskh", x, wv)
+    b, s = x.shape[:2]
+    # Each projection is one [D, X] matmul (reshapes of row-major params are free), which
+    # is a single matrix-vector product at batch-1 decode (kernels.matvec).
+    q = matvec.linear(x, wq.reshape(d, n * h)).reshape(b, s, n, h)
+    kn = matvec.linear(x, wk.reshape(d, k * h)).reshape(b, s, k, h)
+    vn = matvec.linear(x, wv.reshape(d, k * h)).reshape(b, s, k, h)
     if c.qkv_bias:
       zeros = nn.initializers.zeros
       q = q + _param(self, "q_bias", (n, h), ("heads", "head_dim"), self.dtype, zeros)
@@ -113,7 +117,6 @@ class Attention(nn.Module):
       new_k = jnp.where(keep[:, None, :, None], k_cache, new_k)
       new_v = jnp.where(keep[:, None, :, None], v_cache, new_v)
 
-    b, s = x.shape[:2]
     new_k = sharding.constrain(new_k, sharding.CACHE_LAYER)
     new_v = sharding.constrain(new_v, sharding.CACHE_LAYER)
     qg = sharding.constrain(q.reshape(b, s, k, n // k, h), sharding.GROUPED_QUERIES)
@@ -123,7 +126,7 @@ class Attention(nn.Module):
     out = sharding.constrain(out, sharding.HEADS_OUT)
     # One [N*H, D] matmul: with the 3-D einsum XLA on CPU copied a transpose of ``wo`` every
     # call (a weight-sized copy per layer and decode step); merging (n, h) is a bitcast.
-    out = jnp.einsum("bsx,xd->bsd", out.reshape(b, s, n * h), wo.reshape(n * h, d))
+    out = matvec.linear(out.reshape(b, s, n * h), wo.reshape(n * h, d))
     return out, new_k, new_v
 
 
@@ -139,9 +142,9 @@ class MLP(nn.Module):
     gate = _param(self, "gate", (d, f), ("embed", "mlp"), self.dtype)
     up = _param(self, "up", (d, f), ("embed", "mlp"), self.dtype)
     down = _param(self, "down", (f, d), ("mlp", "embed"), self.dtype)
-    g = jnp.einsum("bsd,df->bsf", x, gate)
+    g = matvec.linear(x, gate)
     act = jax.nn.silu(g) if self.cfg.activation == "silu" else jax.nn.gelu(g, approximate=True)
-    return jnp.einsum("bsf,fd->bsd", act * jnp.einsum("bsd,df->bsf", x, up), down)
+    return matvec.linear(act * matvec.linear(x, up), down)
 
 
 @struct.dataclass
@@ -299,7 +302,10 @@ class Decoder(nn.Module):
 def vocab_logits(x, table, spec: str, softcap: float | None = None):
   """fp32 logits [B, S, V] of hidden states x [B, S, D]: the LM head ``table`` is the tied
   embedding (``spec`` "vd", [V, D]) or ``lm_head`` ("dv", [D, V]); Gemma's final soft cap."""
-  logits = jnp.einsum(f"bsd,{spec}->bsv", x, table, preferred_element_type=jnp.float32)
+  if matvec.use_kernel(x, table):  # batch-1 decode on CPU: the streaming kernel
+    logits = matvec.linear(x, table, out_in=spec == "vd")
+  else:
+    logits = jnp.einsum(f"bsd,{spec}->bsv", x, table, preferred_element_type=jnp.float32)
   if softcap:
     logits = jnp.tanh(logits / softcap) * softcap
   return logits

@@ -1,0 +1,144 @@
+"""Batch-1 matrix-vector products on CPU: a streaming C++ kernel as an XLA FFI custom call.
+
+:func:`linear` is ``x @ w`` for the model's projections and LM head. When a product has a
+single row (batch-1 decode), runs on the CPU backend in fp32, and the kernel is available,
+it calls ``cpu_matvec.cc`` (beside this file); everything else is the plain einsum. Both
+give the same values up to float summation order (tests/test_matvec.py).
+
+Why a hand-written kernel: batch-1 decode is one pass over every weight per token, so its
+speed is the memory read rate. XLA:CPU's matrix-vector products on decode-sized matrices
+(576 x 1536 and smaller) stream below what the machine can read; the kernel splits each
+product into contiguous row blocks shared by the calling thread and XLA's intra-op thread
+pool (benchmarks/RESULTS.md, issue 16, tenth session).
+
+The kernel is compiled once per machine with the system C++ compiler (``$CXX``, else
+``c++``/``g++``), against the installed jaxlib's FFI headers, into
+``$C2CJAX_CACHE/kernels/`` (default ``~/.cache/c2cjax``), as PyTorch's inductor does for
+its CPU code. Without a compiler, or with ``C2CJAX_CPU_MATVEC=0``, :func:`linear` is the
+einsum. Gradients go through the einsum (``jax.custom_jvp``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.resources
+import logging
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jaxlib
+import jax.numpy as jnp
+import numpy as np
+
+from c2cjax import runtime
+
+TARGET = "c2cjax_cpu_matvec"
+SOURCE = "cpu_matvec.cc"
+# Above one row, XLA's own products were faster on the 2-core machine (RESULTS.md).
+MAX_ROWS = 1
+_BLOCKS_PER_THREAD = 1
+
+log = logging.getLogger(__name__)
+
+
+def enabled() -> bool:
+  """``C2CJAX_CPU_MATVEC`` (default on): 0/false/off/no routes every product to XLA."""
+  return os.environ.get("C2CJAX_CPU_MATVEC", "1").lower() not in ("0", "false", "off", "no")
+
+
+def build(compiler: str | None = None, folder: pathlib.Path | None = None) -> pathlib.Path:
+  """Compiles the kernel (once: the file name hashes the source, jaxlib, compiler and CPU)
+  and returns the shared library's path. Raises RuntimeError naming the compiler's error."""
+  cxx = compiler or os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+  if not cxx:
+    raise RuntimeError("no C++ compiler found (set $CXX)")
+  source = importlib.resources.files("c2cjax.kernels").joinpath(SOURCE).read_bytes()
+  include = jax.ffi.include_dir()
+  key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), cxx.encode(),
+                                   runtime.machine_id().encode()])).hexdigest()[:16]
+  folder = folder or runtime.cache_root() / "kernels"
+  out = folder / f"cpu_matvec-{key}.so"
+  if out.exists():
+    return out
+  folder.mkdir(parents=True, exist_ok=True)
+  errors = []
+  with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    src = pathlib.Path(tmp) / SOURCE
+    src.write_bytes(source)
+    lib = pathlib.Path(tmp) / out.name
+    # -march=native: the library is built for (and its name hashes) this machine's CPU;
+    # retried without it for compilers that do not know the flag.
+    for arch in (["-march=native"], []):
+      cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", *arch, f"-I{include}",
+             str(src), "-o", str(lib)]
+      try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+      except (OSError, subprocess.TimeoutExpired) as e:
+        errors.append(f"{' '.join(cmd)}: {e}")
+        continue
+      if done.returncode == 0:
+        os.replace(lib, out)  # atomic: concurrent builds leave one whole file
+        return out
+      errors.append(f"{' '.join(cmd)}:\n{done.stderr[-2000:]}")
+  raise RuntimeError("could not compile the CPU matrix-vector kernel:\n" + "\n".join(errors))
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the kernel is built and registered with XLA (compiles it on first call)."""
+  try:
+    path = build()
+  except RuntimeError as e:
+    log.warning("c2cjax: batch-1 products use XLA's own kernels (%s)", str(e).splitlines()[0])
+    return False
+  lib = ctypes.CDLL(str(path))
+  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.C2cjaxCpuMatVec), platform="cpu")
+  _LIBRARIES.append(lib)  # keep it loaded for the process's lifetime
+  return True
+
+
+_LIBRARIES: list = []
+
+
+def use_kernel(x: jax.Array, w: jax.Array) -> bool:
+  """Static (trace-time) choice: one fp32 row on the CPU backend with the kernel built."""
+  return (math.prod(x.shape[:-1]) <= MAX_ROWS and x.dtype == jnp.float32
+          and w.dtype == jnp.float32 and w.ndim == 2 and enabled()
+          and jax.default_backend() == "cpu" and available())
+
+
+def _einsum(x, w, out_in: bool):
+  return jnp.einsum("...i,oi->...o" if out_in else "...i,io->...o", x, w)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _kernel(x, w, out_in: bool):
+  n = w.shape[0] if out_in else w.shape[1]
+  rows = x.reshape(-1, x.shape[-1])
+  y = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                       vmap_method="sequential")(
+      rows, w, out_in=out_in, blocks_per_thread=np.int64(_BLOCKS_PER_THREAD))
+  return y.reshape(*x.shape[:-1], n)
+
+
+@_kernel.defjvp
+def _kernel_jvp(out_in, primals, tangents):
+  x, w = primals
+  dx, dw = tangents
+  return _kernel(x, w, out_in), _einsum(dx, w, out_in) + _einsum(x, dw, out_in)
+
+
+def linear(x: jax.Array, w: jax.Array, *, out_in: bool = False) -> jax.Array:
+  """``x [..., I] . w`` -> ``[..., O]``, with ``w`` stored ``[I, O]`` (or ``[O, I]`` when
+  ``out_in``, e.g. a tied embedding as the LM head): the kernel for one fp32 row on CPU,
+  else the einsum (same dtype rules as ``jnp.einsum``)."""
+  if use_kernel(x, w):
+    return _kernel(x, w, out_in)
+  return _einsum(x, w, out_in)

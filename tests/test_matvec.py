@@ -1,0 +1,89 @@
+"""The CPU matrix-vector kernel (c2cjax.kernels.matvec) against the einsum it replaces."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from c2cjax.kernels import matvec
+from c2cjax.models import lm as lm_lib
+from tests import hf_tiny
+
+needs_kernel = pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not (shutil.which("c++") or shutil.which("g++")),
+    reason="the kernel is built with a C++ compiler, for the CPU backend")
+
+
+def _uses_kernel(fn, *args) -> bool:
+  return matvec.TARGET in jax.jit(fn).lower(*args).as_text()
+
+
+@needs_kernel
+@pytest.mark.parametrize("k,n", [(576, 1536), (37, 5), (1, 1), (65, 129), (1536, 576)])
+@pytest.mark.parametrize("out_in", [False, True])
+def test_kernel_matches_einsum(k, n, out_in):
+  assert matvec.available()
+  kx, kw = jax.random.split(jax.random.PRNGKey(k * 1000 + n))
+  x = jax.random.normal(kx, (1, 1, k))
+  w = jax.random.normal(kw, (n, k) if out_in else (k, n)) / np.sqrt(k)
+  fn = lambda x, w: matvec.linear(x, w, out_in=out_in)
+  assert _uses_kernel(fn, x, w)
+  want = np.einsum("bsi,oi->bso" if out_in else "bsi,io->bso", np.asarray(x, np.float64),
+                   np.asarray(w, np.float64))
+  np.testing.assert_allclose(np.asarray(jax.jit(fn)(x, w)), want, rtol=0, atol=2e-5)
+
+
+@needs_kernel
+def test_kernel_gradients_match_einsum():
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 40))
+  w = jax.random.normal(jax.random.PRNGKey(1), (40, 24)) / np.sqrt(40)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  got = jax.grad(loss(matvec.linear), argnums=(0, 1))(x, w)
+  want = jax.grad(loss(lambda x, w: x @ w), argnums=(0, 1))(x, w)
+  for g, r in zip(got, want):
+    # The forward values differ by float summation order only.
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=0, atol=1e-5)
+
+
+def test_einsum_beyond_one_row_in_other_dtypes_or_when_off(monkeypatch):
+  w = jnp.ones((8, 4))
+  assert not _uses_kernel(matvec.linear, jnp.ones((2, 1, 8)), w)  # two rows: XLA's own
+  assert not _uses_kernel(matvec.linear, jnp.ones((1, 1, 8), jnp.bfloat16),
+                          w.astype(jnp.bfloat16))
+  monkeypatch.setenv("C2CJAX_CPU_MATVEC", "0")
+  assert not _uses_kernel(matvec.linear, jnp.ones((1, 1, 8)), w)
+  np.testing.assert_array_equal(np.asarray(matvec.linear(jnp.ones((1, 1, 8)), w)), 8.0)
+
+
+def test_build_names_a_broken_compiler(tmp_path):
+  with pytest.raises(RuntimeError, match="(?s)could not compile.*no-such-c"):
+    matvec.build(compiler=str(tmp_path / "no-such-c++"), folder=tmp_path)
+
+
+@needs_kernel
+def test_build_is_cached_per_source_and_machine(tmp_path):
+  first = matvec.build(folder=tmp_path)
+  stamp = first.stat().st_mtime_ns
+  assert matvec.build(folder=tmp_path) == first and first.stat().st_mtime_ns == stamp
+  assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp files left
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", hf_tiny.KINDS)
+def test_batch1_decode_with_kernel_matches_transformers(kind, tmp_path_factory):
+  """One decode step at batch 1 (the kernel's case: every projection and the LM head)
+  against transformers' full forward over prompt + token."""
+  torch = pytest.importorskip("torch")
+  _, hf, lm = hf_tiny.loaded(kind, tmp_path_factory)
+  ids = np.random.default_rng(3).integers(3, 128, size=(1, 11)).astype(np.int64)
+  with torch.no_grad():
+    ref = hf(torch.from_numpy(ids)).logits.numpy()[:, -1]
+  step = lambda p, t, c: lm_lib.forward(lm.module, p, t, c)
+  _, cache = lm_lib.forward(lm.module, lm.params, jnp.asarray(ids[:, :-1], jnp.int32),
+                            lm.init_cache(1, 16))
+  last = jnp.asarray(ids[:, -1:], jnp.int32)
+  assert _uses_kernel(step, lm.params, last, cache)
+  logits, _ = jax.jit(step)(lm.params, last, cache)
+  np.testing.assert_allclose(np.asarray(logits[:, -1]), ref, atol=1e-4, rtol=0)
