@@ -61,6 +61,17 @@ def seen_tokens(tokens: jax.Array, mask: jax.Array, vocab: int) -> jax.Array:
   return seen.at[rows, tokens].max(mask.astype(bool))
 
 
+def greedy(logits: jax.Array) -> jax.Array:
+  """``jnp.argmax(logits, -1)`` as int32 [B] (first index of the maximum; the first NaN if
+  any), from plain reductions: XLA:CPU's argmax (one reduction over (value, index) pairs)
+  took ~220 us over a 49k vocabulary per decode step, these ~30 us."""
+  v = logits.shape[-1]
+  nan = jnp.isnan(logits)
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  hit = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan, logits == top)
+  return jnp.min(jnp.where(hit, jnp.arange(v, dtype=jnp.int32), v), axis=-1).astype(jnp.int32)
+
+
 def sample(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig, seen: jax.Array | None = None):
   """Next token ids [B] from logits [B, V] (float32)."""
   logits = logits.astype(jnp.float32)
@@ -68,7 +79,7 @@ def sample(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig, seen: jax.Arr
     pen = jnp.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
     logits = jnp.where(seen, pen, logits)
   if cfg.temperature == 0.0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return greedy(logits)
   logits = logits / cfg.temperature
   neg = jnp.finfo(jnp.float32).min
   if cfg.top_k:
