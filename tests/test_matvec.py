@@ -73,17 +73,21 @@ def test_build_is_cached_per_source_and_machine(tmp_path):
 @needs_kernel
 @pytest.mark.parametrize("kind", hf_tiny.KINDS)
 def test_batch1_decode_with_kernel_matches_transformers(kind, tmp_path_factory):
-  """One decode step at batch 1 (the kernel's case: every projection and the LM head)
-  against transformers' full forward over prompt + token."""
+  """One decode step at batch 1 (the kernel's case) against transformers' full forward over
+  prompt + token. Per-layer params: every projection and the LM head use the kernel;
+  stacked (scanned) layers: the LM head only."""
   torch = pytest.importorskip("torch")
-  _, hf, lm = hf_tiny.loaded(kind, tmp_path_factory)
+  _, hf, stacked = hf_tiny.loaded(kind, tmp_path_factory)
   ids = np.random.default_rng(3).integers(3, 128, size=(1, 11)).astype(np.int64)
   with torch.no_grad():
     ref = hf(torch.from_numpy(ids)).logits.numpy()[:, -1]
-  step = lambda p, t, c: lm_lib.forward(lm.module, p, t, c)
-  _, cache = lm_lib.forward(lm.module, lm.params, jnp.asarray(ids[:, :-1], jnp.int32),
-                            lm.init_cache(1, 16))
-  last = jnp.asarray(ids[:, -1:], jnp.int32)
-  assert _uses_kernel(step, lm.params, last, cache)
-  logits, _ = jax.jit(step)(lm.params, last, cache)
-  np.testing.assert_allclose(np.asarray(logits[:, -1]), ref, atol=1e-4, rtol=0)
+  for lm, calls in ((stacked, 1), (stacked.with_layout(scan_layers=False),
+                                   7 * stacked.config.num_layers + 1)):
+    step = lambda p, t, c, lm=lm: lm_lib.forward(lm.module, p, t, c)
+    _, cache = lm_lib.forward(lm.module, lm.params, jnp.asarray(ids[:, :-1], jnp.int32),
+                              lm.init_cache(1, 16))
+    last = jnp.asarray(ids[:, -1:], jnp.int32)
+    hlo = jax.jit(step).lower(lm.params, last, cache).as_text()
+    assert hlo.count(f"@{matvec.TARGET}(") == calls
+    logits, _ = jax.jit(step)(lm.params, last, cache)
+    np.testing.assert_allclose(np.asarray(logits[:, -1]), ref, atol=1e-4, rtol=0)

@@ -135,10 +135,11 @@ def _kernel_jvp(out_in, primals, tangents):
   return _kernel(x, w, out_in), _einsum(dx, w, out_in) + _einsum(x, dw, out_in)
 
 
-def linear(x: jax.Array, w: jax.Array, *, out_in: bool = False) -> jax.Array:
+def linear(x: jax.Array, w: jax.Array, *, out_in: bool = False, kernel: bool = True) -> jax.Array:
   """``x [..., I] . w`` -> ``[..., O]``, with ``w`` stored ``[I, O]`` (or ``[O, I]`` when
   ``out_in``, e.g. a tied embedding as the LM head): the kernel for one fp32 row on CPU,
-  else the einsum (same dtype rules as ``jnp.einsum``)."""
-  if use_kernel(x, w):
+  else the einsum (same dtype rules as ``jnp.einsum``). ``kernel=False``: always the einsum
+  (the stacked layer scan, where the kernel measured slower: RESULTS.md)."""
+  if kernel and use_kernel(x, w):
     return _kernel(x, w, out_in)
   return _einsum(x, w, out_in)

@@ -69,6 +69,9 @@ class Attention(nn.Module):
 
   cfg: ModelConfig
   dtype: Dtype = jnp.float32
+  # Batch-1 products through kernels.matvec where it applies; the Decoder turns it off
+  # inside its layer scan, where it measured slower (benchmarks/RESULTS.md, issue 16).
+  kernel: bool = True
 
   @nn.compact
   def __call__(self, x, rope, k_cache, v_cache, mask, write_at, keep):
@@ -94,9 +97,9 @@ class Attention(nn.Module):
     b, s = x.shape[:2]
     # Each projection is one [D, X] matmul (reshapes of row-major params are free), which
     # is a single matrix-vector product at batch-1 decode (kernels.matvec).
-    q = matvec.linear(x, wq.reshape(d, n * h)).reshape(b, s, n, h)
-    kn = matvec.linear(x, wk.reshape(d, k * h)).reshape(b, s, k, h)
-    vn = matvec.linear(x, wv.reshape(d, k * h)).reshape(b, s, k, h)
+    q = matvec.linear(x, wq.reshape(d, n * h), kernel=self.kernel).reshape(b, s, n, h)
+    kn = matvec.linear(x, wk.reshape(d, k * h), kernel=self.kernel).reshape(b, s, k, h)
+    vn = matvec.linear(x, wv.reshape(d, k * h), kernel=self.kernel).reshape(b, s, k, h)
     if c.qkv_bias:
       zeros = nn.initializers.zeros
       q = q + _param(self, "q_bias", (n, h), ("heads", "head_dim"), self.dtype, zeros)
@@ -126,7 +129,8 @@ class Attention(nn.Module):
     out = sharding.constrain(out, sharding.HEADS_OUT)
     # One [N*H, D] matmul: with the 3-D einsum XLA on CPU copied a transpose of ``wo`` every
     # call (a weight-sized copy per layer and decode step); merging (n, h) is a bitcast.
-    out = matvec.linear(out.reshape(b, s, n * h), wo.reshape(n * h, d))
+    out = matvec.linear(out.reshape(b, s, n * h), wo.reshape(n * h, d),
+                        kernel=self.kernel)
     return out, new_k, new_v
 
 
@@ -135,6 +139,9 @@ class MLP(nn.Module):
 
   cfg: ModelConfig
   dtype: Dtype = jnp.float32
+  # Batch-1 products through kernels.matvec where it applies; the Decoder turns it off
+  # inside its layer scan, where it measured slower (benchmarks/RESULTS.md, issue 16).
+  kernel: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -142,9 +149,10 @@ class MLP(nn.Module):
     gate = _param(self, "gate", (d, f), ("embed", "mlp"), self.dtype)
     up = _param(self, "up", (d, f), ("embed", "mlp"), self.dtype)
     down = _param(self, "down", (f, d), ("mlp", "embed"), self.dtype)
-    g = matvec.linear(x, gate)
+    g = matvec.linear(x, gate, kernel=self.kernel)
     act = jax.nn.silu(g) if self.cfg.activation == "silu" else jax.nn.gelu(g, approximate=True)
-    return matvec.linear(act * matvec.linear(x, up), down)
+    up = act * matvec.linear(x, up, kernel=self.kernel)
+    return matvec.linear(up, down, kernel=self.kernel)
 
 
 @struct.dataclass
@@ -164,6 +172,9 @@ class Block(nn.Module):
 
   cfg: ModelConfig
   dtype: Dtype = jnp.float32
+  # Batch-1 products through kernels.matvec where it applies; the Decoder turns it off
+  # inside its layer scan, where it measured slower (benchmarks/RESULTS.md, issue 16).
+  kernel: bool = True
 
   @nn.compact
   def __call__(self, carry, xs, shared: BlockInputs):
@@ -181,12 +192,12 @@ class Block(nn.Module):
     else:
       rope, mask = rope_global, mask_global
 
-    a, k_l, v_l = Attention(c, self.dtype, name="attn")(
+    a, k_l, v_l = Attention(c, self.dtype, self.kernel, name="attn")(
         norm("attn_norm")(x), rope, k_l, v_l, mask, write_at, keep)
     if c.sandwich_norm:
       a = norm("post_attn_norm")(a)
     x = x + a
-    m = MLP(c, self.dtype, name="mlp")(norm("mlp_norm")(x))
+    m = MLP(c, self.dtype, self.kernel, name="mlp")(norm("mlp_norm")(x))
     if c.sandwich_norm:
       m = norm("post_mlp_norm")(m)
     x = x + m
@@ -273,7 +284,7 @@ class Decoder(nn.Module):
       blocks = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},
           in_axes=(0, nn.broadcast), length=c.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"})(c, self.dtype, name="layers")
+          metadata_params={nn.PARTITION_NAME: "layers"})(c, self.dtype, False, name="layers")
       x, (k_all, v_all) = blocks(x, xs, shared)
     else:
       # Unrolled layers with separate params (MaxText's scan_layers=False): on CPU, XLA
