@@ -118,7 +118,11 @@ def one_query(args):
         f"{np.dtype(r.dtype).name}; fuser hidden 1024 x 3 layers, {len(fuser.layer_map)} "
         f"pairs, gates open, {sum(x.size for x in jax.tree.leaves(fuser.params)) / 1e6:.0f}M "
         "params")
-  print(f"receiver layout: {args.layout}")
+  from c2cjax.kernels import matvec  # pylint: disable=import-outside-toplevel
+  kernel = matvec.use_kernel(jax.numpy.zeros((1, 8)), jax.numpy.zeros((8, 8)))
+  print(f"receiver layout: {args.layout}; CPU matrix-vector kernel (c2cjax.kernels.matvec): "
+        f"{'on' if kernel else 'off'}"
+        f"{' (LM head only: stacked layers)' if kernel and args.layout == 'scanned' else ''}")
   print(f"batch 1, prompt {p} tokens, answer {n} tokens (T2T background {args.background}), "
         f"greedy, EOS ignored; best of {args.reps}")
   print(f"receiver weights {weights / 2**20:.0f} MiB, read bandwidth {bw / 1e9:.1f} GB/s -> "
