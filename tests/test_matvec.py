@@ -62,6 +62,12 @@ def test_build_names_a_broken_compiler(tmp_path):
     matvec.build(compiler=str(tmp_path / "no-such-c++"), folder=tmp_path)
 
 
+def test_build_names_an_unwritable_cache_folder(tmp_path):
+  (tmp_path / "a-file").write_text("")
+  with pytest.raises(RuntimeError, match="a-file"):
+    matvec.build(compiler="c++", folder=tmp_path / "a-file" / "kernels")
+
+
 @needs_kernel
 def test_build_is_cached_per_source_and_machine(tmp_path):
   first = matvec.build(folder=tmp_path)

@@ -67,7 +67,15 @@ def build(compiler: str | None = None, folder: pathlib.Path | None = None) -> pa
   out = folder / f"cpu_matvec-{key}.so"
   if out.exists():
     return out
-  folder.mkdir(parents=True, exist_ok=True)
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    return _compile(cxx, source, include, folder, out)
+  except OSError as e:  # a read-only or full cache folder
+    raise RuntimeError(f"could not compile the CPU matrix-vector kernel in {folder}: {e}") from e
+
+
+def _compile(cxx: str, source: bytes, include: str, folder: pathlib.Path,
+             out: pathlib.Path) -> pathlib.Path:
   errors = []
   with tempfile.TemporaryDirectory(dir=folder) as tmp:
     src = pathlib.Path(tmp) / SOURCE
@@ -96,9 +104,13 @@ def available() -> bool:
   try:
     path = build()
   except RuntimeError as e:
-    log.warning("c2cjax: batch-1 products use XLA's own kernels (%s)", str(e).splitlines()[0])
+    log.warning("c2cjax: batch-1 products use XLA's own kernels (%s)", str(e)[-1000:])
     return False
-  lib = ctypes.CDLL(str(path))
+  try:
+    lib = ctypes.CDLL(str(path))
+  except OSError as e:  # e.g. a library built for another CPU in a shared cache
+    log.warning("c2cjax: batch-1 products use XLA's own kernels (cannot load %s: %s)", path, e)
+    return False
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.C2cjaxCpuMatVec), platform="cpu")
   _LIBRARIES.append(lib)  # keep it loaded for the process's lifetime
   return True
