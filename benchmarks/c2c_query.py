@@ -119,7 +119,7 @@ def one_query(args):
         f"pairs, gates open, {sum(x.size for x in jax.tree.leaves(fuser.params)) / 1e6:.0f}M "
         "params")
   from c2cjax.kernels import matvec  # pylint: disable=import-outside-toplevel
-  kernel = matvec.use_kernel(jax.numpy.zeros((1, 8)), jax.numpy.zeros((8, 8)))
+  kernel = matvec.active()
   print(f"receiver layout: {args.layout}; CPU matrix-vector kernel (c2cjax.kernels.matvec): "
         f"{'on' if kernel else 'off'}"
         f"{' (LM head only: stacked layers)' if kernel and args.layout == 'scanned' else ''}")

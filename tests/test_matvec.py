@@ -57,6 +57,24 @@ def test_einsum_beyond_one_row_in_other_dtypes_or_when_off(monkeypatch):
   np.testing.assert_array_equal(np.asarray(matvec.linear(jnp.ones((1, 1, 8)), w)), 8.0)
 
 
+def test_switch_value_that_is_neither_on_nor_off_is_an_error(monkeypatch):
+  monkeypatch.setenv("C2CJAX_CPU_MATVEC", "maybe")
+  with pytest.raises(ValueError, match="C2CJAX_CPU_MATVEC='maybe'"):
+    matvec.linear(jnp.ones((1, 1, 8)), jnp.ones((8, 4)))
+
+
+@needs_kernel
+def test_foreign_file_under_the_cached_name_falls_back_with_a_warning(
+    tmp_path, monkeypatch, caplog):
+  monkeypatch.setenv("C2CJAX_CACHE", str(tmp_path))
+  path = matvec.build()
+  path.write_bytes(b"not a shared library")
+  monkeypatch.setattr(matvec, "available", matvec.available.__wrapped__)  # uncached
+  with caplog.at_level("WARNING", logger=matvec.__name__):
+    assert not matvec.available()
+  assert path.name in caplog.text and "delete it to rebuild" in caplog.text
+
+
 def test_build_names_a_broken_compiler(tmp_path):
   with pytest.raises(RuntimeError, match="(?s)could not compile.*no-such-c"):
     matvec.build(compiler=str(tmp_path / "no-such-c++"), folder=tmp_path)

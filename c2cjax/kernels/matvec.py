@@ -49,8 +49,14 @@ log = logging.getLogger(__name__)
 
 
 def enabled() -> bool:
-  """``C2CJAX_CPU_MATVEC`` (default on): 0/false/off/no routes every product to XLA."""
-  return os.environ.get("C2CJAX_CPU_MATVEC", "1").lower() not in ("0", "false", "off", "no")
+  """``C2CJAX_CPU_MATVEC`` (default on): 0/false/off/no routes every product to XLA;
+  1/true/on/yes leaves the kernel on. Any other value is a ValueError naming it."""
+  value = os.environ.get("C2CJAX_CPU_MATVEC", "1")
+  if value.lower() in ("1", "true", "on", "yes"):
+    return True
+  if value.lower() in ("0", "false", "off", "no"):
+    return False
+  raise ValueError(f"C2CJAX_CPU_MATVEC={value!r}: use 1/true/on/yes or 0/false/off/no")
 
 
 def build(compiler: str | None = None, folder: pathlib.Path | None = None) -> pathlib.Path:
@@ -108,10 +114,12 @@ def available() -> bool:
     return False
   try:
     lib = ctypes.CDLL(str(path))
-  except OSError as e:  # e.g. a library built for another CPU in a shared cache
-    log.warning("c2cjax: batch-1 products use XLA's own kernels (cannot load %s: %s)", path, e)
+    handler = lib.C2cjaxCpuMatVec
+  except (OSError, AttributeError) as e:  # a damaged or foreign file under the cached name
+    log.warning("c2cjax: batch-1 products use XLA's own kernels (cannot load %s: %s; delete "
+                "it to rebuild)", path, e)
     return False
-  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.C2cjaxCpuMatVec), platform="cpu")
+  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
   _LIBRARIES.append(lib)  # keep it loaded for the process's lifetime
   return True
 
@@ -119,11 +127,15 @@ def available() -> bool:
 _LIBRARIES: list = []
 
 
+def active() -> bool:
+  """Whether batch-1 fp32 products use the kernel: switched on, the CPU backend, built."""
+  return enabled() and jax.default_backend() == "cpu" and available()
+
+
 def use_kernel(x: jax.Array, w: jax.Array) -> bool:
   """Static (trace-time) choice: one fp32 row on the CPU backend with the kernel built."""
   return (math.prod(x.shape[:-1]) <= MAX_ROWS and x.dtype == jnp.float32
-          and w.dtype == jnp.float32 and w.ndim == 2 and enabled()
-          and jax.default_backend() == "cpu" and available())
+          and w.dtype == jnp.float32 and w.ndim == 2 and active())
 
 
 def _einsum(x, w, out_in: bool):
@@ -155,3 +167,6 @@ def linear(x: jax.Array, w: jax.Array, *, out_in: bool = False, kernel: bool = T
   if kernel and use_kernel(x, w):
     return _kernel(x, w, out_in)
   return _einsum(x, w, out_in)
+
+
+enabled()  # a bad C2CJAX_CPU_MATVEC stops `import c2cjax` at once, before any model loads
