@@ -122,7 +122,7 @@ def one_query(args):
   kernel = matvec.active()
   print(f"receiver layout: {args.layout}; CPU matrix-vector kernel (c2cjax.kernels.matvec): "
         f"{'on' if kernel else 'off'}"
-        f"{' (LM head only: stacked layers)' if kernel and args.layout == 'scanned' else ''}")
+        f"{' (not used by stacked layers)' if kernel and args.layout == 'scanned' else ''}")
   print(f"batch 1, prompt {p} tokens, answer {n} tokens (T2T background {args.background}), "
         f"greedy, EOS ignored; best of {args.reps}")
   print(f"receiver weights {weights / 2**20:.0f} MiB, read bandwidth {bw / 1e9:.1f} GB/s -> "

@@ -1,7 +1,7 @@
 """Decode throughput of ``LM.generate`` vs transformers' ``generate`` on the same model.
 
     python benchmarks/decode.py [--model smollm2|gemma3|PATH] [--new 64] [--batches 1 8]
-        [--prompt-tokens 0 124] [--layouts scanned unscanned]
+        [--prompt-tokens 0 124] [--layouts scanned unscanned] [--ab 10]
 
 ``--prompt-tokens``: 0 is the short story prompt (42 tokens with SmolLM2's template); N
 lengthens its user message until the templated prompt has at least N tokens (124: the
@@ -15,7 +15,11 @@ c2cjax's time per decode step alone (a generate of ``--new`` tokens minus one of
 so the prompt's prefill is not counted).
 
 Batch-1 products on CPU go through c2cjax's matrix-vector kernel
-(``c2cjax.kernels.matvec``); run with ``C2CJAX_CPU_MATVEC=0`` for XLA's own.
+(``c2cjax.kernels.matvec``); run with ``C2CJAX_CPU_MATVEC=0`` for XLA's own. ``--ab N``
+also compares the two in this one process: for each batch-1 case, a copy of the model
+with ``kernel=False`` (``LM.with_layout``) alternates with it for N rounds; it prints
+both medians and the median of the per-round differences. On a VM whose speed drifts by
+20% between minutes, paired rounds are what can tell a few percent apart.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 
 import jax
@@ -95,6 +100,8 @@ def main():
   ap.add_argument("--reps", type=int, default=3)
   ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[0])
   ap.add_argument("--layouts", nargs="+", default=["scanned"], choices=["scanned", "unscanned"])
+  ap.add_argument("--ab", type=int, default=0, metavar="N",
+                  help="also alternate the kernel and XLA's products for N paired rounds")
   args = ap.parse_args()
   if args.new < 2:
     ap.error("--new must be at least 2 (the decode step is timed as new tokens minus one)")
@@ -193,6 +200,39 @@ def main():
             f"bandwidth floor (goal >= 80%; decode step {1e3 * step:.2f} ms), "
             f"{100 * ceiling / step:.0f}% of XLA's matrix-vector chain, "
             f"x{ours_tps / hf_tps:.2f} transformers (tok/s with prefill)")
+
+
+  if args.ab and kernel:
+    for n_prompt, layout in ((n, l) for n in args.prompt_tokens for l in args.layouts):
+      paired_rounds(models[layout], prompt_ids(n_prompt), layout, args.new, args.ab)
+  elif args.ab:
+    print("--ab: the kernel is off here, nothing to compare")
+
+
+def paired_rounds(model, ids: list[int], layout: str, new: int, rounds: int):
+  """Batch-1 decode step with the kernel vs XLA's products, alternating in one process."""
+  xla = model.with_layout(kernel=False)  # same params; a static module field: its own program
+
+  def step(m) -> float:
+    gen = lambda n: m.generate([ids], max_new_tokens=n, eos_ids=[], return_tokens=True)
+    t0 = time.perf_counter()
+    gen(new)
+    t1 = time.perf_counter()
+    gen(1)
+    return ((t1 - t0) - (time.perf_counter() - t1)) / (new - 1)
+
+  step(model)
+  step(xla)
+  steps = {"kernel": [], "xla": []}
+  for r in range(rounds):  # alternate which goes first
+    for name in (("kernel", "xla") if r % 2 == 0 else ("xla", "kernel")):
+      steps[name].append(step(model if name == "kernel" else xla))
+  diff = [x - k for k, x in zip(steps["kernel"], steps["xla"])]
+  print(f"A/B prompt {len(ids)} {layout}, {rounds} paired rounds: decode step median kernel "
+        f"{1e3 * statistics.median(steps['kernel']):.2f} ms, XLA "
+        f"{1e3 * statistics.median(steps['xla']):.2f} ms; XLA minus kernel per round: median "
+        f"{1e3 * statistics.median(diff):+.2f} ms, kernel faster in {sum(d > 0 for d in diff)} "
+        f"of {rounds}")
 
 
 if __name__ == "__main__":

@@ -99,14 +99,16 @@ def test_build_is_cached_per_source_and_machine(tmp_path):
 def test_batch1_decode_with_kernel_matches_transformers(kind, tmp_path_factory):
   """One decode step at batch 1 (the kernel's case) against transformers' full forward over
   prompt + token. Per-layer params: every projection and the LM head use the kernel;
-  stacked (scanned) layers: the LM head only."""
+  stacked (scanned) layers and ``kernel=False``: none."""
   torch = pytest.importorskip("torch")
   _, hf, stacked = hf_tiny.loaded(kind, tmp_path_factory)
   ids = np.random.default_rng(3).integers(3, 128, size=(1, 11)).astype(np.int64)
   with torch.no_grad():
     ref = hf(torch.from_numpy(ids)).logits.numpy()[:, -1]
-  for lm, calls in ((stacked, 1), (stacked.with_layout(scan_layers=False),
-                                   7 * stacked.config.num_layers + 1)):
+  flat = stacked.with_layout(scan_layers=False)
+  off = flat.with_layout(kernel=False)  # XLA's products; a static field, so its own traces
+  assert off.module != flat.module and not off.kernel and off.with_layout().kernel is False
+  for lm, calls in ((stacked, 0), (flat, 7 * stacked.config.num_layers + 1), (off, 0)):
     step = lambda p, t, c, lm=lm: lm_lib.forward(lm.module, p, t, c)
     _, cache = lm_lib.forward(lm.module, lm.params, jnp.asarray(ids[:, :-1], jnp.int32),
                               lm.init_cache(1, 16))

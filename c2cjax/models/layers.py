@@ -239,6 +239,10 @@ class Decoder(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool | str = False  # see remat_policy
   scan_layers: bool = True
+  # Per-layer layout: batch-1 products (projections, LM head) through kernels.matvec where
+  # it applies; the stacked layout never uses it. False: XLA's own everywhere (a static
+  # field, so each setting compiles apart).
+  kernel: bool = True
 
   @nn.compact
   def __call__(self, tokens, cache: KVCache, attention_mask=None, keep=None,
@@ -292,7 +296,7 @@ class Decoder(nn.Module):
       # bound by reading the weights, runs faster this way.
       ks, vs = [], []
       for i in range(c.num_layers):
-        x, (k_i, v_i) = block(c, self.dtype, name=f"layers_{i}")(
+        x, (k_i, v_i) = block(c, self.dtype, self.kernel, name=f"layers_{i}")(
             x, jax.tree.map(lambda a: a[i], xs), shared)
         ks.append(k_i)
         vs.append(v_i)
@@ -304,16 +308,20 @@ class Decoder(nn.Module):
     x = RMSNorm(c.rms_eps, c.norm_offset, self.dtype, name="final_norm")(x)
     if return_hidden:
       return x, cache
+    # The stacked layout keeps XLA's products in its LM head too: in paired rounds on the
+    # second machine kind the kernel there was slower (RESULTS.md, eleventh session).
+    kernel = self.kernel and not self.scan_layers
     if c.tie_embeddings:
-      return vocab_logits(x, embed, "vd", c.final_softcap), cache
+      return vocab_logits(x, embed, "vd", c.final_softcap, kernel), cache
     head = _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"), self.dtype)
-    return vocab_logits(x, head, "dv", c.final_softcap), cache
+    return vocab_logits(x, head, "dv", c.final_softcap, kernel), cache
 
 
-def vocab_logits(x, table, spec: str, softcap: float | None = None):
+def vocab_logits(x, table, spec: str, softcap: float | None = None, kernel: bool = True):
   """fp32 logits [B, S, V] of hidden states x [B, S, D]: the LM head ``table`` is the tied
-  embedding (``spec`` "vd", [V, D]) or ``lm_head`` ("dv", [D, V]); Gemma's final soft cap."""
-  if matvec.use_kernel(x, table):  # batch-1 decode on CPU: the streaming kernel
+  embedding (``spec`` "vd", [V, D]) or ``lm_head`` ("dv", [D, V]); Gemma's final soft cap.
+  ``kernel``: batch-1 products may use kernels.matvec (False: always the einsum)."""
+  if kernel and matvec.use_kernel(x, table):  # batch-1 decode on CPU: the streaming kernel
     logits = matvec.linear(x, table, out_in=spec == "vd")
   else:
     logits = jnp.einsum(f"bsd,{spec}->bsv", x, table, preferred_element_type=jnp.float32)

@@ -111,24 +111,29 @@ class LM:
   """
 
   def __init__(self, config: ModelConfig, params: Any, tokenizer=None, dtype=jnp.float32,
-               source: str | None = None, remat: bool = False, scan_layers: bool = True):
+               source: str | None = None, remat: bool = False, scan_layers: bool = True,
+               kernel: bool = True):
     """``params`` must match ``scan_layers`` (stacked ``layers`` vs ``layers_{i}``);
-    see :meth:`with_layout`."""
+    see :meth:`with_layout`. ``kernel=False``: batch-1 products use XLA's own instead of
+    ``c2cjax.kernels.matvec`` (which ``C2CJAX_CPU_MATVEC=0`` turns off process-wide)."""
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
     self.dtype = dtype
     self.source = source
-    self.remat, self.scan_layers = remat, scan_layers
-    self.module = Decoder(config, dtype=dtype, remat=remat, scan_layers=scan_layers)
+    self.remat, self.scan_layers, self.kernel = remat, scan_layers, kernel
+    self.module = Decoder(config, dtype=dtype, remat=remat, scan_layers=scan_layers,
+                          kernel=kernel)
     self._apply = jax.jit(forward, static_argnums=0,
                           static_argnames=("return_hidden", "last_only"),
                           donate_argnames=("cache",))
     self._generate = jax.jit(generate, static_argnums=(0, 5, 6))
     self._prefill = jax.jit(prefill, static_argnums=(0, 4))
 
-  def with_layout(self, *, scan_layers: bool | None = None, remat: bool | None = None) -> "LM":
-    """The same model with stacked (scanned) or per-layer params, and/or remat."""
+  def with_layout(self, *, scan_layers: bool | None = None, remat: bool | None = None,
+                  kernel: bool | None = None) -> "LM":
+    """The same model with stacked (scanned) or per-layer params, and/or remat, and/or the
+    CPU matrix-vector kernel on or off (see ``__init__``)."""
     from c2cjax.models.convert import stack_layers, unstack_layers
     scan = self.scan_layers if scan_layers is None else scan_layers
     params = self.params
@@ -136,7 +141,8 @@ class LM:
       n = self.config.num_layers
       params = stack_layers(params, n) if scan else unstack_layers(params, n)
     return LM(self.config, params, self.tokenizer, self.dtype, self.source,
-              self.remat if remat is None else remat, scan)
+              self.remat if remat is None else remat, scan,
+              self.kernel if kernel is None else kernel)
 
   def __repr__(self):
     return f"LM({self.config.arch}, layers={self.config.num_layers}, source={self.source!r})"
