@@ -200,8 +200,6 @@ def main():
             f"bandwidth floor (goal >= 80%; decode step {1e3 * step:.2f} ms), "
             f"{100 * ceiling / step:.0f}% of XLA's matrix-vector chain, "
             f"x{ours_tps / hf_tps:.2f} transformers (tok/s with prefill)")
-
-
   if args.ab and kernel:
     for n_prompt, layout in ((n, l) for n in args.prompt_tokens for l in args.layouts):
       paired_rounds(models[layout], prompt_ids(n_prompt), layout, args.new, args.ab)
