@@ -105,6 +105,8 @@ def main():
   args = ap.parse_args()
   if args.new < 2:
     ap.error("--new must be at least 2 (the decode step is timed as new tokens minus one)")
+  if args.ab < 0:
+    ap.error(f"--ab must be a number of rounds >= 0, got {args.ab}")
 
   import torch
   import transformers as tf

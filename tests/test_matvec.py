@@ -57,6 +57,14 @@ def test_einsum_beyond_one_row_in_other_dtypes_or_when_off(monkeypatch):
   np.testing.assert_array_equal(np.asarray(matvec.linear(jnp.ones((1, 1, 8)), w)), 8.0)
 
 
+def test_lm_kernel_switch_must_be_a_bool():
+  from c2cjax.models.tiny import tiny_lm
+  lm = tiny_lm("qwen3", seed=0)
+  with pytest.raises(TypeError, match="kernel=.*'off'"):
+    lm.with_layout(kernel="off")
+  assert lm.with_layout(kernel=False).kernel is False
+
+
 def test_switch_value_that_is_neither_on_nor_off_is_an_error(monkeypatch):
   monkeypatch.setenv("C2CJAX_CPU_MATVEC", "maybe")
   with pytest.raises(ValueError, match="C2CJAX_CPU_MATVEC='maybe'"):

@@ -116,6 +116,8 @@ class LM:
     """``params`` must match ``scan_layers`` (stacked ``layers`` vs ``layers_{i}``);
     see :meth:`with_layout`. ``kernel=False``: batch-1 products use XLA's own instead of
     ``c2cjax.kernels.matvec`` (which ``C2CJAX_CPU_MATVEC=0`` turns off process-wide)."""
+    if not isinstance(kernel, bool):  # "off" or "0" would read as True
+      raise TypeError(f"LM(kernel=...) must be True or False, got {kernel!r}")
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
