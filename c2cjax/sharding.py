@@ -101,6 +101,14 @@ def maybe_initialize_distributed(**kwargs):
       jax.distributed.initialize(**kwargs)
     except RuntimeError as e:  # single host
       logging.info("jax.distributed.initialize skipped: %s", e)
+  if (jax.distributed.is_initialized() and jax.process_count() > 1
+      and jax.default_backend() == "cpu"
+      and jax.config.jax_compilation_cache_dir and jax.config.jax_enable_compilation_cache):
+    # jax 0.10: a restarted CPU process that loaded its programs from the persistent cache
+    # hung in its first gloo collective; compile instead (the cache is a speed-up only).
+    logging.warning("persistent compilation cache turned off: %d CPU processes",
+                    jax.process_count())
+    jax.config.update("jax_enable_compilation_cache", False)
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:

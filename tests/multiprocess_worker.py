@@ -31,6 +31,7 @@ def config():
   c.per_device_batch_size = 1  # 4 devices in all: micro-batches of 4, 2 of them a step
   c.data.max_len = 96  # every record's prompt fits: no host skips one (see the pipeline)
   c.max_steps = 4
+  c.pass2_parts = 0  # one step program per process (tests/test_train.py covers the split)
   c.checkpoint_every = 2
   c.eval_every = 0
   c.tensorboard = False
