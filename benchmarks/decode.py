@@ -1,12 +1,16 @@
 """Decode throughput of ``LM.generate`` vs transformers' ``generate`` on the same model.
 
     python benchmarks/decode.py [--model smollm2|gemma3|PATH] [--new 64] [--batches 1 8]
-        [--prompt-tokens 0 124] [--layouts scanned unscanned] [--ab 10]
+        [--prompt-tokens 0 124] [--layouts scanned unscanned unscanned-bf16] [--ab 10]
 
 ``--prompt-tokens``: 0 is the short story prompt (42 tokens with SmolLM2's template); N
 lengthens its user message until the templated prompt has at least N tokens (124: the
 C2C query of issue 16). ``--layouts``: stacked layers under ``nn.scan`` (the default
-``LM``) and/or one unrolled block per layer (``LM.with_layout(scan_layers=False)``).
+``LM``) and/or one unrolled block per layer (``LM.with_layout(scan_layers=False)``), and/or
+that with its weight matrices stored in bfloat16 and fp32 activations
+(``with_layout(weight_dtype=jnp.bfloat16)``, "unscanned-bf16": half the bytes to read; its
+greedy tokens are compared with the fp32 model's, and its row also gives the floor of its
+own bytes).
 
 Both run fp32 greedy on the same prompt with the same token budget (EOS ignored), in one
 process, after a warm-up call each. Also prints the memory-bandwidth floor for batch-1
@@ -18,8 +22,9 @@ Batch-1 products on CPU go through c2cjax's matrix-vector kernel
 (``c2cjax.kernels.matvec``); run with ``C2CJAX_CPU_MATVEC=0`` for XLA's own. ``--ab N``
 also compares the two in this one process: for each batch-1 case, a copy of the model
 with ``kernel=False`` (``LM.with_layout``) alternates with it for N rounds; it prints
-both medians and the median of the per-round differences. On a VM whose speed drifts by
-20% between minutes, paired rounds are what can tell a few percent apart.
+both medians and the median of the per-round differences (for "unscanned-bf16": against
+the fp32 per-layer model with the kernel). On a VM whose speed drifts by 20% between
+minutes, paired rounds are what can tell a few percent apart.
 """
 
 from __future__ import annotations
@@ -99,7 +104,8 @@ def main():
   ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
   ap.add_argument("--reps", type=int, default=3)
   ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[0])
-  ap.add_argument("--layouts", nargs="+", default=["scanned"], choices=["scanned", "unscanned"])
+  ap.add_argument("--layouts", nargs="+", default=["scanned"],
+                  choices=["scanned", "unscanned", "unscanned-bf16"])
   ap.add_argument("--ab", type=int, default=0, metavar="N",
                   help="also alternate the kernel and XLA's products for N paired rounds")
   args = ap.parse_args()
@@ -108,6 +114,7 @@ def main():
   if args.ab < 0:
     ap.error(f"--ab must be a number of rounds >= 0, got {args.ab}")
 
+  import jax.numpy as jnp
   import torch
   import transformers as tf
 
@@ -151,6 +158,10 @@ def main():
   if "unscanned" in args.layouts:
     models["unscanned"] = lm.with_layout(scan_layers=False)
   flat = models.get("unscanned") or lm.with_layout(scan_layers=False)
+  if "unscanned-bf16" in args.layouts:
+    models["unscanned-bf16"] = flat.with_layout(weight_dtype=jnp.bfloat16)
+  own_bytes = {name: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(m.params))
+               for name, m in models.items()}
   ceiling = gemv_chain_seconds(flat.params, lm.config.hidden_size)
   print(f"XLA matrix-vector products over the same weights alone: {1e3 * ceiling:.1f} ms/token "
         f"({weight_bytes / ceiling / 1e9:.1f} GB/s): the most XLA's CPU matmuls allow")
@@ -185,6 +196,13 @@ def main():
     theirs = hf_times[len(ids), b]
     ours_tps, hf_tps = b * args.new / ours, b * args.new / theirs
     timings.append((len(ids), layout, b, ours_tps, hf_tps, step))
+    if layout == "unscanned-bf16" and b == 1:  # what storing the weights in bf16 changes
+      same = [list(jax.device_get(m.generate([ids], max_new_tokens=args.new, eos_ids=[],
+                                             return_tokens=True)[0])[0])
+              for m in (model, flat)]
+      agree = next((i for i, (a, c) in enumerate(zip(*same)) if a != c), len(same[0]))
+      print(f"unscanned-bf16, prompt {len(ids)}: greedy tokens equal the fp32 model's for the "
+            f"first {agree} of {len(same[0])}")
   # The VM's read bandwidth moves within minutes (30-67 GB/s seen): measure it again after
   # the runs and take the larger figure, the stricter floor.
   bw2 = measure_bandwidth()
@@ -198,20 +216,27 @@ def main():
     print(f"{n_ids:>6} {layout:>9} {b:>5} {ours_tps:>13.1f} {hf_tps:>9.1f} "
           f"{ours_tps / hf_tps:>6.2f} {1e3 * step:>8.2f} {100 / (step * floor):>9.0f}%")
     if b == 1:
+      own = ""
+      if own_bytes[layout] != weight_bytes:  # bf16 matrices: the floor of the bytes it reads
+        own = (f", {100 * own_bytes[layout] / weight_bytes / (step * floor):.0f}% of the "
+               f"floor of its own {own_bytes[layout] / 2**20:.0f} MiB")
       print(f"RATIO decode prompt {n_ids} {layout}: {100 / (step * floor):.0f}% of the "
-            f"bandwidth floor (goal >= 80%; decode step {1e3 * step:.2f} ms), "
-            f"{100 * ceiling / step:.0f}% of XLA's matrix-vector chain, "
+            f"bandwidth floor (fp32 weights; goal >= 80%; decode step {1e3 * step:.2f} ms)"
+            f"{own}, {100 * ceiling / step:.0f}% of XLA's matrix-vector chain, "
             f"x{ours_tps / hf_tps:.2f} transformers (tok/s with prefill)")
   if args.ab and kernel:
     for n_prompt, layout in ((n, l) for n in args.prompt_tokens for l in args.layouts):
-      paired_rounds(models[layout], prompt_ids(n_prompt), layout, args.new, args.ab)
+      model = models[layout]
+      other = (("fp32", models.get("unscanned") or flat) if layout == "unscanned-bf16"
+               else ("XLA", model.with_layout(kernel=False)))  # a static field: own program
+      paired_rounds(model, other, prompt_ids(n_prompt), layout, args.new, args.ab)
   elif args.ab:
     print("--ab: the kernel is off here, nothing to compare")
 
 
-def paired_rounds(model, ids: list[int], layout: str, new: int, rounds: int):
-  """Batch-1 decode step with the kernel vs XLA's products, alternating in one process."""
-  xla = model.with_layout(kernel=False)  # same params; a static module field: its own program
+def paired_rounds(model, other, ids: list[int], layout: str, new: int, rounds: int):
+  """Batch-1 decode step of ``model`` vs ``other`` = (name, LM), alternating in one process."""
+  name, xla = other
 
   def step(m) -> float:
     gen = lambda n: m.generate([ids], max_new_tokens=n, eos_ids=[], return_tokens=True)
@@ -225,14 +250,14 @@ def paired_rounds(model, ids: list[int], layout: str, new: int, rounds: int):
   step(xla)
   steps = {"kernel": [], "xla": []}
   for r in range(rounds):  # alternate which goes first
-    for name in (("kernel", "xla") if r % 2 == 0 else ("xla", "kernel")):
-      steps[name].append(step(model if name == "kernel" else xla))
+    for side in (("kernel", "xla") if r % 2 == 0 else ("xla", "kernel")):
+      steps[side].append(step(model if side == "kernel" else xla))
   diff = [x - k for k, x in zip(steps["kernel"], steps["xla"])]
-  print(f"A/B prompt {len(ids)} {layout}, {rounds} paired rounds: decode step median kernel "
-        f"{1e3 * statistics.median(steps['kernel']):.2f} ms, XLA "
-        f"{1e3 * statistics.median(steps['xla']):.2f} ms; XLA minus kernel per round: median "
-        f"{1e3 * statistics.median(diff):+.2f} ms, kernel faster in {sum(d > 0 for d in diff)} "
-        f"of {rounds}")
+  print(f"A/B prompt {len(ids)} {layout}, {rounds} paired rounds: decode step median "
+        f"{layout} {1e3 * statistics.median(steps['kernel']):.2f} ms, {name} "
+        f"{1e3 * statistics.median(steps['xla']):.2f} ms; {name} minus {layout} per round: "
+        f"median {1e3 * statistics.median(diff):+.2f} ms, {layout} faster in "
+        f"{sum(d > 0 for d in diff)} of {rounds}")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,16 @@ def _uses_kernel(fn, *args) -> bool:
 @needs_kernel
 @pytest.mark.parametrize("k,n", [(576, 1536), (37, 5), (1, 1), (65, 129), (1536, 576)])
 @pytest.mark.parametrize("out_in", [False, True])
-def test_kernel_matches_einsum(k, n, out_in):
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_kernel_matches_einsum(k, n, out_in, dtype):
+  """fp32 or bfloat16 weights, fp32 x: the float64 product of the weights as stored."""
   assert matvec.available()
   kx, kw = jax.random.split(jax.random.PRNGKey(k * 1000 + n))
   x = jax.random.normal(kx, (1, 1, k))
-  w = jax.random.normal(kw, (n, k) if out_in else (k, n)) / np.sqrt(k)
+  w = (jax.random.normal(kw, (n, k) if out_in else (k, n)) / np.sqrt(k)).astype(dtype)
   fn = lambda x, w: matvec.linear(x, w, out_in=out_in)
-  assert _uses_kernel(fn, x, w)
+  target = matvec.TARGET_BF16 if dtype == jnp.bfloat16 else matvec.TARGET
+  assert f"@{target}(" in jax.jit(fn).lower(x, w).as_text()
   want = np.einsum("bsi,oi->bso" if out_in else "bsi,io->bso", np.asarray(x, np.float64),
                    np.asarray(w, np.float64))
   np.testing.assert_allclose(np.asarray(jax.jit(fn)(x, w)), want, rtol=0, atol=2e-5)
@@ -125,3 +128,36 @@ def test_batch1_decode_with_kernel_matches_transformers(kind, tmp_path_factory):
     assert hlo.count(f"@{matvec.TARGET}(") == calls
     logits, _ = jax.jit(step)(lm.params, last, cache)
     np.testing.assert_allclose(np.asarray(logits[:, -1]), ref, atol=1e-4, rtol=0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["llama3", "gemma3"])  # untied head; tied head, soft cap
+def test_bf16_stored_weights_compute_in_fp32(kind, tmp_path_factory):
+  """``with_layout(weight_dtype=bfloat16)``: the matrices stored in bf16, norms and
+  activations fp32. Prefill (XLA's products) and batch-1 decode (the bf16 kernel in every
+  projection and the LM head) equal the fp32 model whose weights were rounded to bf16."""
+  _, _, stacked = hf_tiny.loaded(kind, tmp_path_factory)
+  flat = stacked.with_layout(scan_layers=False)
+  narrow = flat.with_layout(weight_dtype=jnp.bfloat16)
+  dtypes = {jax.tree_util.keystr(k): a.dtype
+            for k, a in jax.tree_util.tree_leaves_with_path(narrow.params)}
+  assert dtypes["['layers_0']['mlp']['down']"] == jnp.bfloat16
+  assert dtypes["['embed']"] == jnp.bfloat16
+  assert dtypes["['layers_0']['attn_norm']['scale']"] == jnp.float32
+  assert narrow.with_layout(kernel=False).weight_dtype == jnp.bfloat16  # kept
+  rounded = jax.tree.map(lambda a, b: b.astype(a.dtype), flat.params, narrow.params)
+  ref_lm = lm_lib.LM(flat.config, rounded, scan_layers=False, kernel=False)
+  ids = jnp.asarray(np.random.default_rng(4).integers(3, 128, size=(1, 9)), jnp.int32)
+  outs = []
+  for lm, calls in ((narrow, 7 * flat.config.num_layers + 1), (ref_lm, 0)):
+    logits, cache = lm_lib.forward(lm.module, lm.params, ids[:, :-1], lm.init_cache(1, 12))
+    step = lambda p, t, c, lm=lm: lm_lib.forward(lm.module, p, t, c)
+    hlo = jax.jit(step).lower(lm.params, ids[:, -1:], cache).as_text()
+    assert hlo.count(f"@{matvec.TARGET_BF16}(") == calls
+    last, _ = jax.jit(step)(lm.params, ids[:, -1:], cache)
+    assert logits.dtype == last.dtype == jnp.float32
+    outs.append((np.asarray(logits), np.asarray(last)))
+  for got, want in zip(*outs):
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  with pytest.raises(ValueError, match="weight_dtype.*float16"):
+    flat.with_layout(weight_dtype=jnp.float16)

@@ -2,6 +2,8 @@
 //
 // y[M, N] = x[M, K] . w, with w stored [K, N] ("in, out": c2cjax's layout) or [N, K]
 // ("out, in": the tied embedding as LM head). M is small (decode: batch x 1 token).
+// x and y are fp32; w is fp32 (C2cjaxCpuMatVec) or bfloat16 (C2cjaxCpuMatVecBf16: half the
+// bytes to stream, each weight widened to fp32 before its multiply-add).
 //
 // Why hand-written: XLA:CPU's matrix-vector products on decode-sized matrices (576 x 1536
 // and smaller) stream the weights well below the machine's read bandwidth; this kernel
@@ -31,39 +33,52 @@ inline void cpu_relax() {
 #endif
 }
 
+// A stored weight as fp32: itself, or a bfloat16's bits as the top half of an fp32 (exact).
+inline float widen(float v) { return v; }
+inline float widen(uint16_t v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 // acc[m, :] += sum_{i in [r0, r1)} x[m, i] * w[i, :]   (w is [K, N]; acc is [M, N]).
-void rows_in_out(const float* __restrict x, const float* __restrict w, float* __restrict acc,
+template <typename W>
+void rows_in_out(const float* __restrict x, const W* __restrict w, float* __restrict acc,
                  int64_t M, int64_t K, int64_t N, int64_t r0, int64_t r1) {
   int64_t i = r0;
   for (; i + 4 <= r1; i += 4) {
-    const float* w0 = w + i * N;
-    const float* w1 = w0 + N;
-    const float* w2 = w1 + N;
-    const float* w3 = w2 + N;
+    const W* w0 = w + i * N;
+    const W* w1 = w0 + N;
+    const W* w2 = w1 + N;
+    const W* w3 = w2 + N;
     for (int64_t m = 0; m < M; ++m) {
       const float* xm = x + m * K + i;
       const float a0 = xm[0], a1 = xm[1], a2 = xm[2], a3 = xm[3];
       float* __restrict y = acc + m * N;
 #pragma GCC ivdep
-      for (int64_t j = 0; j < N; ++j) y[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j];
+      for (int64_t j = 0; j < N; ++j) {
+        y[j] += a0 * widen(w0[j]) + a1 * widen(w1[j]) + a2 * widen(w2[j]) + a3 * widen(w3[j]);
+      }
     }
   }
   for (; i < r1; ++i) {
-    const float* w0 = w + i * N;
+    const W* w0 = w + i * N;
     for (int64_t m = 0; m < M; ++m) {
       const float a0 = x[m * K + i];
       float* __restrict y = acc + m * N;
 #pragma GCC ivdep
-      for (int64_t j = 0; j < N; ++j) y[j] += a0 * w0[j];
+      for (int64_t j = 0; j < N; ++j) y[j] += a0 * widen(w0[j]);
     }
   }
 }
 
 // y[m, o] = dot(w[o, :], x[m, :]) for o in [r0, r1)   (w is [N, K]; y is [M, N]).
-void rows_out_in(const float* __restrict x, const float* __restrict w, float* __restrict y,
+template <typename W>
+void rows_out_in(const float* __restrict x, const W* __restrict w, float* __restrict y,
                  int64_t M, int64_t K, int64_t N, int64_t r0, int64_t r1) {
   for (int64_t o = r0; o < r1; ++o) {
-    const float* wo = w + o * K;
+    const W* wo = w + o * K;
     for (int64_t m = 0; m < M; ++m) {
       const float* xm = x + m * K;
       float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
@@ -71,23 +86,24 @@ void rows_out_in(const float* __restrict x, const float* __restrict w, float* __
       // Four independent partial sums let the compiler keep four vector accumulators.
       for (; i + 64 <= K; i += 64) {
 #pragma GCC ivdep
-        for (int64_t j = 0; j < 16; ++j) s0 += wo[i + j] * xm[i + j];
+        for (int64_t j = 0; j < 16; ++j) s0 += widen(wo[i + j]) * xm[i + j];
 #pragma GCC ivdep
-        for (int64_t j = 16; j < 32; ++j) s1 += wo[i + j] * xm[i + j];
+        for (int64_t j = 16; j < 32; ++j) s1 += widen(wo[i + j]) * xm[i + j];
 #pragma GCC ivdep
-        for (int64_t j = 32; j < 48; ++j) s2 += wo[i + j] * xm[i + j];
+        for (int64_t j = 32; j < 48; ++j) s2 += widen(wo[i + j]) * xm[i + j];
 #pragma GCC ivdep
-        for (int64_t j = 48; j < 64; ++j) s3 += wo[i + j] * xm[i + j];
+        for (int64_t j = 48; j < 64; ++j) s3 += widen(wo[i + j]) * xm[i + j];
       }
-      for (; i < K; ++i) s0 += wo[i] * xm[i];
+      for (; i < K; ++i) s0 += widen(wo[i]) * xm[i];
       y[m * N + o] = (s0 + s1) + (s2 + s3);
     }
   }
 }
 
+template <typename W>
 struct Job {
   const float* x;
-  const float* w;
+  const W* w;
   float* y;
   int64_t M, K, N, blocks, rows;
   bool out_in;
@@ -110,8 +126,10 @@ struct Job {
   }
 };
 
-ffi::Error MatVec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+template <ffi::DataType T>
+ffi::Error MatVec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> w,
                   ffi::ResultBuffer<ffi::F32> y, bool out_in, int64_t blocks_per_thread) {
+  using W = ffi::NativeType<T>;
   const auto xd = x.dimensions();
   const auto wd = w.dimensions();
   if (xd.size() != 2 || wd.size() != 2) {
@@ -122,7 +140,7 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
   if ((out_in ? wd[1] : wd[0]) != K) {
     return ffi::Error::InvalidArgument("c2cjax_cpu_matvec: x and w disagree on K");
   }
-  auto job = std::make_shared<Job>();
+  auto job = std::make_shared<Job<W>>();
   job->x = x.typed_data();
   job->w = w.typed_data();
   job->y = y->typed_data();
@@ -159,11 +177,20 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(C2cjaxCpuMatVec, MatVec,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(C2cjaxCpuMatVec, MatVec<ffi::F32>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("out_in")
+                                  .Attr<int64_t>("blocks_per_thread"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(C2cjaxCpuMatVecBf16, MatVec<ffi::BF16>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("out_in")
                                   .Attr<int64_t>("blocks_per_thread"));

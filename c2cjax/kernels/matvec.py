@@ -3,7 +3,10 @@
 :func:`linear` is ``x @ w`` for the model's projections and LM head. When a product has a
 single row (batch-1 decode), runs on the CPU backend in fp32, and the kernel is available,
 it calls ``cpu_matvec.cc`` (beside this file); everything else is the plain einsum. Both
-give the same values up to float summation order (tests/test_matvec.py).
+give the same values up to float summation order (tests/test_matvec.py). Weights stored in
+bfloat16 (``LM.with_layout(weight_dtype=jnp.bfloat16)``) go through the kernel too: it reads
+half the bytes and widens each weight to fp32 before its multiply-add, so the product is
+the fp32 product of the rounded weights.
 
 Why a hand-written kernel: batch-1 decode is one pass over every weight per token, so its
 speed is the memory read rate. XLA:CPU's matrix-vector products on decode-sized matrices
@@ -40,6 +43,7 @@ import numpy as np
 from c2cjax import runtime
 
 TARGET = "c2cjax_cpu_matvec"
+TARGET_BF16 = "c2cjax_cpu_matvec_bf16"  # bfloat16 weights, fp32 activations and sums
 SOURCE = "cpu_matvec.cc"
 # Above one row, XLA's own products were faster on the 2-core machine (RESULTS.md).
 MAX_ROWS = 1
@@ -114,12 +118,13 @@ def available() -> bool:
     return False
   try:
     lib = ctypes.CDLL(str(path))
-    handler = lib.C2cjaxCpuMatVec
+    handlers = {TARGET: lib.C2cjaxCpuMatVec, TARGET_BF16: lib.C2cjaxCpuMatVecBf16}
   except (OSError, AttributeError) as e:  # a damaged or foreign file under the cached name
     log.warning("c2cjax: batch-1 products use XLA's own kernels (cannot load %s: %s; delete "
                 "it to rebuild)", path, e)
     return False
-  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+  for name, handler in handlers.items():
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
   _LIBRARIES.append(lib)  # keep it loaded for the process's lifetime
   return True
 
@@ -128,14 +133,16 @@ _LIBRARIES: list = []
 
 
 def active() -> bool:
-  """Whether batch-1 fp32 products use the kernel: switched on, the CPU backend, built."""
+  """Whether batch-1 fp32-activation products use the kernel: switched on, the CPU
+  backend, built."""
   return enabled() and jax.default_backend() == "cpu" and available()
 
 
 def use_kernel(x: jax.Array, w: jax.Array) -> bool:
-  """Static (trace-time) choice: one fp32 row on the CPU backend with the kernel built."""
+  """Static (trace-time) choice: one fp32 row and fp32 or bfloat16 weights, on the CPU
+  backend with the kernel built."""
   return (math.prod(x.shape[:-1]) <= MAX_ROWS and x.dtype == jnp.float32
-          and w.dtype == jnp.float32 and w.ndim == 2 and active())
+          and w.dtype in (jnp.float32, jnp.bfloat16) and w.ndim == 2 and active())
 
 
 def _einsum(x, w, out_in: bool):
@@ -146,7 +153,8 @@ def _einsum(x, w, out_in: bool):
 def _kernel(x, w, out_in: bool):
   n = w.shape[0] if out_in else w.shape[1]
   rows = x.reshape(-1, x.shape[-1])
-  y = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+  target = TARGET_BF16 if w.dtype == jnp.bfloat16 else TARGET
+  y = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
                        vmap_method="sequential")(
       rows, w, out_in=out_in, blocks_per_thread=np.int64(_BLOCKS_PER_THREAD))
   return y.reshape(*x.shape[:-1], n)

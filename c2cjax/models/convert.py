@@ -118,3 +118,24 @@ def stack_layers(params: dict, num_layers: int) -> dict:
   out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs),
                                *[params[f"layers_{i}"] for i in range(num_layers)])
   return out
+
+
+# The weight matrices (projections, MLP, embedding, LM head); norm scales and biases are
+# small and stay in the compute dtype.
+MATRICES = ("q", "k", "v", "o", "gate", "up", "down", "embed", "lm_head")
+
+
+def cast_weights(params: dict, dtype) -> dict:
+  """``params`` with every weight matrix (:data:`MATRICES`) stored as ``dtype``.
+
+  The model computes in its own dtype either way: ``LM.with_layout(weight_dtype=...)``
+  stores the matrices in bfloat16 and keeps fp32 activations (half the bytes that batch-1
+  decode reads; the products are the fp32 products of the rounded weights).
+  """
+  import jax
+  import jax.numpy as jnp
+
+  def cast(path, a):
+    name = getattr(path[-1], "key", None)
+    return a.astype(dtype) if name in MATRICES and jnp.issubdtype(a.dtype, jnp.floating) else a
+  return jax.tree_util.tree_map_with_path(cast, params)

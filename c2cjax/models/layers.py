@@ -250,7 +250,7 @@ class Decoder(nn.Module):
     c = self.cfg
     b, s = tokens.shape
     embed = _param(self, "embed", (c.vocab_size, c.hidden_size), ("vocab", "embed"), self.dtype)
-    x = jnp.take(embed, tokens, axis=0)
+    x = jnp.take(embed, tokens, axis=0).astype(self.dtype)  # weights may be stored narrower
     if c.embed_scale is not None:
       x = x * jnp.asarray(c.embed_scale, self.dtype)
 

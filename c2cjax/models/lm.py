@@ -108,16 +108,29 @@ class LM:
     params: the param pytree (plain dicts of arrays).
     tokenizer: a Hugging Face tokenizer, or None.
     dtype: compute/param dtype.
+    weight_dtype: how the weight matrices are stored when not ``dtype`` (None: as ``dtype``).
   """
 
   def __init__(self, config: ModelConfig, params: Any, tokenizer=None, dtype=jnp.float32,
                source: str | None = None, remat: bool = False, scan_layers: bool = True,
-               kernel: bool = True):
+               kernel: bool = True, weight_dtype=None):
     """``params`` must match ``scan_layers`` (stacked ``layers`` vs ``layers_{i}``);
     see :meth:`with_layout`. ``kernel=False``: batch-1 products use XLA's own instead of
-    ``c2cjax.kernels.matvec`` (which ``C2CJAX_CPU_MATVEC=0`` turns off process-wide)."""
+    ``c2cjax.kernels.matvec`` (which ``C2CJAX_CPU_MATVEC=0`` turns off process-wide).
+    ``weight_dtype=jnp.bfloat16``: the weight matrices are stored (cast here) in bfloat16
+    while activations stay in ``dtype``; on CPU with the kernel and the per-layer layout,
+    batch-1 decode then reads half the bytes (benchmarks/decode.py --weights bf16)."""
     if not isinstance(kernel, bool):  # "off" or "0" would read as True
       raise TypeError(f"LM(kernel=...) must be True or False, got {kernel!r}")
+    if weight_dtype is not None:
+      if jnp.dtype(weight_dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"LM(weight_dtype=...) must be float32 or bfloat16, got "
+                         f"{weight_dtype!r}")
+      weight_dtype = jnp.dtype(weight_dtype)
+      if params is not None:
+        from c2cjax.models.convert import cast_weights
+        params = cast_weights(params, weight_dtype)
+    self.weight_dtype = weight_dtype
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
@@ -133,9 +146,10 @@ class LM:
     self._prefill = jax.jit(prefill, static_argnums=(0, 4))
 
   def with_layout(self, *, scan_layers: bool | None = None, remat: bool | None = None,
-                  kernel: bool | None = None) -> "LM":
+                  kernel: bool | None = None, weight_dtype=None) -> "LM":
     """The same model with stacked (scanned) or per-layer params, and/or remat, and/or the
-    CPU matrix-vector kernel on or off (see ``__init__``)."""
+    CPU matrix-vector kernel on or off, and/or its weight matrices stored as
+    ``weight_dtype`` (see ``__init__``)."""
     from c2cjax.models.convert import stack_layers, unstack_layers
     scan = self.scan_layers if scan_layers is None else scan_layers
     params = self.params
@@ -144,7 +158,8 @@ class LM:
       params = stack_layers(params, n) if scan else unstack_layers(params, n)
     return LM(self.config, params, self.tokenizer, self.dtype, self.source,
               self.remat if remat is None else remat, scan,
-              self.kernel if kernel is None else kernel)
+              self.kernel if kernel is None else kernel,
+              self.weight_dtype if weight_dtype is None else weight_dtype)
 
   def __repr__(self):
     return f"LM({self.config.arch}, layers={self.config.num_layers}, source={self.source!r})"
