@@ -62,29 +62,35 @@ def gemv_chain_seconds(params, hidden: int, reps: int = 10, product=None) -> flo
   one after another, and nothing else: the fastest XLA's own CPU matmuls read these
   weights. The gap between it and the bandwidth floor is the backend's (its matrix-vector
   kernels do not stream at the all-core bandwidth), not the model code's. ``product``:
-  ``(x, m) -> x @ m`` (default XLA's; c2cjax's kernel is ``kernels.matvec.linear``).
+  ``(x, m, out_in) -> x . m`` with ``m`` stored ``[out, in]`` when ``out_in`` (the tied
+  embedding as LM head, read in place as the model does); default XLA's einsum, c2cjax's
+  kernel is ``kernels.matvec.linear``. ``x`` is fp32 whatever the weights' dtype.
   """
-  product = product or (lambda x, m: x @ m)
+  product = product or (lambda x, m, out_in: jax.numpy.einsum(
+      "bi,oi->bo" if out_in else "bi,io->bo", x, m))
   mats = []
   for path, w in jax.tree_util.tree_leaves_with_path(params):
     if w.ndim < 2:
       continue
     if "embed" in jax.tree_util.keystr(path):  # the tied LM head: [V, D] . [D]
-      mats.append(w.T)
+      mats.append((w, True))
     elif w.shape[0] == hidden:  # [D, ...] (q, k, v, gate, up)
-      mats.append(w.reshape(hidden, -1))
+      mats.append((w.reshape(hidden, -1), False))
     else:  # [..., D] (o, down)
-      mats.append(w.reshape(-1, w.shape[-1]))
+      mats.append((w.reshape(-1, w.shape[-1]), False))
+  flags = tuple(out_in for _, out_in in mats)
 
   @jax.jit
-  def chain(mats):
+  def chain(ms):
     acc = jax.numpy.zeros((), jax.numpy.float32)
-    for m in mats:  # each product waits for the previous one's scalar
-      x = jax.numpy.full((1, m.shape[0]), 1.0 + 1e-9 * acc, m.dtype)
-      acc = acc + jax.numpy.sum(product(x, m))
+    for m, out_in in zip(ms, flags):  # each product waits for the previous one's scalar
+      x = jax.numpy.full((1, m.shape[1] if out_in else m.shape[0]), 1.0 + 1e-9 * acc,
+                         jax.numpy.float32)
+      acc = acc + jax.numpy.sum(product(x, m, out_in))
     return acc
 
-  return _time(lambda: jax.block_until_ready(chain(mats)), reps)
+  ms = [m for m, _ in mats]
+  return _time(lambda: jax.block_until_ready(chain(ms)), reps)
 
 
 def _time(fn, reps: int) -> float:
@@ -167,9 +173,17 @@ def main():
         f"({weight_bytes / ceiling / 1e9:.1f} GB/s): the most XLA's CPU matmuls allow")
   kernel = matvec.active()
   if kernel:
-    chain = gemv_chain_seconds(flat.params, lm.config.hidden_size, product=matvec.linear)
+    kernel_product = lambda x, m, out_in: matvec.linear(x, m, out_in=out_in)
+    chain = gemv_chain_seconds(flat.params, lm.config.hidden_size, product=kernel_product)
     print(f"c2cjax's matrix-vector kernel over the same weights alone: {1e3 * chain:.1f} "
           f"ms/token ({weight_bytes / chain / 1e9:.1f} GB/s); the models below use it")
+    if "unscanned-bf16" in models:
+      narrow = models["unscanned-bf16"]
+      chain16 = gemv_chain_seconds(narrow.params, lm.config.hidden_size,
+                                   product=kernel_product)
+      print(f"... over the same weights stored in bf16 ({own_bytes['unscanned-bf16'] / 2**20:.0f} "
+            f"MiB): {1e3 * chain16:.1f} ms/token "
+            f"({own_bytes['unscanned-bf16'] / chain16 / 1e9:.1f} GB/s)")
   else:
     print("c2cjax's matrix-vector kernel: off (C2CJAX_CPU_MATVEC=0, no compiler, or not CPU); "
           "the models below use XLA's products")
