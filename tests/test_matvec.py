@@ -159,5 +159,6 @@ def test_bf16_stored_weights_compute_in_fp32(kind, tmp_path_factory):
     outs.append((np.asarray(logits), np.asarray(last)))
   for got, want in zip(*outs):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
-  with pytest.raises(ValueError, match="weight_dtype.*float16"):
-    flat.with_layout(weight_dtype=jnp.float16)
+  for bad in (jnp.float16, "bf16"):
+    with pytest.raises(ValueError, match="weight_dtype.*must be float32 or bfloat16"):
+      flat.with_layout(weight_dtype=bad)

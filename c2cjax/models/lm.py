@@ -123,7 +123,11 @@ class LM:
     if not isinstance(kernel, bool):  # "off" or "0" would read as True
       raise TypeError(f"LM(kernel=...) must be True or False, got {kernel!r}")
     if weight_dtype is not None:
-      if jnp.dtype(weight_dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+      try:
+        known = jnp.dtype(weight_dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+      except TypeError:  # not a dtype at all ("bf16", "nonsense")
+        known = False
+      if not known:
         raise ValueError(f"LM(weight_dtype=...) must be float32 or bfloat16, got "
                          f"{weight_dtype!r}")
       weight_dtype = jnp.dtype(weight_dtype)
