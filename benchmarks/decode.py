@@ -250,7 +250,7 @@ def main():
 
 def paired_rounds(model, other, ids: list[int], layout: str, new: int, rounds: int):
   """Batch-1 decode step of ``model`` vs ``other`` = (name, LM), alternating in one process."""
-  name, xla = other
+  name, other_lm = other
 
   def step(m) -> float:
     gen = lambda n: m.generate([ids], max_new_tokens=n, eos_ids=[], return_tokens=True)
@@ -261,15 +261,15 @@ def paired_rounds(model, other, ids: list[int], layout: str, new: int, rounds: i
     return ((t1 - t0) - (time.perf_counter() - t1)) / (new - 1)
 
   step(model)
-  step(xla)
-  steps = {"kernel": [], "xla": []}
+  step(other_lm)
+  steps = {"model": [], "other": []}
   for r in range(rounds):  # alternate which goes first
-    for side in (("kernel", "xla") if r % 2 == 0 else ("xla", "kernel")):
-      steps[side].append(step(model if side == "kernel" else xla))
-  diff = [x - k for k, x in zip(steps["kernel"], steps["xla"])]
+    for side in (("model", "other") if r % 2 == 0 else ("other", "model")):
+      steps[side].append(step(model if side == "model" else other_lm))
+  diff = [o - m for m, o in zip(steps["model"], steps["other"])]
   print(f"A/B prompt {len(ids)} {layout}, {rounds} paired rounds: decode step median "
-        f"{layout} {1e3 * statistics.median(steps['kernel']):.2f} ms, {name} "
-        f"{1e3 * statistics.median(steps['xla']):.2f} ms; {name} minus {layout} per round: "
+        f"{layout} {1e3 * statistics.median(steps['model']):.2f} ms, {name} "
+        f"{1e3 * statistics.median(steps['other']):.2f} ms; {name} minus {layout} per round: "
         f"median {1e3 * statistics.median(diff):+.2f} ms, {layout} faster in "
         f"{sum(d > 0 for d in diff)} of {rounds}")
 

@@ -86,7 +86,8 @@ def maybe_initialize_distributed(**kwargs):
   to ``jax.distributed.initialize`` (e.g. ``heartbeat_timeout_seconds``).
   """
   import os
-  if jax.distributed.is_initialized():
+  if jax.distributed.is_initialized():  # by the caller
+    _no_persistent_cache_on_cpu_processes()
     return
   names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
   if any(n in os.environ for n in names[1:]):
@@ -101,6 +102,10 @@ def maybe_initialize_distributed(**kwargs):
       jax.distributed.initialize(**kwargs)
     except RuntimeError as e:  # single host
       logging.info("jax.distributed.initialize skipped: %s", e)
+  _no_persistent_cache_on_cpu_processes()
+
+
+def _no_persistent_cache_on_cpu_processes():
   if (jax.distributed.is_initialized() and jax.process_count() > 1
       and jax.default_backend() == "cpu"
       and jax.config.jax_compilation_cache_dir and jax.config.jax_enable_compilation_cache):

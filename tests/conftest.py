@@ -11,6 +11,7 @@ import pytest
 _CACHE_VARS = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                # a size limit turns on JAX's file lock: two workers share the folder
                "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 << 30)}
+_OWN_CACHE = pytest.StashKey[str]()  # the folder this run made, removed at its end
 
 
 def pytest_configure(config):
@@ -35,9 +36,6 @@ def pytest_unconfigure(config):
   folder = config.stash.get(_OWN_CACHE, None)
   if folder:
     shutil.rmtree(folder, ignore_errors=True)
-
-
-_OWN_CACHE = pytest.StashKey[str]()
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -119,18 +119,18 @@ class LM:
     ``c2cjax.kernels.matvec`` (which ``C2CJAX_CPU_MATVEC=0`` turns off process-wide).
     ``weight_dtype=jnp.bfloat16``: the weight matrices are stored (cast here) in bfloat16
     while activations stay in ``dtype``; on CPU with the kernel and the per-layer layout,
-    batch-1 decode then reads half the bytes (benchmarks/decode.py --weights bf16)."""
+    batch-1 decode then reads half the bytes (benchmarks/decode.py --layouts unscanned-bf16)."""
     if not isinstance(kernel, bool):  # "off" or "0" would read as True
       raise TypeError(f"LM(kernel=...) must be True or False, got {kernel!r}")
     if weight_dtype is not None:
       try:
-        known = jnp.dtype(weight_dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+        dt = jnp.dtype(weight_dtype)
       except TypeError:  # not a dtype at all ("bf16", "nonsense")
-        known = False
-      if not known:
+        dt = None
+      if dt not in (jnp.float32, jnp.bfloat16):
         raise ValueError(f"LM(weight_dtype=...) must be float32 or bfloat16, got "
                          f"{weight_dtype!r}")
-      weight_dtype = jnp.dtype(weight_dtype)
+      weight_dtype = dt
       if params is not None:
         from c2cjax.models.convert import cast_weights
         params = cast_weights(params, weight_dtype)
