@@ -5,7 +5,8 @@ import pytest
 
 from c2cjax import load_model, offline
 
-pytestmark = pytest.mark.realweights
+# long real-weight runs: full XLA optimisation pays for itself here (tests/conftest.py)
+pytestmark = [pytest.mark.realweights, pytest.mark.usefixtures("optimized_xla")]
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")  # transformers needs it to load GGUF
 
