@@ -4,7 +4,6 @@ import ctypes
 import gc
 import os
 import shutil
-import sys
 import tempfile
 
 import pytest
@@ -14,7 +13,7 @@ _CACHE_VARS = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 << 30)}
 _OWN_CACHE = pytest.StashKey[str]()  # the folder this run made, removed at its end
 
-# The slowest tests, slowest first (``--durations`` on the 2-core CI machine, 2026-12-03).
+# The slowest tests, slowest first (``--durations`` of full runs on 2 cores, 2026-12-03).
 # xdist hands tests out in collection order; starting these first lets the two workers
 # finish together instead of one of them starting a 7-minute test when the rest is done.
 _SLOWEST_FIRST = (
@@ -62,20 +61,28 @@ def _compile_for_speed():
   weights long enough to pay for full optimisation ask for it (``optimized_xla``). A value
   the caller set is kept.
   """
-  os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-  if "jax" in sys.modules:  # imported by a plugin before this hook: set it there too
-    import jax
-    jax.config.update("jax_disable_most_optimizations",
-                      os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] not in ("0", "false", ""))
+  os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # read when jax is imported
 
 
 def pytest_collection_modifyitems(config, items):
-  """Starts the slowest tests first (``_SLOWEST_FIRST``); the rest keep their order."""
-  def rank(item):
-    name = item.nodeid.rsplit("/", 1)[-1].split("[")[0]
-    return next((i for i, slow in enumerate(_SLOWEST_FIRST) if name.startswith(slow)),
-                len(_SLOWEST_FIRST))
-  items.sort(key=rank)
+  """Starts the slowest tests first (``_SLOWEST_FIRST``); the rest keep their order.
+
+  An entry whose module was collected whole but matched no test (a renamed test) is an
+  error naming it, rather than an order that silently drifts.
+  """
+  names = [item.nodeid.rsplit("/", 1)[-1].split("[")[0] for item in items]
+  ranks = {}
+  for name in names:
+    ranks[name] = next((i for i, slow in enumerate(_SLOWEST_FIRST) if name.startswith(slow)),
+                       len(_SLOWEST_FIRST))
+  files = {name.split("::")[0] for name in names}
+  matched = set(ranks.values())
+  whole_files = not any("::" in arg for arg in config.args)  # no single tests picked
+  stale = [slow for i, slow in enumerate(_SLOWEST_FIRST)
+           if whole_files and i not in matched and slow.split("::")[0] in files]
+  if stale:
+    raise pytest.UsageError(f"tests/conftest.py _SLOWEST_FIRST names no collected test: {stale}")
+  items.sort(key=lambda item: ranks[item.nodeid.rsplit("/", 1)[-1].split("[")[0]])
 
 
 @pytest.fixture(scope="module")
