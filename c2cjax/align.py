@@ -148,6 +148,10 @@ class TokenAligner:
     """Whether both tokenizers are the same (sharer ids == receiver ids)."""
     if self.receiver is self.sharer:
       return True
+    backends = [getattr(t, "backend_tokenizer", None) for t in (self.receiver, self.sharer)]
+    if None in backends or len({b.get_vocab_size(with_added_tokens=True)
+                                for b in backends}) > 1:
+      return False  # cheap check first: serialising a 262k vocabulary takes a second
     a, b = _definition(self.receiver), _definition(self.sharer)
     return a is not None and a == b
 

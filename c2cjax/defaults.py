@@ -51,7 +51,8 @@ def train_config() -> ml_collections.ConfigDict:
   c.fuse_response = False  # ... and the response (C2C generation options of these names)
   # Pass 2 (receiver on the fused cache) starts after the fused prefix when every row's
   # fused slots form one (train.pass2_split), at a multiple of bucket // pass2_parts: at
-  # most pass2_parts compiled variants per bucket. 0: always rerun the whole sequence.
+  # most pass2_parts * (pass2_parts + 1) / 2 compiled (start, fused end) variants per
+  # bucket (36 at 8; single-turn data uses a few). 0: always rerun the whole sequence.
   c.pass2_parts = 8
 
   c.data = ml_collections.ConfigDict(dict(

@@ -56,7 +56,8 @@ def pass2_split(batch: Batch, parts: int) -> tuple[int, int]:
   row and no target needs an earlier position's logits (``loss_mask[..., :start + 1]``
   is 0) -- the single-turn case, where fused slots form a prefix of each row.
   ``fused_end``: pass 1 (prefills and fuser) only needs the slots up to the last fused one.
-  Both are multiples of ``T // parts`` (so a bucket compiles at most ``parts`` variants);
+  Both are multiples of ``T // parts`` (so a bucket compiles at most
+  ``parts * (parts + 1) / 2`` variants);
   ``parts = 0`` or interleaved fused slots give ``(0, T)``: today's full rerun.
   """
   real = np.asarray(batch["attention_mask"]).astype(bool)
