@@ -11,6 +11,7 @@ from c2cjax import load_model, offline
 from c2cjax.evaluation import cloze_prompt, load_mmlu_redux, mcq_prompt
 from c2cjax.evaluation.answerers import Solo, System
 from c2cjax.evaluation.runner import Evaluator, Settings
+from tests import hf_gguf
 
 pytestmark = pytest.mark.realweights
 torch = pytest.importorskip("torch")
@@ -22,15 +23,12 @@ TIE = 1e-3  # a question whose reference top-2 scores are closer than this may f
 
 @pytest.fixture(scope="module")
 def models():
-  import transformers as tf
-
   try:
     path = offline.smollm2_gguf()
   except offline.MissingOfflinePackage as e:
     pytest.skip(str(e))
   torch.set_num_threads(2)
-  hf = tf.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                               dtype=torch.float32).eval()
+  hf = hf_gguf.causal_lm(path)
   return load_model(path), hf
 
 

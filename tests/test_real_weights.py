@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from c2cjax import load_model, offline
+from tests import hf_gguf
 
 # long real-weight runs: full XLA optimisation pays for itself here (tests/conftest.py)
 pytestmark = [pytest.mark.realweights, pytest.mark.usefixtures("optimized_xla")]
@@ -20,8 +21,6 @@ def _path(which):
 
 @pytest.mark.parametrize("which", ["smollm2", "gemma3"])
 def test_greedy_and_logits_match_transformers(which):
-  import transformers as tf
-
   path = _path(which)
   lm = load_model(path)
   tok = lm.tokenizer
@@ -32,8 +31,7 @@ def test_greedy_and_logits_match_transformers(which):
   else:  # Gemma 3 270M is the base model: plain text with BOS
     ids = tok("Question: Name three primary colours, then explain why.\nAnswer:")["input_ids"]
 
-  hf = tf.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                               dtype=torch.float32).eval()
+  hf = hf_gguf.causal_lm(path)
   with torch.no_grad():
     ref_logits = hf(torch.tensor([ids])).logits.numpy()
     ref = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
