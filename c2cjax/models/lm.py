@@ -4,6 +4,7 @@ The pure functions take the Flax :class:`~c2cjax.models.layers.Decoder` module (
 pass it as a static argument or close over it) and a param pytree, so research code can
 call them inside its own ``jax.jit``::
 
+  params = lm.init_params(module, rng)                             # random, boxed (jit it)
   logits, cache = lm.forward(module, params, tokens, cache)       # any tokens on a cache
   cache = lm.prefill_cache(module, params, tokens, cache, mask)    # cache only, no LM head
   logits, cache = lm.prefill(module, params, tokens, mask, max_len)  # prompt -> last logits
