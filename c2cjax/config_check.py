@@ -169,7 +169,7 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
       "receiver": _name, "llm_dtype": _one_of(*LLM_DTYPES), "seed": _int(),
       "self_fusion": _boolean, "remat": _one_of("none", *sorted(REMAT_POLICIES)),
       "layer_map": _one_of(*LAYER_MAPS), "alignment": _one_of(*sections.SCHEMES),
-      "fusion_mode": _one_of(*FUSION_MODES),
+      "fusion_mode": _one_of(*FUSION_MODES), "pass2_parts": nonneg,
       "fuser.hidden_dim": pos, "fuser.intermediate_dim": pos, "fuser.num_layers": _int(3),
       "fuser.dropout": _num(0.0, 1.0, hi_open=True),
       "fuser.initial_temperature": _num(0.0, lo_open=True),

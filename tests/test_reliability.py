@@ -80,6 +80,7 @@ def problems(cfg) -> list[str]:
     ("global_batch_size", 5, "global_batch_size=5: must be a multiple of "
                              "per_device_batch_size=2"),
     ("log_every", -3, "log_every=-3"),
+    ("pass2_parts", -1, "pass2_parts=-1: must be an integer >= 0"),
 ])
 def test_bad_config_field_is_named(field, value, expect):
   cfg = tiny_cfg()
