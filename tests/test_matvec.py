@@ -97,6 +97,48 @@ def test_build_names_an_unwritable_cache_folder(tmp_path):
     matvec.build(compiler="c++", folder=tmp_path / "a-file" / "kernels")
 
 
+def _cpu_flags() -> set[str]:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return {w for line in f if line.startswith("flags") for w in line.split(":")[1].split()}
+  except OSError:
+    return set()
+
+
+# Each of the source's paths, built for this machine where it can run here.
+_PATHS = {"portable": (), "avx2": ("-mavx2", "-mfma"), "avx512": ("-mavx512f", "-mfma")}
+_NEEDS = {"portable": set(), "avx2": {"avx2", "fma"}, "avx512": {"avx512f", "fma"}}
+
+
+@needs_kernel
+@pytest.mark.parametrize("path", sorted(_PATHS))
+def test_every_simd_path_matches_float64(path, tmp_path):
+  """The AVX-512, AVX2 and portable loops (with their tails), each against float64."""
+  import ctypes
+  import platform
+  if path != "portable" and (platform.machine() not in ("x86_64", "AMD64")
+                             or not _NEEDS[path] <= _cpu_flags()):
+    pytest.skip(f"this CPU cannot run the {path} build")
+  lib = ctypes.CDLL(str(matvec.build(folder=tmp_path, arch=_PATHS[path])))
+  targets = {jnp.float32: f"c2cjax_test_{path}_f32", jnp.bfloat16: f"c2cjax_test_{path}_bf16"}
+  jax.ffi.register_ffi_target(targets[jnp.float32], jax.ffi.pycapsule(lib.C2cjaxCpuMatVec),
+                              platform="cpu")
+  jax.ffi.register_ffi_target(targets[jnp.bfloat16],
+                              jax.ffi.pycapsule(lib.C2cjaxCpuMatVecBf16), platform="cpu")
+  for k, n in [(576, 192), (37, 5), (1, 1), (67, 129), (130, 40)]:
+    for out_in in (False, True):
+      for dtype in (jnp.float32, jnp.bfloat16):
+        kx, kw = jax.random.split(jax.random.PRNGKey(k * 1000 + n))
+        x = jax.random.normal(kx, (1, k))
+        w = (jax.random.normal(kw, (n, k) if out_in else (k, n)) / np.sqrt(k)).astype(dtype)
+        got = jax.ffi.ffi_call(targets[dtype], jax.ShapeDtypeStruct((1, n), jnp.float32))(
+            x, w, out_in=out_in, blocks_per_thread=np.int64(1))
+        want = np.einsum("bi,oi->bo" if out_in else "bi,io->bo", np.asarray(x, np.float64),
+                         np.asarray(w, np.float64))
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-5,
+                                   err_msg=f"{path} k={k} n={n} out_in={out_in} {dtype}")
+
+
 @needs_kernel
 def test_build_is_cached_per_source_and_machine(tmp_path):
   first = matvec.build(folder=tmp_path)

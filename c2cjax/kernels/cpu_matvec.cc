@@ -21,6 +21,11 @@
 
 #include "xla/ffi/api/ffi.h"
 
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define C2CJAX_SIMD 1
+#include <immintrin.h>
+#endif
+
 namespace ffi = xla::ffi;
 
 namespace {
@@ -42,10 +47,61 @@ inline float widen(uint16_t v) {
   return f;
 }
 
+// Explicit SIMD for the inner loops. Without -ffast-math the compiler may not reorder a
+// float sum, so it left the dot products of rows_out_in scalar and the bf16 widening
+// narrow: measured 2 and 8 G weights/s per core against the 15-30 the read allows
+// (RESULTS.md, sixteenth session). The portable loops stay for other CPUs and tails.
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;
+using Vec = __m512;
+inline Vec vzero() { return _mm512_setzero_ps(); }
+inline Vec vset(float a) { return _mm512_set1_ps(a); }
+inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline Vec vload(const uint16_t* p) {  // 16 bfloat16 -> fp32: the bits shifted up, exact
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline float vsum(Vec v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t kLanes = 8;
+using Vec = __m256;
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vset(float a) { return _mm256_set1_ps(a); }
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline Vec vload(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline float vsum(Vec v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+#else
+constexpr int64_t kLanes = 0;  // no SIMD path: the portable loops below do all the work
+#endif
+
+// bf16 rows: ask for the weights 512 bytes ahead. One core's stream from memory stalls
+// on the widening's extra instructions; in paired rounds over SmolLM2's weights this was
+// 1.2-3.3 ms a token faster (22 of 24 rounds), and no faster for fp32 (RESULTS.md).
+template <typename W>
+inline void prefetch_ahead(const W* p) {
+#ifdef C2CJAX_SIMD
+  if (sizeof(W) == 2) _mm_prefetch(reinterpret_cast<const char*>(p) + 512, _MM_HINT_T0);
+#endif
+}
+
 // acc[m, :] += sum_{i in [r0, r1)} x[m, i] * w[i, :]   (w is [K, N]; acc is [M, N]).
 template <typename W>
 void rows_in_out(const float* __restrict x, const W* __restrict w, float* __restrict acc,
                  int64_t M, int64_t K, int64_t N, int64_t r0, int64_t r1) {
+  const int64_t nv = kLanes > 0 ? N / kLanes * kLanes : 0;  // columns done in SIMD
   int64_t i = r0;
   for (; i + 4 <= r1; i += 4) {
     const W* w0 = w + i * N;
@@ -56,8 +112,21 @@ void rows_in_out(const float* __restrict x, const W* __restrict w, float* __rest
       const float* xm = x + m * K + i;
       const float a0 = xm[0], a1 = xm[1], a2 = xm[2], a3 = xm[3];
       float* __restrict y = acc + m * N;
+#ifdef C2CJAX_SIMD
+      const Vec b0 = vset(a0), b1 = vset(a1), b2 = vset(a2), b3 = vset(a3);
+      for (int64_t j = 0; j < nv; j += kLanes) {
+        prefetch_ahead(w0 + j);
+        prefetch_ahead(w1 + j);
+        prefetch_ahead(w2 + j);
+        prefetch_ahead(w3 + j);
+        Vec s = vfma(b0, vload(w0 + j), vload(y + j));
+        s = vfma(b1, vload(w1 + j), s);
+        s = vfma(b2, vload(w2 + j), s);
+        vstore(y + j, vfma(b3, vload(w3 + j), s));
+      }
+#endif
 #pragma GCC ivdep
-      for (int64_t j = 0; j < N; ++j) {
+      for (int64_t j = nv; j < N; ++j) {
         y[j] += a0 * widen(w0[j]) + a1 * widen(w1[j]) + a2 * widen(w2[j]) + a3 * widen(w3[j]);
       }
     }
@@ -81,21 +150,33 @@ void rows_out_in(const float* __restrict x, const W* __restrict w, float* __rest
     const W* wo = w + o * K;
     for (int64_t m = 0; m < M; ++m) {
       const float* xm = x + m * K;
-      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
       int64_t i = 0;
-      // Four independent partial sums let the compiler keep four vector accumulators.
-      for (; i + 64 <= K; i += 64) {
-#pragma GCC ivdep
-        for (int64_t j = 0; j < 16; ++j) s0 += widen(wo[i + j]) * xm[i + j];
-#pragma GCC ivdep
-        for (int64_t j = 16; j < 32; ++j) s1 += widen(wo[i + j]) * xm[i + j];
-#pragma GCC ivdep
-        for (int64_t j = 32; j < 48; ++j) s2 += widen(wo[i + j]) * xm[i + j];
-#pragma GCC ivdep
-        for (int64_t j = 48; j < 64; ++j) s3 += widen(wo[i + j]) * xm[i + j];
+      float s = 0.f;
+#ifdef C2CJAX_SIMD
+      // Four vector accumulators hide the multiply-add latency.
+      Vec s0 = vzero(), s1 = vzero(), s2 = vzero(), s3 = vzero();
+      for (; i + 4 * kLanes <= K; i += 4 * kLanes) {
+        prefetch_ahead(wo + i);
+        s0 = vfma(vload(wo + i), vload(xm + i), s0);
+        s1 = vfma(vload(wo + i + kLanes), vload(xm + i + kLanes), s1);
+        s2 = vfma(vload(wo + i + 2 * kLanes), vload(xm + i + 2 * kLanes), s2);
+        s3 = vfma(vload(wo + i + 3 * kLanes), vload(xm + i + 3 * kLanes), s3);
       }
-      for (; i < K; ++i) s0 += widen(wo[i]) * xm[i];
-      y[m * N + o] = (s0 + s1) + (s2 + s3);
+      for (; i + kLanes <= K; i += kLanes) s0 = vfma(vload(wo + i), vload(xm + i), s0);
+      s = vsum(vadd(vadd(s0, s1), vadd(s2, s3)));
+#else
+      // Four independent partial sums, for the latency of the adds.
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+      for (; i + 4 <= K; i += 4) {
+        s0 += widen(wo[i]) * xm[i];
+        s1 += widen(wo[i + 1]) * xm[i + 1];
+        s2 += widen(wo[i + 2]) * xm[i + 2];
+        s3 += widen(wo[i + 3]) * xm[i + 3];
+      }
+      s = (s0 + s1) + (s2 + s3);
+#endif
+      for (; i < K; ++i) s += widen(wo[i]) * xm[i];
+      y[m * N + o] = s;
     }
   }
 }

@@ -63,29 +63,34 @@ def enabled() -> bool:
   raise ValueError(f"C2CJAX_CPU_MATVEC={value!r}: use 1/true/on/yes or 0/false/off/no")
 
 
-def build(compiler: str | None = None, folder: pathlib.Path | None = None) -> pathlib.Path:
-  """Compiles the kernel (once: the file name hashes the source, jaxlib, compiler and CPU)
-  and returns the shared library's path. Raises RuntimeError naming the compiler's error."""
+def build(compiler: str | None = None, folder: pathlib.Path | None = None,
+          arch: tuple[str, ...] | None = None) -> pathlib.Path:
+  """Compiles the kernel (once: the file name hashes the source, jaxlib, compiler, CPU and
+  flags) and returns the shared library's path. Raises RuntimeError naming the compiler's
+  error. ``arch``: the target flags (default ``-march=native``, then none); tests build
+  each of the source's paths (AVX-512, AVX2, portable) with it."""
   cxx = compiler or os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
   if not cxx:
     raise RuntimeError("no C++ compiler found (set $CXX)")
   source = importlib.resources.files("c2cjax.kernels").joinpath(SOURCE).read_bytes()
   include = jax.ffi.include_dir()
   key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), cxx.encode(),
-                                   runtime.machine_id().encode()])).hexdigest()[:16]
+                                   runtime.machine_id().encode(),
+                                   " ".join(arch or ()).encode()])).hexdigest()[:16]
   folder = folder or runtime.cache_root() / "kernels"
   out = folder / f"cpu_matvec-{key}.so"
   if out.exists():
     return out
   try:
     folder.mkdir(parents=True, exist_ok=True)
-    return _compile(cxx, source, include, folder, out)
+    return _compile(cxx, source, include, folder, out,
+                    (list(arch),) if arch is not None else (["-march=native"], []))
   except OSError as e:  # a read-only or full cache folder
     raise RuntimeError(f"could not compile the CPU matrix-vector kernel in {folder}: {e}") from e
 
 
 def _compile(cxx: str, source: bytes, include: str, folder: pathlib.Path,
-             out: pathlib.Path) -> pathlib.Path:
+             out: pathlib.Path, archs) -> pathlib.Path:
   errors = []
   with tempfile.TemporaryDirectory(dir=folder) as tmp:
     src = pathlib.Path(tmp) / SOURCE
@@ -93,7 +98,7 @@ def _compile(cxx: str, source: bytes, include: str, folder: pathlib.Path,
     lib = pathlib.Path(tmp) / out.name
     # -march=native: the library is built for (and its name hashes) this machine's CPU;
     # retried without it for compilers that do not know the flag.
-    for arch in (["-march=native"], []):
+    for arch in archs:
       cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", *arch, f"-I{include}",
              str(src), "-o", str(lib)]
       try:
