@@ -39,6 +39,30 @@ def test_kernel_matches_einsum(k, n, out_in, dtype):
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_layer_of_a_stacked_weight_is_read_in_place(dtype):
+  """``LayerOf(stacked, i)``: the kernel reads layer i of [L, K, N] / [L, N, K] in place (a
+  traced index, as in the Decoder's loop); values and gradients equal those of
+  ``stacked[i]``."""
+  w = (jax.random.normal(jax.random.PRNGKey(0), (5, 67, 129)) / 8).astype(dtype)
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 67))
+  at = lambda x, w, i, out_in=False: matvec.linear(x, matvec.LayerOf(w, i), out_in=out_in)
+  target = matvec.TARGET_BF16_AT if dtype == jnp.bfloat16 else matvec.TARGET_AT
+  assert f"@{target}(" in jax.jit(at).lower(x, w, 2).as_text()
+  wt = jnp.swapaxes(w, 1, 2)
+  for i in range(5):
+    want = np.asarray(x, np.float64) @ np.asarray(w[i], np.float64)
+    np.testing.assert_allclose(np.asarray(jax.jit(at)(x, w, i)), want, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(jax.jit(at, static_argnums=3)(x, wt, i, True)),
+                               want, atol=2e-5, rtol=0)
+  if dtype == jnp.float32:
+    got = jax.grad(lambda x, w: at(x, w, 3).sum(), argnums=(0, 1))(x, w)
+    want = jax.grad(lambda x, w: (x @ w[3]).sum(), argnums=(0, 1))(x, w)
+    for g, r in zip(got, want):
+      np.testing.assert_allclose(g, r, atol=1e-5, rtol=0)
+
+
+@needs_kernel
 def test_kernel_gradients_match_einsum():
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 40))
   w = jax.random.normal(jax.random.PRNGKey(1), (40, 24)) / np.sqrt(40)
@@ -151,8 +175,9 @@ def test_build_is_cached_per_source_and_machine(tmp_path):
 @pytest.mark.parametrize("kind", hf_tiny.KINDS)
 def test_batch1_decode_with_kernel_matches_transformers(kind, tmp_path_factory):
   """One decode step at batch 1 (the kernel's case) against transformers' full forward over
-  prompt + token. Per-layer params: every projection and the LM head use the kernel;
-  stacked (scanned) layers and ``kernel=False``: none."""
+  prompt + token. Per-layer params: every projection and the LM head use the kernel.
+  Stacked params: a loop over layers whose 7 projections (one loop body) read the stacked
+  weights in place, and the LM head. ``kernel=False``: none."""
   torch = pytest.importorskip("torch")
   _, hf, stacked = hf_tiny.loaded(kind, tmp_path_factory)
   ids = np.random.default_rng(3).integers(3, 128, size=(1, 11)).astype(np.int64)
@@ -161,13 +186,16 @@ def test_batch1_decode_with_kernel_matches_transformers(kind, tmp_path_factory):
   flat = stacked.with_layout(scan_layers=False)
   off = flat.with_layout(kernel=False)  # XLA's products; a static field, so its own traces
   assert off.module != flat.module and not off.kernel and off.with_layout().kernel is False
-  for lm, calls in ((stacked, 0), (flat, 7 * stacked.config.num_layers + 1), (off, 0)):
+  stacked_off = stacked.with_layout(kernel=False)
+  for lm, calls, calls_at in ((stacked, 1, 7), (flat, 7 * stacked.config.num_layers + 1, 0),
+                              (off, 0, 0), (stacked_off, 0, 0)):
     step = lambda p, t, c, lm=lm: lm_lib.forward(lm.module, p, t, c)
     _, cache = lm_lib.forward(lm.module, lm.params, jnp.asarray(ids[:, :-1], jnp.int32),
                               lm.init_cache(1, 16))
     last = jnp.asarray(ids[:, -1:], jnp.int32)
     hlo = jax.jit(step).lower(lm.params, last, cache).as_text()
     assert hlo.count(f"@{matvec.TARGET}(") == calls
+    assert hlo.count(f"@{matvec.TARGET_AT}(") == calls_at
     logits, _ = jax.jit(step)(lm.params, last, cache)
     np.testing.assert_allclose(np.asarray(logits[:, -1]), ref, atol=1e-4, rtol=0)
 
@@ -177,7 +205,8 @@ def test_batch1_decode_with_kernel_matches_transformers(kind, tmp_path_factory):
 def test_bf16_stored_weights_compute_in_fp32(kind, tmp_path_factory):
   """``with_layout(weight_dtype=bfloat16)``: the matrices stored in bf16, norms and
   activations fp32. Prefill (XLA's products) and batch-1 decode (the bf16 kernel in every
-  projection and the LM head) equal the fp32 model whose weights were rounded to bf16."""
+  projection and the LM head; per layer and stacked) equal the fp32 model whose weights
+  were rounded to bf16."""
   _, _, stacked = hf_tiny.loaded(kind, tmp_path_factory)
   flat = stacked.with_layout(scan_layers=False)
   narrow = flat.with_layout(weight_dtype=jnp.bfloat16)
@@ -190,17 +219,21 @@ def test_bf16_stored_weights_compute_in_fp32(kind, tmp_path_factory):
   rounded = jax.tree.map(lambda a, b: b.astype(a.dtype), flat.params, narrow.params)
   ref_lm = lm_lib.LM(flat.config, rounded, scan_layers=False, kernel=False)
   ids = jnp.asarray(np.random.default_rng(4).integers(3, 128, size=(1, 9)), jnp.int32)
+  narrow_stacked = stacked.with_layout(weight_dtype=jnp.bfloat16)  # 7 in-place + LM head
   outs = []
-  for lm, calls in ((narrow, 7 * flat.config.num_layers + 1), (ref_lm, 0)):
+  for lm, calls, calls_at in ((narrow, 7 * flat.config.num_layers + 1, 0),
+                              (narrow_stacked, 1, 7), (ref_lm, 0, 0)):
     logits, cache = lm_lib.forward(lm.module, lm.params, ids[:, :-1], lm.init_cache(1, 12))
     step = lambda p, t, c, lm=lm: lm_lib.forward(lm.module, p, t, c)
     hlo = jax.jit(step).lower(lm.params, ids[:, -1:], cache).as_text()
     assert hlo.count(f"@{matvec.TARGET_BF16}(") == calls
+    assert hlo.count(f"@{matvec.TARGET_BF16_AT}(") == calls_at
     last, _ = jax.jit(step)(lm.params, ids[:, -1:], cache)
     assert logits.dtype == last.dtype == jnp.float32
     outs.append((np.asarray(logits), np.asarray(last)))
-  for got, want in zip(*outs):
-    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  for got in outs[:-1]:
+    for g, want in zip(got, outs[-1]):
+      np.testing.assert_allclose(g, want, atol=1e-4, rtol=0)
   for bad in (jnp.float16, "bf16"):
     with pytest.raises(ValueError, match="weight_dtype.*must be float32 or bfloat16"):
       flat.with_layout(weight_dtype=bad)

@@ -207,24 +207,14 @@ struct Job {
   }
 };
 
-template <ffi::DataType T>
-ffi::Error MatVec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> w,
-                  ffi::ResultBuffer<ffi::F32> y, bool out_in, int64_t blocks_per_thread) {
-  using W = ffi::NativeType<T>;
-  const auto xd = x.dimensions();
-  const auto wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 2) {
-    return ffi::Error::InvalidArgument("c2cjax_cpu_matvec: x and w must be 2-D");
-  }
-  const int64_t M = xd[0], K = xd[1];
-  const int64_t N = out_in ? wd[0] : wd[1];
-  if ((out_in ? wd[1] : wd[0]) != K) {
-    return ffi::Error::InvalidArgument("c2cjax_cpu_matvec: x and w disagree on K");
-  }
+// y = x . w for one weight matrix; K, N as in the header comment.
+template <typename W>
+void Product(ffi::ThreadPool& pool, const float* x, const W* w, float* y, int64_t M,
+             int64_t K, int64_t N, bool out_in, int64_t blocks_per_thread) {
   auto job = std::make_shared<Job<W>>();
-  job->x = x.typed_data();
-  job->w = w.typed_data();
-  job->y = y->typed_data();
+  job->x = x;
+  job->w = w;
+  job->y = y;
   job->M = M;
   job->K = K;
   job->N = N;
@@ -242,17 +232,60 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> 
   job->work();
   while (job->done.load(std::memory_order_acquire) < job->blocks) cpu_relax();
   if (!out_in) {
-    float* out = job->y;
     if (job->blocks == 0) {
-      std::memset(out, 0, sizeof(float) * M * N);
+      std::memset(y, 0, sizeof(float) * M * N);
     } else {
-      std::memcpy(out, job->partial.data(), sizeof(float) * M * N);
+      std::memcpy(y, job->partial.data(), sizeof(float) * M * N);
       for (int64_t b = 1; b < job->blocks; ++b) {
         const float* p = job->partial.data() + b * M * N;
-        for (int64_t j = 0; j < M * N; ++j) out[j] += p[j];
+        for (int64_t j = 0; j < M * N; ++j) y[j] += p[j];
       }
     }
   }
+}
+
+template <ffi::DataType T>
+ffi::Error MatVec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> w,
+                  ffi::ResultBuffer<ffi::F32> y, bool out_in, int64_t blocks_per_thread) {
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2) {
+    return ffi::Error::InvalidArgument("c2cjax_cpu_matvec: x and w must be 2-D");
+  }
+  const int64_t M = xd[0], K = xd[1];
+  const int64_t N = out_in ? wd[0] : wd[1];
+  if ((out_in ? wd[1] : wd[0]) != K) {
+    return ffi::Error::InvalidArgument("c2cjax_cpu_matvec: x and w disagree on K");
+  }
+  Product(pool, x.typed_data(), w.typed_data(), y->typed_data(), M, K, N, out_in,
+          blocks_per_thread);
+  return ffi::Error::Success();
+}
+
+// The same product with layer ``index`` of weights stacked [L, K, N] (or [L, N, K]), read
+// in place: inside a loop over layers XLA would otherwise copy each layer's slice out of
+// the stacked array before the product (benchmarks/RESULTS.md, sixteenth session).
+template <ffi::DataType T>
+ffi::Error MatVecAt(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> w,
+                    ffi::Buffer<ffi::S32> index, ffi::ResultBuffer<ffi::F32> y, bool out_in,
+                    int64_t blocks_per_thread) {
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || index.element_count() != 1) {
+    return ffi::Error::InvalidArgument(
+        "c2cjax_cpu_matvec_at: x must be 2-D, w 3-D (stacked layers), index one int32");
+  }
+  const int64_t M = xd[0], K = xd[1], L = wd[0];
+  const int64_t N = out_in ? wd[1] : wd[2];
+  if ((out_in ? wd[2] : wd[1]) != K) {
+    return ffi::Error::InvalidArgument("c2cjax_cpu_matvec_at: x and w disagree on K");
+  }
+  const int64_t i = index.typed_data()[0];
+  if (i < 0 || i >= L) {
+    return ffi::Error::InvalidArgument("c2cjax_cpu_matvec_at: layer index out of range");
+  }
+  Product(pool, x.typed_data(), w.typed_data() + i * K * N, y->typed_data(), M, K, N, out_in,
+          blocks_per_thread);
   return ffi::Error::Success();
 }
 
@@ -272,6 +305,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(C2cjaxCpuMatVecBf16, MatVec<ffi::BF16>,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("out_in")
+                                  .Attr<int64_t>("blocks_per_thread"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(C2cjaxCpuMatVecAt, MatVecAt<ffi::F32>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("out_in")
+                                  .Attr<int64_t>("blocks_per_thread"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(C2cjaxCpuMatVecBf16At, MatVecAt<ffi::BF16>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("out_in")
                                   .Attr<int64_t>("blocks_per_thread"));

@@ -24,6 +24,7 @@ einsum. Gradients go through the einsum (``jax.custom_jvp``).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import importlib.resources
@@ -44,6 +45,8 @@ from c2cjax import runtime
 
 TARGET = "c2cjax_cpu_matvec"
 TARGET_BF16 = "c2cjax_cpu_matvec_bf16"  # bfloat16 weights, fp32 activations and sums
+# The same, with one layer of weights stacked on a leading axis, read in place (LayerOf).
+TARGET_AT, TARGET_BF16_AT = "c2cjax_cpu_matvec_at", "c2cjax_cpu_matvec_bf16_at"
 SOURCE = "cpu_matvec.cc"
 # Above one row, XLA's own products were faster on the 2-core machine (RESULTS.md).
 MAX_ROWS = 1
@@ -123,7 +126,8 @@ def available() -> bool:
     return False
   try:
     lib = ctypes.CDLL(str(path))
-    handlers = {TARGET: lib.C2cjaxCpuMatVec, TARGET_BF16: lib.C2cjaxCpuMatVecBf16}
+    handlers = {TARGET: lib.C2cjaxCpuMatVec, TARGET_BF16: lib.C2cjaxCpuMatVecBf16,
+                TARGET_AT: lib.C2cjaxCpuMatVecAt, TARGET_BF16_AT: lib.C2cjaxCpuMatVecBf16At}
   except (OSError, AttributeError) as e:  # a damaged or foreign file under the cached name
     log.warning("c2cjax: batch-1 products use XLA's own kernels (cannot load %s: %s; delete "
                 "it to rebuild)", path, e)
@@ -150,6 +154,38 @@ def use_kernel(x: jax.Array, w: jax.Array) -> bool:
           and w.dtype in (jnp.float32, jnp.bfloat16) and w.ndim == 2 and active())
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LayerOf:
+  """Layer ``index`` of a weight stacked on a leading layer axis, for :func:`linear`.
+
+  ``stacked`` [L, *shape], ``index`` an int32 scalar (traced: a loop over layers). The
+  kernel reads the layer in place; anything else takes ``stacked[index]`` (a copy, as XLA
+  makes inside a layer scan). The stacked Decoder's batch-1 decode on CPU passes its
+  projections this way (``layers.Decoder``)."""
+
+  stacked: jax.Array
+  index: jax.Array
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(self.stacked.shape[1:])
+
+  @property
+  def ndim(self) -> int:
+    return self.stacked.ndim - 1
+
+  @property
+  def dtype(self):
+    return self.stacked.dtype
+
+  def reshape(self, *shape) -> "LayerOf":
+    return LayerOf(self.stacked.reshape(self.stacked.shape[0], *shape), self.index)
+
+  def get(self) -> jax.Array:
+    return jax.lax.dynamic_index_in_dim(self.stacked, self.index, keepdims=False)
+
+
 def _einsum(x, w, out_in: bool):
   return jnp.einsum("...i,oi->...o" if out_in else "...i,io->...o", x, w)
 
@@ -172,14 +208,39 @@ def _kernel_jvp(out_in, primals, tangents):
   return _kernel(x, w, out_in), _einsum(dx, w, out_in) + _einsum(x, dw, out_in)
 
 
-def linear(x: jax.Array, w: jax.Array, *, out_in: bool = False, kernel: bool = True) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _kernel_at(x, stacked, index, out_in: bool):
+  n = stacked.shape[1] if out_in else stacked.shape[2]
+  rows = x.reshape(-1, x.shape[-1])
+  target = TARGET_BF16_AT if stacked.dtype == jnp.bfloat16 else TARGET_AT
+  y = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                       vmap_method="sequential")(
+      rows, stacked, jnp.asarray(index, jnp.int32),
+      out_in=out_in, blocks_per_thread=np.int64(_BLOCKS_PER_THREAD))
+  return y.reshape(*x.shape[:-1], n)
+
+
+@_kernel_at.defjvp
+def _kernel_at_jvp(out_in, primals, tangents):
+  x, stacked, index = primals
+  dx, dstacked, _ = tangents
+  at = lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False)
+  return (_kernel_at(x, stacked, index, out_in),
+          _einsum(dx, at(stacked), out_in) + _einsum(x, at(dstacked), out_in))
+
+
+def linear(x: jax.Array, w: jax.Array | LayerOf, *, out_in: bool = False,
+           kernel: bool = True) -> jax.Array:
   """``x [..., I] . w`` -> ``[..., O]``, with ``w`` stored ``[I, O]`` (or ``[O, I]`` when
   ``out_in``, e.g. a tied embedding as the LM head): the kernel for one fp32 row on CPU,
-  else the einsum (same dtype rules as ``jnp.einsum``). ``kernel=False``: always the einsum
-  (the stacked layer scan, where the kernel measured slower: RESULTS.md)."""
+  else the einsum (same dtype rules as ``jnp.einsum``). ``w`` may be a :class:`LayerOf`
+  (one layer of a stacked weight, read in place by the kernel). ``kernel=False``: always
+  the einsum."""
   if kernel and use_kernel(x, w):
+    if isinstance(w, LayerOf):
+      return _kernel_at(x, w.stacked, w.index, out_in)
     return _kernel(x, w, out_in)
-  return _einsum(x, w, out_in)
+  return _einsum(x, w.get() if isinstance(w, LayerOf) else w, out_in)
 
 
 enabled()  # a bad C2CJAX_CPU_MATVEC stops `import c2cjax` at once, before any model loads

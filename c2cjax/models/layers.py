@@ -29,7 +29,15 @@ Dtype = Any
 
 
 def _param(module: nn.Module, name: str, shape, axes, dtype, init=nn.initializers.normal(0.02)):
+  if module.has_variable("params", name):
+    value = module.get_variable("params", name)
+    if isinstance(value, matvec.LayerOf):  # read in place (Decoder's stacked batch-1 loop)
+      return value
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+# The per-layer weight matrices a batch-1 decode reads in place from the stacked params.
+_MATRICES = frozenset({"q", "k", "v", "o", "gate", "up", "down"})
 
 
 class RMSNorm(nn.Module):
@@ -69,8 +77,9 @@ class Attention(nn.Module):
 
   cfg: ModelConfig
   dtype: Dtype = jnp.float32
-  # Batch-1 products through kernels.matvec where it applies; the Decoder turns it off
-  # inside its layer scan, where it measured slower (benchmarks/RESULTS.md, issue 16).
+  # Batch-1 products through kernels.matvec where it applies. The Decoder turns it off
+  # inside its ``nn.scan`` (there the kernel would read copied slices) and runs stacked
+  # batch-1 decode as its own layer loop instead (``Decoder._layer_loop``).
   kernel: bool = True
 
   @nn.compact
@@ -139,8 +148,9 @@ class MLP(nn.Module):
 
   cfg: ModelConfig
   dtype: Dtype = jnp.float32
-  # Batch-1 products through kernels.matvec where it applies; the Decoder turns it off
-  # inside its layer scan, where it measured slower (benchmarks/RESULTS.md, issue 16).
+  # Batch-1 products through kernels.matvec where it applies. The Decoder turns it off
+  # inside its ``nn.scan`` (there the kernel would read copied slices) and runs stacked
+  # batch-1 decode as its own layer loop instead (``Decoder._layer_loop``).
   kernel: bool = True
 
   @nn.compact
@@ -172,8 +182,9 @@ class Block(nn.Module):
 
   cfg: ModelConfig
   dtype: Dtype = jnp.float32
-  # Batch-1 products through kernels.matvec where it applies; the Decoder turns it off
-  # inside its layer scan, where it measured slower (benchmarks/RESULTS.md, issue 16).
+  # Batch-1 products through kernels.matvec where it applies. The Decoder turns it off
+  # inside its ``nn.scan`` (there the kernel would read copied slices) and runs stacked
+  # batch-1 decode as its own layer loop instead (``Decoder._layer_loop``).
   kernel: bool = True
 
   @nn.compact
@@ -239,9 +250,10 @@ class Decoder(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool | str = False  # see remat_policy
   scan_layers: bool = True
-  # Per-layer layout: batch-1 products (projections, LM head) through kernels.matvec where
-  # it applies; the stacked layout never uses it. False: XLA's own everywhere (a static
-  # field, so each setting compiles apart).
+  # Batch-1 products (projections, LM head) through kernels.matvec where it applies: per
+  # layer directly, stacked through a layer loop that reads each layer's weights in place
+  # (``_layer_loop``). False: XLA's own everywhere (a static field, so each setting
+  # compiles apart).
   kernel: bool = True
 
   @nn.compact
@@ -284,7 +296,10 @@ class Decoder(nn.Module):
     block = nn.remat(Block, prevent_cse=not self.scan_layers, policy=policy) if on else Block
     xs = (jnp.asarray(c.local_flags), cache.k, cache.v)
     shared = BlockInputs(rope_global, rope_local, mask_global, mask_local, write_at, keep)
-    if self.scan_layers:  # one compiled block; params stacked on a leading "layers" axis
+    in_place = self.scan_layers and self._reads_layers_in_place(x)
+    if in_place:
+      x, (k_all, v_all) = self._layer_loop(x, xs, shared)
+    elif self.scan_layers:  # one compiled block; params stacked on a leading "layers" axis
       blocks = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},
           in_axes=(0, nn.broadcast), length=c.num_layers,
@@ -308,13 +323,44 @@ class Decoder(nn.Module):
     x = RMSNorm(c.rms_eps, c.norm_offset, self.dtype, name="final_norm")(x)
     if return_hidden:
       return x, cache
-    # The stacked layout keeps XLA's products in its LM head too: in paired rounds on the
-    # second machine kind the kernel there was slower (RESULTS.md, eleventh session).
-    kernel = self.kernel and not self.scan_layers
+    kernel = self.kernel and (in_place or not self.scan_layers)
     if c.tie_embeddings:
       return vocab_logits(x, embed, "vd", c.final_softcap, kernel), cache
     head = _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"), self.dtype)
     return vocab_logits(x, head, "dv", c.final_softcap, kernel), cache
+
+
+  def _reads_layers_in_place(self, x) -> bool:
+    """Batch-1 decode on CPU with stacked params (kernels.matvec applies): loop over the
+    layers with each projection reading its layer of the stacked weight in place. Under
+    ``nn.scan`` XLA copies every layer's weight slices before the products, which made
+    the stacked layout's decode 2-3x slower than the per-layer one (RESULTS.md, sixteenth
+    session). Never while initialising (that builds the stacked params) or for more rows."""
+    return (self.kernel and not self.is_initializing() and x.dtype == jnp.float32
+            and int(np.prod(x.shape[:-1])) <= matvec.MAX_ROWS and matvec.active())
+
+  def _layer_loop(self, x, xs, shared: BlockInputs):
+    """The layer scan as a ``fori_loop`` over layer indices: the stacked params are loop
+    invariants; the seven matrices of layer ``i`` go to the block as
+    ``matvec.LayerOf(stacked, i)``, the small params (norm scales, biases) as slices."""
+    stacked = nn.meta.unbox(self.variables["params"]["layers"])
+    block = Block(self.cfg, self.dtype, True, parent=None)
+    is_local, k_all, v_all = xs
+
+    def layer(i, carry):
+      x, k_all, v_all = carry
+      params = jax.tree_util.tree_map_with_path(
+          lambda path, a: (matvec.LayerOf(a, i) if path[-1].key in _MATRICES
+                           else jax.lax.dynamic_index_in_dim(a, i, keepdims=False)), stacked)
+      at = lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False)
+      x, (k_i, v_i) = block.apply({"params": params}, x, (at(is_local), at(k_all), at(v_all)),
+                                  shared)
+      k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_i.astype(k_all.dtype), i, 0)
+      v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_i.astype(v_all.dtype), i, 0)
+      return x, k_all, v_all
+
+    x, k_all, v_all = jax.lax.fori_loop(0, self.cfg.num_layers, layer, (x, k_all, v_all))
+    return x, (k_all, v_all)
 
 
 def vocab_logits(x, table, spec: str, softcap: float | None = None, kernel: bool = True):

@@ -197,9 +197,9 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
       without tokenizer files is then an error (FileNotFoundError) naming it.
     use_cache: read/write converted params under ``$C2CJAX_CACHE`` (``~/.cache/c2cjax``).
     scan_layers: params stacked for ``nn.scan`` (one compiled block: training, fast
-      compiles) or one block per layer (batch-1 inference on CPU: XLA copies a scanned
-      layer's weight slices before each matmul, so decoding reads them twice; see
-      ``benchmarks/RESULTS.md``, "Decode").
+      compiles; batch-1 decode on CPU reads each layer in place, see ``Decoder``) or one
+      block per layer (batch-1 inference on CPU, still the faster layout at long prompts;
+      see ``benchmarks/RESULTS.md``, "Decode").
     config_overrides: fields of :class:`ModelConfig` to override.
   """
   from transformers import AutoConfig, AutoTokenizer
