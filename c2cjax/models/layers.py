@@ -331,36 +331,33 @@ class Decoder(nn.Module):
 
 
   def _reads_layers_in_place(self, x) -> bool:
-    """Batch-1 decode on CPU with stacked params (kernels.matvec applies): loop over the
+    """Batch-1 decode on CPU with stacked params (kernels.matvec applies): scan over the
     layers with each projection reading its layer of the stacked weight in place. Under
     ``nn.scan`` XLA copies every layer's weight slices before the products, which made
-    the stacked layout's decode 2-3x slower than the per-layer one (RESULTS.md, sixteenth
+    the stacked layout's decode 1.6-2x slower than the per-layer one (RESULTS.md, sixteenth
     session). Never while initialising (that builds the stacked params) or for more rows."""
     return (self.kernel and not self.is_initializing() and x.dtype == jnp.float32
             and int(np.prod(x.shape[:-1])) <= matvec.MAX_ROWS and matvec.active())
 
   def _layer_loop(self, x, xs, shared: BlockInputs):
-    """The layer scan as a ``fori_loop`` over layer indices: the stacked params are loop
-    invariants; the seven matrices of layer ``i`` go to the block as
-    ``matvec.LayerOf(stacked, i)``, the small params (norm scales, biases) as slices."""
+    """The layer scan with the params as loop invariants: a ``lax.scan`` over layer
+    indices and the cache slices (as ``nn.scan`` slices them); the seven matrices of layer
+    ``i`` go to the block as ``matvec.LayerOf(stacked, i)``, the small params (norm scales,
+    biases) as slices. Carrying the whole cache through a ``fori_loop`` instead, with an
+    update per layer, was 12-24 ms a token slower on SmolLM2 (RESULTS.md, sixteenth
+    session)."""
     stacked = nn.meta.unbox(self.variables["params"]["layers"])
     block = Block(self.cfg, self.dtype, True, parent=None)
-    is_local, k_all, v_all = xs
 
-    def layer(i, carry):
-      x, k_all, v_all = carry
+    def layer(x, xs_i):
+      i, is_local, k_l, v_l = xs_i
       params = jax.tree_util.tree_map_with_path(
           lambda path, a: (matvec.LayerOf(a, i) if path[-1].key in _MATRICES
                            else jax.lax.dynamic_index_in_dim(a, i, keepdims=False)), stacked)
-      at = lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False)
-      x, (k_i, v_i) = block.apply({"params": params}, x, (at(is_local), at(k_all), at(v_all)),
-                                  shared)
-      k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_i.astype(k_all.dtype), i, 0)
-      v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_i.astype(v_all.dtype), i, 0)
-      return x, k_all, v_all
+      return block.apply({"params": params}, x, (is_local, k_l, v_l), shared)
 
-    x, k_all, v_all = jax.lax.fori_loop(0, self.cfg.num_layers, layer, (x, k_all, v_all))
-    return x, (k_all, v_all)
+    layers = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+    return jax.lax.scan(layer, x, (layers, *xs))
 
 
 def vocab_logits(x, table, spec: str, softcap: float | None = None, kernel: bool = True):
