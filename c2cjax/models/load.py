@@ -198,8 +198,8 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
     use_cache: read/write converted params under ``$C2CJAX_CACHE`` (``~/.cache/c2cjax``).
     scan_layers: params stacked for ``nn.scan`` (one compiled block: training, fast
       compiles; batch-1 decode on CPU reads each layer in place, see ``Decoder``) or one
-      block per layer (batch-1 inference on CPU, still the faster layout at long prompts;
-      see ``benchmarks/RESULTS.md``, "Decode").
+      block per layer (batch-1 inference on CPU, about as fast there; see
+      ``benchmarks/RESULTS.md``, "Decode").
     config_overrides: fields of :class:`ModelConfig` to override.
   """
   from transformers import AutoConfig, AutoTokenizer
