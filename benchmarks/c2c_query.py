@@ -118,11 +118,11 @@ def one_query(args):
         f"{np.dtype(r.dtype).name}; fuser hidden 1024 x 3 layers, {len(fuser.layer_map)} "
         f"pairs, gates open, {sum(x.size for x in jax.tree.leaves(fuser.params)) / 1e6:.0f}M "
         "params")
+  from c2cjax import runtime  # pylint: disable=import-outside-toplevel
   from c2cjax.kernels import matvec  # pylint: disable=import-outside-toplevel
   kernel = matvec.active()
   print(f"receiver layout: {args.layout}; CPU matrix-vector kernel (c2cjax.kernels.matvec): "
-        f"{'on' if kernel else 'off'}"
-        f"{' (not used by stacked layers)' if kernel and args.layout == 'scanned' else ''}")
+        f"{'on' if kernel else 'off'}; XLA options {runtime.compiler_options()}")
   print(f"batch 1, prompt {p} tokens, answer {n} tokens (T2T background {args.background}), "
         f"greedy, EOS ignored; best of {args.reps}")
   print(f"receiver weights {weights / 2**20:.0f} MiB, read bandwidth {bw / 1e9:.1f} GB/s -> "

@@ -8,6 +8,9 @@ assembled GGUF files, tokenizers, TFDS data and compiled programs live under it.
 of the same shapes (a resumed training run, the next shard of an evaluation, a demo run
 twice) loads its programs instead of compiling them. The CLIs (``c2cjax.train``,
 ``c2cjax.eval``, ``c2cjax.demo``) call it; library code never changes global JAX config.
+
+``compiler_options()`` are the XLA options c2cjax's own inference programs compile with
+(``LM`` and ``C2C``'s jitted prefill and generate): passed per program, never global.
 """
 
 from __future__ import annotations
@@ -57,3 +60,23 @@ def enable_compilation_cache(path: str | os.PathLike | None = None,
   jax.config.update("jax_compilation_cache_dir", str(folder))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_s)
   return folder
+
+
+# XLA:CPU hands dots and reductions to YNNPACK by default. On batch-1 decode's small
+# attention products each such call cost 60-70 us and needed its cache slice copied out
+# first; prefill's products were slower through it too (RESULTS.md, sixteenth and
+# seventeenth sessions).
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options() -> dict[str, str]:
+  """XLA compiler options for c2cjax's inference programs on the default backend: on CPU,
+  YNNPACK's fusions off (``C2CJAX_CPU_YNN=1`` keeps XLA's default); elsewhere none.
+  Read when a program is built (``LM``/``C2C`` construction). A value other than
+  0/false/off/no or 1/true/on/yes is a ValueError naming it."""
+  value = os.environ.get("C2CJAX_CPU_YNN", "0")
+  if value.lower() not in ("0", "false", "off", "no", "1", "true", "on", "yes"):
+    raise ValueError(f"C2CJAX_CPU_YNN={value!r}: use 1/true/on/yes or 0/false/off/no")
+  if jax.default_backend() != "cpu" or value.lower() in ("1", "true", "on", "yes"):
+    return {}
+  return dict(_CPU_OPTIONS)

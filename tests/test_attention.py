@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -61,6 +62,76 @@ def test_auto_picks_einsum_for_decode_and_short_sequences(monkeypatch):
   with pytest.raises(ValueError, match="unknown attention implementation"):
     attention.attend(q8, kv, kv, jnp.ones((1, 8, 64), bool), scale=1.0, implementation="x")
 
+
+
+@pytest.mark.parametrize("s,softcap,window,group", [
+    (1, None, None, 2), (1, 30.0, 4, 3), (3, None, 5, 1), (3, 20.0, None, 2)])
+def test_appended_equals_einsum_over_the_written_cache(s, softcap, window, group):
+  """Decode's form (the cache as it was + the new rows, written afterwards) equals the
+  reference over the cache with the new rows written in; slots from ``write_at`` on hold
+  stale values that must not be read, and holes inside a sequence stay unread."""
+  b, k, h, t, write_at = 3, 2, 8, 19, 11
+  rng = np.random.default_rng(2)
+  q = jnp.asarray(rng.normal(size=(b, s, k, group, h)), jnp.float32)
+  kc = jnp.asarray(rng.normal(size=(b, k, t, h)), jnp.float32)  # stale beyond write_at
+  vc = jnp.asarray(rng.normal(size=(b, k, t, h)), jnp.float32)
+  kn = jnp.asarray(rng.normal(size=(b, k, s, h)), jnp.float32)
+  vn = jnp.asarray(rng.normal(size=(b, k, s, h)), jnp.float32)
+  mask = _mask(b, s, t, np.array([0, 4, 9]), write_at, window)
+  mask[1, :, 6] = False  # a hole
+  mask = jnp.asarray(mask)
+  kw = dict(scale=h ** -0.5, softcap=softcap)
+  written = lambda c, n: jax.lax.dynamic_update_slice_in_dim(c, n, write_at, axis=2)
+  ref = attention.einsum_attention(q, written(kc, kn), written(vc, vn), mask, **kw)
+  got = jax.jit(lambda *a: attention.attend_appended(*a, **kw))(
+      q, kc, vc, kn, vn, mask, jnp.int32(write_at))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
+
+
+def _cache_writes(jaxpr) -> dict[int, int]:
+  """Ranks of the float arrays ``dynamic_update_slice`` writes into, counted, through
+  every sub-jaxpr (the layer scan's body)."""
+  counts = {}
+
+  def walk(jp):
+    for eqn in jp.eqns:
+      if eqn.primitive.name == "dynamic_update_slice":
+        aval = eqn.invars[0].aval
+        if jnp.issubdtype(aval.dtype, jnp.floating):
+          counts[aval.ndim] = counts.get(aval.ndim, 0) + 1
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jaxpr.jaxpr)
+  return counts
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "qwen2"])
+def test_decode_writing_rows_after_the_layers_equals_writing_in_each(kind, monkeypatch):
+  """Whole models: cached decode steps with the new rows written once after all layers
+  (the default for one new token) give the logits and cache of each layer writing its
+  slice first; ``keep`` (C2C's kept slots) still takes the in-layer path."""
+  from c2cjax.models import layers
+  lm = tiny_lm(kind, seed=0)
+  ids = np.random.default_rng(3).integers(3, 128, (2, 9)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[1, :3] = 0
+  outs, writes = {}, {}
+  for name in ("append", "write"):
+    if name == "write":
+      monkeypatch.setattr(layers, "appends", lambda n, keep: False)
+    step = jax.jit(lambda p, t, c: lm.module_apply(p, t, c))  # a new program per variant
+    _, cache = lm.apply(lm.params, ids, lm.init_cache(2, 16), attention_mask=mask)
+    writes[name] = _cache_writes(jax.make_jaxpr(lm.module_apply)(lm.params, ids[:, :1], cache))
+    got = []
+    for t in range(4):
+      logits, cache = step(lm.params, ids[:, t:t + 1], cache)
+      got.append(np.asarray(logits))
+    outs[name] = got + [np.asarray(cache.k[:, :, :, :13]), np.asarray(cache.v[:, :, :, :13])]
+  # k and v written once into the whole [L, B, K, T, H] cache, against into a layer's slice
+  assert writes == {"append": {5: 2}, "write": {4: 2}}, writes
+  for i, (a, b) in enumerate(zip(outs["append"], outs["write"])):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=f"output {i}")
 
 def _with(lm: LM, **kw) -> LM:
   return LM(dataclasses.replace(lm.config, **kw), lm.params, dtype=lm.dtype)

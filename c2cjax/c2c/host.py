@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import align, fuse as fuse_lib, inputs, sampling, sections, text
+from c2cjax import align, fuse as fuse_lib, inputs, runtime, sampling, sections, text
 from c2cjax.c2c.core import Spec, fused_cache, generate, prefill
 from c2cjax.c2c.release import (check_release_options, check_release_widths,
                                 generate_release, prefill_release)
@@ -97,10 +97,14 @@ class C2C:
     self.spec = Spec(receiver.module, tuple(s.module for s in self.sharers),
                      tuple(f.config for f in self.fusers),
                      tuple(f.layer_map for f in self.fusers), mode)
-    self._generate = jax.jit(generate, static_argnums=(0, 6, 7, 8, 10, 11))
-    self._prefill = jax.jit(prefill, static_argnums=(0, 5, 6, 7, 8))
-    self._generate_release = jax.jit(generate_release, static_argnums=(0, 8, 9, 10, 11))
-    self._prefill_release = jax.jit(prefill_release, static_argnums=(0, 7, 8, 9))
+    xla = runtime.compiler_options()
+    self._generate = jax.jit(generate, static_argnums=(0, 6, 7, 8, 10, 11),
+                             compiler_options=xla)
+    self._prefill = jax.jit(prefill, static_argnums=(0, 5, 6, 7, 8), compiler_options=xla)
+    self._generate_release = jax.jit(generate_release, static_argnums=(0, 8, 9, 10, 11),
+                                     compiler_options=xla)
+    self._prefill_release = jax.jit(prefill_release, static_argnums=(0, 7, 8, 9),
+                                    compiler_options=xla)
 
   def fused_cache(self, rparams, sparams, fparams, tokens, mask, sharer_tokens, fuse_mask,
                   active: tuple[int, ...], **kw):

@@ -17,6 +17,10 @@ at most one block, cuDNN on GPUs where it applies, else chunked.
 
 Fully masked query rows (left padding) get a uniform average in every kernel, as the
 einsum reference does; their outputs only ever feed padding slots.
+
+:func:`attend_appended` is decode's form: the cache as it was before this step plus the
+step's new keys/values, which the caller writes afterwards (one write for all layers),
+so no layer copies its cache slice to write into it.
 """
 
 from __future__ import annotations
@@ -101,6 +105,59 @@ def cudnn_attention(q, k, v, mask, *, scale: float):
 def _cudnn_applies(q, softcap) -> bool:
   return (jax.default_backend() == "gpu" and not softcap
           and q.dtype in (jnp.bfloat16, jnp.float16))
+
+
+def attend_appended(q, k, v, k_new, v_new, mask, write_at, *, scale: float,
+                    softcap: float | None = None):
+  """Attention over the cache before this step plus the step's own keys/values.
+
+  The same values as :func:`einsum_attention` over the cache with ``k_new``/``v_new``
+  written at slots ``[write_at, write_at + S)``, without that write: decode (S = 1) reads
+  each layer's cache in place and the caller writes every layer's new rows at once
+  (``layers.Decoder``). At S = 1 the contractions are products and sums rather than
+  dots: on CPU, XLA fuses them with the read of the layer's cache slice, where a dot
+  first copies the slice (benchmarks/RESULTS.md, seventeenth session).
+
+  Args:
+    q: [B, S, K, G, H] grouped queries.
+    k, v: [B, K, T, H] the layer's cache before this step (slots from ``write_at`` on are
+      not read).
+    k_new, v_new: [B, K, S, H] the new tokens' keys/values (slots ``write_at + s``).
+    mask: [B, S, T] bool over the cache's slots, the new tokens' own slots included.
+    write_at: [] int32, the first new token's slot.
+  Returns:
+    [B, S, K * G, H] in the query dtype. A fully masked query row averages all T + S
+    values uniformly (its output only ever feeds padding).
+  """
+  b, s, kh, g, h = q.shape
+  t = k.shape[2]
+  old = mask & (jnp.arange(t) < write_at)[None, None, :]  # [B, S, T]
+  own = jax.lax.dynamic_slice_in_dim(mask, write_at, s, axis=2)  # [B, S, S]
+  k, v = k.astype(q.dtype), v.astype(q.dtype)
+  k_new, v_new = k_new.astype(q.dtype), v_new.astype(q.dtype)
+  f32 = jnp.float32
+  if s == 1:
+    qs = q[:, 0].astype(f32)  # [B, K, G, H]
+    logits = jnp.sum(qs[:, :, :, None, :] * k[:, :, None].astype(f32), axis=-1)  # [B,K,G,T]
+    logits_new = jnp.sum(qs * k_new[:, :, None, 0].astype(f32), axis=-1)  # [B, K, G]
+    logits = jnp.concatenate([logits, logits_new[..., None]], axis=-1)[:, :, :, None] * scale
+  else:
+    logits = jnp.concatenate(
+        [jnp.einsum("bskgh,bkth->bkgst", q, k, preferred_element_type=f32),
+         jnp.einsum("bskgh,bkth->bkgst", q, k_new, preferred_element_type=f32)], -1) * scale
+  logits = _softcap(logits, softcap)  # [B, K, G, S, T + S]
+  logits = jnp.where(jnp.concatenate([old, own], -1)[:, None, None], logits, NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+  p_old, p_new = probs[..., :t], probs[..., t:]
+  if s == 1:
+    p_old, p_new = p_old.astype(f32), p_new.astype(f32)  # sums in fp32, as dots do
+    out = (jnp.sum(p_old[:, :, :, 0, :, None] * v[:, :, None].astype(f32), axis=3)
+           + p_new[:, :, :, 0] * v_new[:, :, None, 0].astype(f32))  # [B, K, G, H]
+    out = out[:, None]
+  else:
+    out = (jnp.einsum("bkgst,bkth->bskgh", p_old, v)
+           + jnp.einsum("bkgst,bkth->bskgh", p_new, v_new))
+  return out.reshape(b, s, kh * g, h).astype(q.dtype)
 
 
 def attend(q, k, v, mask, *, scale: float, softcap: float | None = None,

@@ -83,7 +83,7 @@ class Attention(nn.Module):
   kernel: bool = True
 
   @nn.compact
-  def __call__(self, x, rope, k_cache, v_cache, mask, write_at, keep):
+  def __call__(self, x, rope, k_cache, v_cache, mask, write_at, keep, append: bool = False):
     """One layer's attention.
 
     Args:
@@ -94,8 +94,11 @@ class Attention(nn.Module):
       write_at: [] int32 slot of the first new token.
       keep: None or [B, T] bool; slots whose existing cache entry must be kept instead of
         overwritten by the new tokens' keys/values (C2C fused slots).
+      append: (static) leave the cache as it is and return only the new tokens' rows
+        (decode: ``Decoder`` writes every layer's rows at once); needs ``keep`` None.
     Returns:
-      out [B, S, D], new k_cache and v_cache [B, K, T, H].
+      out [B, S, D], new k_cache and v_cache [B, K, T, H] (``append``: the new rows
+      [B, K, S, H]).
     """
     c = self.cfg
     n, k, h, d = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size
@@ -120,9 +123,15 @@ class Attention(nn.Module):
     q = apply_rope(q, *rope)
     kn = apply_rope(kn, *rope)
 
-    # Write the new keys/values at [write_at, write_at + S), HF layout [B, K, T, H].
+    # The new keys/values in HF layout [B, K, S, H], for slots [write_at, write_at + S).
     kn = kn.transpose(0, 2, 1, 3).astype(k_cache.dtype)
     vn = vn.transpose(0, 2, 1, 3).astype(v_cache.dtype)
+    qg = sharding.constrain(q.reshape(b, s, k, n // k, h), sharding.GROUPED_QUERIES)
+    if append:  # decode: read the cache as it is; the Decoder writes the new rows after
+      with jax.named_scope("attend"):
+        out = attention.attend_appended(qg, k_cache, v_cache, kn, vn, mask, write_at,
+                                        scale=c.scale, softcap=c.attn_softcap)
+      return self._project_out(out, wo), kn, vn
     new_k = jax.lax.dynamic_update_slice(k_cache, kn, (0, 0, write_at, 0))
     new_v = jax.lax.dynamic_update_slice(v_cache, vn, (0, 0, write_at, 0))
     if keep is not None:
@@ -131,16 +140,19 @@ class Attention(nn.Module):
 
     new_k = sharding.constrain(new_k, sharding.CACHE_LAYER)
     new_v = sharding.constrain(new_v, sharding.CACHE_LAYER)
-    qg = sharding.constrain(q.reshape(b, s, k, n // k, h), sharding.GROUPED_QUERIES)
     with jax.named_scope("attend"):
       out = attention.attend(qg, new_k, new_v, mask, scale=c.scale, softcap=c.attn_softcap,
                              implementation=c.attention, block=c.attention_block)
+    return self._project_out(out, wo), new_k, new_v
+
+  def _project_out(self, out, wo):
+    """[B, S, N, H] attention output -> [B, S, D]."""
+    b, s, n, h = out.shape
     out = sharding.constrain(out, sharding.HEADS_OUT)
     # One [N*H, D] matmul: with the 3-D einsum XLA on CPU copied a transpose of ``wo`` every
     # call (a weight-sized copy per layer and decode step); merging (n, h) is a bitcast.
-    out = matvec.linear(out.reshape(b, s, n * h), wo.reshape(n * h, d),
-                        kernel=self.kernel)
-    return out, new_k, new_v
+    return matvec.linear(out.reshape(b, s, n * h), wo.reshape(n * h, wo.shape[-1]),
+                         kernel=self.kernel)
 
 
 class MLP(nn.Module):
@@ -175,6 +187,18 @@ class BlockInputs:
   mask_local: jax.Array  # [B, S, T] bool, the same within the sliding window
   write_at: jax.Array  # int32 scalar, the first cache slot the S new tokens write
   keep: jax.Array | None = None  # [B, T] bool, cache slots kept instead of overwritten
+  # Static: each layer returns only its new rows [B, K, S, H] and leaves its cache slice
+  # as it is; the Decoder writes all layers' rows afterwards (decode, ``appends``).
+  append: bool = struct.field(pytree_node=False, default=False)
+
+
+def appends(new_tokens: int, keep) -> bool:
+  """Whether a call writes its new keys/values after all layers instead of in each
+  layer (``attention.attend_appended``): one new token (decode) and no kept slots. Each
+  layer then reads its cache slice in place: writing into the slice first made XLA copy
+  every layer's slice in and the whole cache out, each step (RESULTS.md, seventeenth
+  session)."""
+  return new_tokens == 1 and keep is None
 
 
 class Block(nn.Module):
@@ -204,7 +228,7 @@ class Block(nn.Module):
       rope, mask = rope_global, mask_global
 
     a, k_l, v_l = Attention(c, self.dtype, self.kernel, name="attn")(
-        norm("attn_norm")(x), rope, k_l, v_l, mask, write_at, keep)
+        norm("attn_norm")(x), rope, k_l, v_l, mask, write_at, keep, shared.append)
     if c.sandwich_norm:
       a = norm("post_attn_norm")(a)
     x = x + a
@@ -295,7 +319,9 @@ class Decoder(nn.Module):
     on, policy = remat_policy(self.remat)
     block = nn.remat(Block, prevent_cse=not self.scan_layers, policy=policy) if on else Block
     xs = (jnp.asarray(c.local_flags), cache.k, cache.v)
-    shared = BlockInputs(rope_global, rope_local, mask_global, mask_local, write_at, keep)
+    append = appends(s, keep)
+    shared = BlockInputs(rope_global, rope_local, mask_global, mask_local, write_at, keep,
+                         append)
     in_place = self.scan_layers and self._reads_layers_in_place(x)
     if in_place:
       x, (k_all, v_all) = self._layer_loop(x, xs, shared)
@@ -316,6 +342,9 @@ class Decoder(nn.Module):
         ks.append(k_i)
         vs.append(v_i)
       k_all, v_all = jnp.stack(ks), jnp.stack(vs)
+    if append:  # k_all, v_all: every layer's new rows [L, B, K, S, H], one in-place write
+      put = lambda full, rows: jax.lax.dynamic_update_slice_in_dim(full, rows, write_at, axis=3)
+      k_all, v_all = put(cache.k, k_all), put(cache.v, v_all)
     cache = cache.replace(k=k_all, v=v_all, end=end)
 
     if last_only:  # prefill for generation: only the last position's logits are needed

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from c2cjax import inputs, sampling, text
+from c2cjax import inputs, runtime, sampling, text
 from c2cjax.models.cache import KVCache
 from c2cjax.models.config import ModelConfig
 from c2cjax.models.layers import Decoder
@@ -155,11 +155,12 @@ class LM:
     self.remat, self.scan_layers, self.kernel = remat, scan_layers, kernel
     self.module = Decoder(config, dtype=dtype, remat=remat, scan_layers=scan_layers,
                           kernel=kernel)
+    xla = runtime.compiler_options()
     self._apply = jax.jit(forward, static_argnums=0,
                           static_argnames=("return_hidden", "last_only"),
-                          donate_argnames=("cache",))
-    self._generate = jax.jit(generate, static_argnums=(0, 5, 6))
-    self._prefill = jax.jit(prefill, static_argnums=(0, 4))
+                          donate_argnames=("cache",), compiler_options=xla)
+    self._generate = jax.jit(generate, static_argnums=(0, 5, 6), compiler_options=xla)
+    self._prefill = jax.jit(prefill, static_argnums=(0, 4), compiler_options=xla)
 
   def with_layout(self, *, scan_layers: bool | None = None, remat: bool | None = None,
                   kernel: bool | None = None, weight_dtype=None) -> "LM":
