@@ -40,20 +40,26 @@ def test_compiled_programs_are_stored_per_machine_and_can_be_turned_off(tmp_path
 
 
 def test_inference_programs_compile_without_ynnpack_on_cpu(monkeypatch):
-  """c2cjax's own LM programs carry the CPU options (never global config);
-  ``C2CJAX_CPU_YNN=1`` keeps XLA's defaults and a bad value names itself."""
-  import pytest
+  """c2cjax's own LM programs carry the CPU options (never global config), which leave no
+  YNNPACK fusion in the compiled program; ``C2CJAX_CPU_YNN=1`` keeps XLA's defaults and a
+  bad value names itself."""
+  import jax
   import jax.numpy as jnp
+  import pytest
+  from c2cjax.models import lm as lm_lib
   from c2cjax.models.tiny import tiny_lm
   monkeypatch.delenv("C2CJAX_CPU_YNN", raising=False)
   assert runtime.compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
   lm = tiny_lm("qwen3", seed=0)
-  ids = jnp.ones((1, 4), jnp.int32)
-  args = (lm.module, lm.params, ids, lm.init_cache(1, 8))
-  assert "__ynn_fusion" not in lm._apply.lower(*args).compile().as_text()
+  assert lm.xla_options == runtime.compiler_options()
+  args = (lm.module, lm.params, jnp.ones((1, 4), jnp.int32), lm.init_cache(1, 8))
+  hlo = lambda options: jax.jit(lm_lib.forward, static_argnums=0, compiler_options=options
+                                ).lower(*args).compile().as_text()
+  assert "__ynn_fusion" not in hlo(lm.xla_options)
   monkeypatch.setenv("C2CJAX_CPU_YNN", "1")
   assert runtime.compiler_options() == {}
-  assert "__ynn_fusion" in type(lm)(lm.config, lm.params)._apply.lower(*args).compile().as_text()
+  assert type(lm)(lm.config, lm.params).xla_options == {}
+  assert "__ynn_fusion" in hlo({})
   monkeypatch.setenv("C2CJAX_CPU_YNN", "maybe")
   with pytest.raises(ValueError, match="C2CJAX_CPU_YNN='maybe'"):
     runtime.compiler_options()

@@ -97,7 +97,8 @@ class C2C:
     self.spec = Spec(receiver.module, tuple(s.module for s in self.sharers),
                      tuple(f.config for f in self.fusers),
                      tuple(f.layer_map for f in self.fusers), mode)
-    xla = runtime.compiler_options()
+    # XLA options of the jitted programs (runtime.compiler_options, at construction)
+    self.xla_options = xla = runtime.compiler_options()
     self._generate = jax.jit(generate, static_argnums=(0, 6, 7, 8, 10, 11),
                              compiler_options=xla)
     self._prefill = jax.jit(prefill, static_argnums=(0, 5, 6, 7, 8), compiler_options=xla)

@@ -155,7 +155,8 @@ class LM:
     self.remat, self.scan_layers, self.kernel = remat, scan_layers, kernel
     self.module = Decoder(config, dtype=dtype, remat=remat, scan_layers=scan_layers,
                           kernel=kernel)
-    xla = runtime.compiler_options()
+    # XLA options of this model's jitted programs (runtime.compiler_options, at construction)
+    self.xla_options = xla = runtime.compiler_options()
     self._apply = jax.jit(forward, static_argnums=0,
                           static_argnames=("return_hidden", "last_only"),
                           donate_argnames=("cache",), compiler_options=xla)
