@@ -62,12 +62,12 @@ def variant(module, params, ids, new: int, append: bool, ynn: bool):
   def step() -> float:
     best = {}
     for n in (1, new):
-      best[n] = min(_timed(run, n) for _ in range(2))
+      best[n] = min(timed(run, n) for _ in range(2))
     return (best[new] - best[1]) / (new - 1)
   return step, tokens
 
 
-def _timed(run, n):
+def timed(run, n):
   t = time.perf_counter()
   run(n)
   return time.perf_counter() - t

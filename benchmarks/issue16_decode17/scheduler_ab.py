@@ -4,7 +4,7 @@ xla_cpu_enable_concurrency_optimized_scheduler set true / false on top. Run from
 """
 import statistics, sys, time, jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, "benchmarks/issue16_decode17")
-from append_ab import prompt, _timed
+from append_ab import prompt, timed
 from c2cjax import load_model, offline, sampling
 from c2cjax.models import lm as lm_lib
 base = load_model(offline.smollm2_gguf())
@@ -23,7 +23,7 @@ for layout in ("scanned", "unscanned"):
       fns[n] = f.lower(lm.params, ids, mask, jax.random.PRNGKey(0)).compile()
     run = lambda n, fns=fns: fns[n](lm.params, ids, mask, jax.random.PRNGKey(0))[0].block_until_ready()
     run(1); run(new)
-    steps[name] = lambda run=run: (min(_timed(run, new) for _ in range(2)) - min(_timed(run, 1) for _ in range(2))) / (new - 1)
+    steps[name] = lambda run=run: (min(timed(run, new) for _ in range(2)) - min(timed(run, 1) for _ in range(2))) / (new - 1)
   names = list(variants); times = {k: [] for k in names}
   for r in range(5):
     for k in names[r % 3:] + names[:r % 3]:
