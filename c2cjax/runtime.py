@@ -69,14 +69,26 @@ def enable_compilation_cache(path: str | os.PathLike | None = None,
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
+def env_flag(name: str, default: bool) -> bool:
+  """A yes/no environment switch: 1/true/on/yes or 0/false/off/no (any case); unset is
+  ``default``; any other value is a ValueError naming the variable and its value."""
+  value = os.environ.get(name)
+  if value is None:
+    return default
+  if value.lower() in ("1", "true", "on", "yes"):
+    return True
+  if value.lower() in ("0", "false", "off", "no"):
+    return False
+  raise ValueError(f"{name}={value!r}: use 1/true/on/yes or 0/false/off/no")
+
+
 def compiler_options() -> dict[str, str]:
   """XLA compiler options for c2cjax's inference programs on the default backend: on CPU,
   YNNPACK's fusions off (``C2CJAX_CPU_YNN=1`` keeps XLA's default); elsewhere none.
-  Read when a program is built (``LM``/``C2C`` construction). A value other than
-  0/false/off/no or 1/true/on/yes is a ValueError naming it."""
-  value = os.environ.get("C2CJAX_CPU_YNN", "0")
-  if value.lower() not in ("0", "false", "off", "no", "1", "true", "on", "yes"):
-    raise ValueError(f"C2CJAX_CPU_YNN={value!r}: use 1/true/on/yes or 0/false/off/no")
-  if jax.default_backend() != "cpu" or value.lower() in ("1", "true", "on", "yes"):
+  Read when a program is built (``LM``/``C2C`` construction)."""
+  if env_flag("C2CJAX_CPU_YNN", False) or jax.default_backend() != "cpu":
     return {}
   return dict(_CPU_OPTIONS)
+
+
+env_flag("C2CJAX_CPU_YNN", False)  # a bad value stops `import c2cjax`, before any model loads

@@ -58,12 +58,7 @@ log = logging.getLogger(__name__)
 def enabled() -> bool:
   """``C2CJAX_CPU_MATVEC`` (default on): 0/false/off/no routes every product to XLA;
   1/true/on/yes leaves the kernel on. Any other value is a ValueError naming it."""
-  value = os.environ.get("C2CJAX_CPU_MATVEC", "1")
-  if value.lower() in ("1", "true", "on", "yes"):
-    return True
-  if value.lower() in ("0", "false", "off", "no"):
-    return False
-  raise ValueError(f"C2CJAX_CPU_MATVEC={value!r}: use 1/true/on/yes or 0/false/off/no")
+  return runtime.env_flag("C2CJAX_CPU_MATVEC", True)
 
 
 def build(compiler: str | None = None, folder: pathlib.Path | None = None,
