@@ -1,6 +1,13 @@
 """One process of tests/test_multiprocess.py: trains configs/tiny.py with a global batch of
 8 rows in micro-batches of 4 (one row a device) and logs which rows it read.
 
+Its models are configs/tiny.py's random tiny Qwen3 receiver and a tiny Qwen2 sharer on the
+committed tiny tokenizers (tests/fixtures/rosetta/tokenizers), not the offline GGUFs'
+tokenizers: the test needs no offline package, and its five processes skip loading a
+262k-entry tokenizer and a 262k-row embedding (the test took 139 -> 116 s alone on 2 cores).
+Byte-level tiny tokenizers give longer prompts, hence ``max_len`` 192: the test fails by
+name if a host skips a record.
+
   python tests/multiprocess_worker.py WORKDIR TFDS_DIR READS_DIR
 
 Multi-process runs set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
@@ -20,6 +27,7 @@ import sys
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOKENIZERS = ROOT / "tests" / "fixtures" / "rosetta" / "tokenizers"
 
 
 def config():
@@ -27,9 +35,11 @@ def config():
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config()
+  c.receiver = f"tiny:qwen3@{TOKENIZERS / 'qwen3'}"
+  c.sharers = (f"tiny:qwen2@{TOKENIZERS / 'qwen2'}",)
   c.global_batch_size = 8
   c.per_device_batch_size = 1  # 4 devices in all: micro-batches of 4, 2 of them a step
-  c.data.max_len = 96  # every record's prompt fits: no host skips one (see the pipeline)
+  c.data.max_len = 192  # the prompts of steps 1-4 fit: no host skips one (see the pipeline)
   c.max_steps = 4
   c.pass2_parts = 0  # one step program per process (tests/test_train.py covers the split)
   c.checkpoint_every = 2
