@@ -45,20 +45,30 @@ def _softcap(logits, cap):
 
 
 def einsum_attention(q, k, v, mask, *, scale: float, softcap: float | None = None):
-  """Reference: full ``[B, K, G, S, T]`` fp32 logits, probabilities in the query dtype."""
+  """Reference: full ``[B, K, G, S, T]`` fp32 logits, probabilities in the query dtype.
+
+  The queries are laid out as ``[B, K, G * S, H]`` first, so each (batch, kv head) is one
+  matrix product with contiguous ``[G * S, T]`` logits. Contracting ``[B, S, K, G, H]``
+  directly left XLA:CPU copying and striding through the logits: on SmolLM2-135M's
+  8 x 256 prefill that form's attention took about 3x as long, 40% of the prefill
+  (benchmarks/RESULTS.md, eighteenth session). The values are the same.
+  """
   b, s, kh, g, h = q.shape
-  logits = jnp.einsum("bskgh,bkth->bkgst", q, k.astype(q.dtype),
+  t = k.shape[2]
+  rows = q.transpose(0, 2, 3, 1, 4).reshape(b, kh, g * s, h)  # x = (g, s)
+  logits = jnp.einsum("bkxh,bkth->bkxt", rows, k.astype(q.dtype),
                       preferred_element_type=jnp.float32) * scale
-  logits = _softcap(logits, softcap)
+  logits = _softcap(logits, softcap).reshape(b, kh, g, s, t)
   logits = jnp.where(mask[:, None, None], logits, NEG_INF)
-  probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-  out = jnp.einsum("bkgst,bkth->bskgh", probs, v.astype(q.dtype))
-  return out.reshape(b, s, kh * g, h)
+  probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype).reshape(b, kh, g * s, t)
+  out = jnp.einsum("bkxt,bkth->bkxh", probs, v.astype(q.dtype)).reshape(b, kh, g, s, h)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, s, kh * g, h)
 
 
 def chunked_attention(q, k, v, mask, *, scale: float, softcap: float | None = None,
                       block: int = 512):
-  """Online softmax over key blocks of ``block`` slots (fp32 running max/sum/output)."""
+  """Online softmax over key blocks of ``block`` slots (fp32 running max/sum/output), with
+  the queries laid out as ``[B, K, G * S, H]`` as in :func:`einsum_attention`."""
   b, s, kh, g, h = q.shape
   t = k.shape[2]
   nb = -(-t // block)
@@ -70,26 +80,28 @@ def chunked_attention(q, k, v, mask, *, scale: float, softcap: float | None = No
   kb = k.reshape(b, kh, nb, block, h).transpose(2, 0, 1, 3, 4)  # [nb, B, K, C, H]
   vb = v.reshape(b, kh, nb, block, h).transpose(2, 0, 1, 3, 4)
   mb = mask.reshape(b, s, nb, block).transpose(2, 0, 1, 3)  # [nb, B, S, C]
+  rows = q.transpose(0, 2, 3, 1, 4).reshape(b, kh, g * s, h)  # x = (g, s)
 
   @jax.checkpoint  # the backward pass recomputes a block's probabilities, never stores all
   def body(carry, xs):
-    m, l, acc = carry  # [B, K, G, S], [B, K, G, S], [B, K, G, S, H] fp32
+    m, l, acc = carry  # [B, K, X], [B, K, X], [B, K, X, H] fp32
     kc, vc, mc = xs
-    logits = jnp.einsum("bskgh,bkch->bkgsc", q, kc.astype(q.dtype),
+    logits = jnp.einsum("bkxh,bkch->bkxc", rows, kc.astype(q.dtype),
                         preferred_element_type=jnp.float32) * scale
-    logits = _softcap(logits, softcap)
-    logits = jnp.where(mc[:, None, None], logits, NEG_INF)
+    logits = _softcap(logits, softcap).reshape(b, kh, g, s, block)
+    logits = jnp.where(mc[:, None, None], logits, NEG_INF).reshape(b, kh, g * s, block)
     m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
     p = jnp.exp(logits - m_new[..., None])
     corr = jnp.exp(m - m_new)
     l = l * corr + jnp.sum(p, axis=-1)
-    pv = jnp.einsum("bkgsc,bkch->bkgsh", p, vc.astype(jnp.float32))
+    pv = jnp.einsum("bkxc,bkch->bkxh", p, vc.astype(jnp.float32))
     return (m_new, l, acc * corr[..., None] + pv), None
 
-  init = (jnp.full((b, kh, g, s), NEG_INF, jnp.float32), jnp.zeros((b, kh, g, s), jnp.float32),
-          jnp.zeros((b, kh, g, s, h), jnp.float32))
+  x = g * s
+  init = (jnp.full((b, kh, x), NEG_INF, jnp.float32), jnp.zeros((b, kh, x), jnp.float32),
+          jnp.zeros((b, kh, x, h), jnp.float32))
   (_, l, acc), _ = jax.lax.scan(body, init, (kb, vb, mb))
-  out = acc / l[..., None]  # l >= 1: the block holding the max contributes exp(0)
+  out = (acc / l[..., None]).reshape(b, kh, g, s, h)  # l >= 1: the max's block adds exp(0)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, s, kh * g, h).astype(q.dtype)
 
 
