@@ -13,7 +13,7 @@ from c2cjax.evaluation.answerers import Solo, System
 from c2cjax.evaluation.runner import Evaluator, Settings
 from tests import hf_gguf
 
-pytestmark = pytest.mark.realweights
+pytestmark = [pytest.mark.realweights, pytest.mark.usefixtures("optimized_xla")]
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")  # transformers needs it to load GGUF
 
