@@ -207,7 +207,8 @@ def run_jax(spec: dict) -> dict:
 
   mem.reset()
   t0 = time.perf_counter()
-  step = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,), static_argnames=("split",))
+  step = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,), static_argnames=("split",),
+                 compiler_options=c2c.xla_options)  # as c2cjax.train compiles it
   compiled = step.lower(state, rparams, sparams, batch, split=split).compile()
   compile_s = time.perf_counter() - t0
 

@@ -220,12 +220,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   flat_sh = sharding.batch_sharding(mesh)
 
   max_runs = cfg.data.get("max_fused_runs", 4)
+  # The C2C programs' XLA options (on CPU without YNNPACK's fusions: a local-pair training
+  # step took 0.80x the time, RESULTS.md, eighteenth session).
   train_step = jax.jit(make_train_step(c2c, tx, max_runs),
                        in_shardings=(state_sh, r_sh, s_sh, micro_sh),
                        out_shardings=(state_sh, rep), donate_argnums=(0,),
-                       static_argnums=(4,))  # split: positional (kwargs + in_shardings fail)
+                       static_argnums=(4,),  # split: positional (kwargs + in_shardings fail)
+                       compiler_options=c2c.xla_options)
   eval_step = jax.jit(make_eval_step(c2c, max_runs), in_shardings=(f_sh, r_sh, s_sh, flat_sh),
-                      out_shardings=rep)
+                      out_shardings=rep, compiler_options=c2c.xla_options)
 
   it = iter(data)
   ckpt = rundir.Checkpoints(workdir / "checkpoints", keep=cfg.keep_checkpoints,
