@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import platform
 import statistics
 import time
@@ -123,6 +124,8 @@ def main():
     shapes.append((b, p))
   if args.rounds < 1:
     ap.error(f"--rounds must be >= 1, got {args.rounds}")
+  if args.model not in ("smollm2", "gemma3") and not pathlib.Path(args.model).exists():
+    ap.error(f"--model: {args.model!r} is neither smollm2, gemma3 nor an existing path")
 
   import torch
   import transformers as tf
@@ -130,8 +133,8 @@ def main():
   from c2cjax import load_model, offline
   from c2cjax.models import attention, lm as lm_lib
 
-  path = {"smollm2": offline.smollm2_gguf, "gemma3": offline.gemma3_gguf}.get(
-      args.model, lambda: args.model)()
+  path = pathlib.Path({"smollm2": offline.smollm2_gguf, "gemma3": offline.gemma3_gguf}.get(
+      args.model, lambda: args.model)())
   lm = load_model(path)
   kw = dict(gguf_file=path.name) if str(path).endswith(".gguf") else {}
   hf = tf.AutoModelForCausalLM.from_pretrained(str(path.parent if kw else path), **kw,

@@ -44,6 +44,19 @@ def _softcap(logits, cap):
   return jnp.tanh(logits / cap) * cap if cap else logits
 
 
+def _query_rows(q):
+  """[B, S, K, G, H] queries -> [B, K, G * S, H]: one matrix of rows per (batch, kv head)."""
+  b, s, kh, g, h = q.shape
+  return q.transpose(0, 2, 3, 1, 4).reshape(b, kh, g * s, h)
+
+
+def _heads_out(rows, s: int):
+  """[B, K, G * S, H] outputs -> [B, S, K * G, H]."""
+  b, kh, x, h = rows.shape
+  g = x // s
+  return rows.reshape(b, kh, g, s, h).transpose(0, 3, 1, 2, 4).reshape(b, s, kh * g, h)
+
+
 def einsum_attention(q, k, v, mask, *, scale: float, softcap: float | None = None):
   """Reference: full ``[B, K, G, S, T]`` fp32 logits, probabilities in the query dtype.
 
@@ -55,14 +68,12 @@ def einsum_attention(q, k, v, mask, *, scale: float, softcap: float | None = Non
   """
   b, s, kh, g, h = q.shape
   t = k.shape[2]
-  rows = q.transpose(0, 2, 3, 1, 4).reshape(b, kh, g * s, h)  # x = (g, s)
-  logits = jnp.einsum("bkxh,bkth->bkxt", rows, k.astype(q.dtype),
+  logits = jnp.einsum("bkxh,bkth->bkxt", _query_rows(q), k.astype(q.dtype),
                       preferred_element_type=jnp.float32) * scale
   logits = _softcap(logits, softcap).reshape(b, kh, g, s, t)
   logits = jnp.where(mask[:, None, None], logits, NEG_INF)
   probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype).reshape(b, kh, g * s, t)
-  out = jnp.einsum("bkxt,bkth->bkxh", probs, v.astype(q.dtype)).reshape(b, kh, g, s, h)
-  return out.transpose(0, 3, 1, 2, 4).reshape(b, s, kh * g, h)
+  return _heads_out(jnp.einsum("bkxt,bkth->bkxh", probs, v.astype(q.dtype)), s)
 
 
 def chunked_attention(q, k, v, mask, *, scale: float, softcap: float | None = None,
@@ -80,7 +91,7 @@ def chunked_attention(q, k, v, mask, *, scale: float, softcap: float | None = No
   kb = k.reshape(b, kh, nb, block, h).transpose(2, 0, 1, 3, 4)  # [nb, B, K, C, H]
   vb = v.reshape(b, kh, nb, block, h).transpose(2, 0, 1, 3, 4)
   mb = mask.reshape(b, s, nb, block).transpose(2, 0, 1, 3)  # [nb, B, S, C]
-  rows = q.transpose(0, 2, 3, 1, 4).reshape(b, kh, g * s, h)  # x = (g, s)
+  rows = _query_rows(q)  # x = (g, s)
 
   @jax.checkpoint  # the backward pass recomputes a block's probabilities, never stores all
   def body(carry, xs):
@@ -101,8 +112,8 @@ def chunked_attention(q, k, v, mask, *, scale: float, softcap: float | None = No
   init = (jnp.full((b, kh, x), NEG_INF, jnp.float32), jnp.zeros((b, kh, x), jnp.float32),
           jnp.zeros((b, kh, x, h), jnp.float32))
   (_, l, acc), _ = jax.lax.scan(body, init, (kb, vb, mb))
-  out = (acc / l[..., None]).reshape(b, kh, g, s, h)  # l >= 1: the max's block adds exp(0)
-  return out.transpose(0, 3, 1, 2, 4).reshape(b, s, kh * g, h).astype(q.dtype)
+  # l >= 1: the block holding the max contributes exp(0)
+  return _heads_out(acc / l[..., None], s).astype(q.dtype)
 
 
 def cudnn_attention(q, k, v, mask, *, scale: float):
