@@ -91,7 +91,17 @@ def load_tokenizer(gguf_path: str | os.PathLike, cache: bool = True):
     return AutoTokenizer.from_pretrained(str(saved))
   if not path.is_file():
     raise FileNotFoundError(f"GGUF file not found: {path}")
-  tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+  try:
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+  except ImportError as e:
+    if importlib.util.find_spec("torch") is not None:
+      raise  # torch is there: some other failure
+    # transformers >= 5.25 reads GGUF metadata through a module that imports torch.
+    raise ImportError(
+        f"converting the tokenizer stored in {path} needs torch: this transformers reads GGUF "
+        "files with torch. Install it once (pip install torch==2.13.0, CPU) and load again; "
+        f"the converted tokenizer is then cached in {saved} and torch is not needed after "
+        "that") from e
   if cache:
     saved.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=saved.parent, prefix=f".{path.stem}."))

@@ -44,7 +44,7 @@ def test_greedy_and_logits_match_transformers(which):
 
 
 def test_second_load_comes_from_the_orbax_cache(tmp_path, monkeypatch):
-  from c2cjax.models import load as load_lib
+  from c2cjax.models import gguf_file
   path = _path("smollm2")
   monkeypatch.setenv("C2CJAX_CACHE", str(tmp_path))
   first = load_model(path, tokenizer=False)
@@ -53,7 +53,7 @@ def test_second_load_comes_from_the_orbax_cache(tmp_path, monkeypatch):
   def no_conversion(*a, **k):
     raise AssertionError("converted again instead of reading the cache")
 
-  monkeypatch.setattr(load_lib, "_gguf_state", no_conversion)
+  monkeypatch.setattr(gguf_file, "state_dict", no_conversion)
   again = load_model(path, tokenizer=False)
   assert again.config == first.config
   np.testing.assert_array_equal(np.asarray(first.params["embed"]), np.asarray(again.params["embed"]))

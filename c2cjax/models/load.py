@@ -19,8 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from c2cjax import files
-from c2cjax.models import gemma, llama
-from c2cjax.models.config import ModelConfig
+from c2cjax.models import gguf_file
 from c2cjax.models.convert import params_from_hf
 from c2cjax.models.lm import LM
 from c2cjax.models.registry import (SUPPORTED_MODEL_TYPES, arch_module,  # noqa: F401
@@ -56,69 +55,6 @@ def _read_safetensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
   return state
 
 
-def _gguf_state(path: pathlib.Path, model_type: str, cfg: ModelConfig) -> dict[str, np.ndarray]:
-  """Dequantised GGUF tensors under their HF names (llama.cpp conventions undone)."""
-  import gguf
-
-  reader = gguf.GGUFReader(str(path))
-  layer_names = {
-      "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-      "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
-      "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-      "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
-  }
-  if model_type in gemma.MODEL_TYPES:
-    layer_names.update({"post_attention_norm": "post_attention_layernorm",
-                        "ffn_norm": "pre_feedforward_layernorm",
-                        "post_ffw_norm": "post_feedforward_layernorm"})
-  else:
-    layer_names["ffn_norm"] = "post_attention_layernorm"
-  top = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-  state = {}
-  for t in reader.tensors:
-    parts = t.name.split(".")
-    if parts[0] == "blk":
-      base = layer_names.get(parts[2])
-      if base is None:
-        raise ValueError(f"GGUF tensor {t.name!r} has no known HF counterpart")
-      name = f"model.layers.{parts[1]}.{base}.{parts[3]}"
-    elif parts[0] in top:
-      name = f"{top[parts[0]]}.{parts[1]}"
-    else:
-      continue  # e.g. rope_freqs: recomputed from the config
-    w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
-    if model_type in llama.MODEL_TYPES and parts[0] == "blk" and parts[2] in ("attn_q", "attn_k"):
-      heads = cfg.num_heads if parts[2] == "attn_q" else cfg.num_kv_heads
-      # llama.cpp interleaves the rotary halves; undo as transformers does.
-      w = w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
-    if model_type in gemma.MODEL_TYPES and name.endswith("norm.weight"):
-      w = w - 1.0  # GGUF stores Gemma's (1 + w)
-    state[name] = w
-  return state
-
-
-def gguf_problem(path: pathlib.Path) -> str | None:
-  """Why ``path`` is not a complete GGUF file (None if it reads). Run after a failure, to
-  tell a truncated or corrupt file from other errors: parsing costs seconds."""
-  import gguf
-
-  size = path.stat().st_size
-  with open(path, "rb") as f:
-    magic = f.read(4)
-  if magic != b"GGUF":
-    return f"is not a GGUF file (it starts with {magic!r}, not b'GGUF')"
-  try:
-    reader = gguf.GGUFReader(str(path))
-  except Exception as e:  # pylint: disable=broad-except  # struct.error, ValueError, ...
-    return (f"is truncated or corrupt ({size} bytes; the GGUF reader failed: "
-            f"{type(e).__name__}: {e})")
-  for t in reader.tensors:
-    end = int(t.data_offset) + int(t.n_bytes)
-    if end > size:
-      return f"is truncated: tensor {t.name!r} ends at byte {end}, the file has {size}"
-  return None
-
-
 @contextlib.contextmanager
 def _named_gguf_errors(path: pathlib.Path | None):
   """Re-raises a failure while reading ``path`` as CorruptFileError naming it if the file is
@@ -126,7 +62,7 @@ def _named_gguf_errors(path: pathlib.Path | None):
   try:
     yield
   except Exception as e:
-    problem = gguf_problem(path) if path is not None and path.is_file() else None
+    problem = gguf_file.problem(path) if path is not None and path.is_file() else None
     if problem:
       raise files.CorruptFileError(f"GGUF file {path} {problem}") from e
     raise
@@ -204,12 +140,11 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
   """
   from transformers import AutoConfig, AutoTokenizer
 
-  directory, gguf_file = _resolve(str(source))
-  if tokenizer and not gguf_file:
+  directory, gguf_name = _resolve(str(source))
+  if tokenizer and not gguf_name:
     _check_tokenizer_files(directory)  # before the (slow) weights
-  gguf_path = directory / gguf_file if gguf_file else None
-  kw = {"gguf_file": gguf_file} if gguf_file else {}
-  weight_files = ([directory / gguf_file] if gguf_file else
+  gguf_path = directory / gguf_name if gguf_name else None
+  weight_files = ([directory / gguf_name] if gguf_name else
                   sorted(directory.glob("*.safetensors")))
   if not weight_files:
     raise FileNotFoundError(f"no weights (*.safetensors or .gguf) found for {source!r}")
@@ -228,10 +163,11 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
                       "%s again", cached, type(e).__name__, e, source)
   if params is None:
     with _named_gguf_errors(gguf_path):
-      hf_config = AutoConfig.from_pretrained(str(directory), **kw)
+      hf_config = (AutoConfig.for_model(**gguf_file.config_dict(gguf_path)) if gguf_name
+                   else AutoConfig.from_pretrained(str(directory)))
       arch = arch_module(hf_config.model_type)
       cfg = arch.config_from_hf(hf_config, **config_overrides)
-      state = (_gguf_state(gguf_path, hf_config.model_type, cfg) if gguf_file
+      state = (gguf_file.state_dict(gguf_path, hf_config.model_type, cfg) if gguf_name
                else _read_safetensors(directory))
     np_dtype = np.dtype(jnp.dtype(dtype))
     params = params_from_hf(cfg, state, arch.NORMS, dtype=np_dtype)
@@ -245,7 +181,7 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
   if tokenizer:
     from c2cjax import offline
     with _named_gguf_errors(gguf_path):
-      tok = (offline.load_tokenizer(gguf_path) if gguf_file
+      tok = (offline.load_tokenizer(gguf_path) if gguf_name
              else AutoTokenizer.from_pretrained(str(directory)))
   lm = LM(cfg, params, tok, dtype=dtype, source=str(source), remat=remat)
   return lm if scan_layers else lm.with_layout(scan_layers=False)
