@@ -3,6 +3,7 @@
     python benchmarks/c2c_latency.py [--fuser runs/local/fuser] [--questions 20]
         [--answer 32 64 128] [--background 64]
     python benchmarks/c2c_latency.py --shapes paper|original [--prompt 124] [--answer 64]
+        [--original RELEASED.json]    # original: the released code's figures of this window
 
 ``--shapes paper``: random Qwen3-0.6B <- Qwen2.5-0.5B-Instruct at their published configs
 (``c2cjax.models.paper``), fuser hidden 1024 x 3 layers on all 28 receiver layers, gates
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import pathlib
 import platform
 import time
 
@@ -57,7 +59,16 @@ def main():
   ap.add_argument("--layout", choices=["scanned", "unscanned"], default="scanned",
                   help="receiver params stacked under nn.scan or one block per layer "
                        "(paper/original)")
+  ap.add_argument("--original", type=pathlib.Path, default=None,
+                  help="--shapes original: the released code's figures from this JSON "
+                       "(benchmarks/original_query.py --json, run beside this one) instead of "
+                       "the stored ones (benchmarks/c2c_query.py's ORIGINAL)")
   args = ap.parse_args()
+  if args.original is not None:
+    if args.shapes != "original":
+      ap.error("--original goes with --shapes original")
+    if not args.original.is_file():
+      ap.error(f"--original {args.original}: no such file")
   if args.shapes != "arc":
     from c2c_query import one_query  # pylint: disable=import-outside-toplevel
     one_query(args)

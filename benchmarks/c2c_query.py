@@ -10,6 +10,7 @@ the receiver), decode per token = (query - prefill) / (answer - 1).
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import time
@@ -29,6 +30,20 @@ import numpy as np
 # ~2x. The ratio holds only for runs in the same window: rerun both when it matters
 # (benchmarks/issue16_sbs8/run.sh alternates them).
 ORIGINAL = {"query_s": 3.97, "prefill_s": 1.40, "decode_ms": 40.8, "receiver_hf_s": 2.71}
+
+
+def original_figures(path) -> tuple[dict, str]:
+  """The released code's figures (``ORIGINAL``'s keys) and where they come from: ``path``
+  (a JSON written by ``original_query.py --json``) or the stored ``ORIGINAL``."""
+  if path is None:
+    return ORIGINAL, "stored (2026-12-02 01:28 UTC, benchmarks/issue16_sbs8; another window)"
+  with open(path) as f:
+    got = json.load(f)
+  figures = got.get("original") if isinstance(got, dict) else None
+  if not isinstance(figures, dict) or any(k not in figures for k in ORIGINAL):
+    raise SystemExit(f"{path} is not an original_query.py --json file (no 'original' with "
+                     f"{', '.join(ORIGINAL)})")
+  return {k: figures[k] for k in ORIGINAL}, f"{path} (measured {got.get('date', '?')})"
 
 
 def best_time(fn, reps: int) -> float:
@@ -136,7 +151,8 @@ def one_query(args):
   print(f"RATIO {args.shapes}: C2C/receiver {times['c2c query'] / times['receiver query']:.2f}; "
         f"T2T/C2C {times['t2t query'] / times['c2c query']:.2f}")
   if args.shapes == "original":
-    o = ORIGINAL
+    o, where = original_figures(args.original)
+    print(f"the released code's figures: {where}")
     print(f"RATIO original: C2C query {times['c2c query']:.2f} s vs the original code's "
           f"{o['query_s']} s: x{o['query_s'] / times['c2c query']:.2f} (goal >= 2); prefill "
           f"{times['c2c prefill']:.2f} vs {o['prefill_s']} s; decode {dec['c2c']:.0f} vs "
