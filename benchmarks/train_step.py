@@ -181,14 +181,12 @@ def _jax_models(spec: dict):
   return cfg, C2C(receiver, [sharer], [fuser])
 
 
-def run_jax(spec: dict) -> dict:
-  """The jitted ``c2cjax.train`` step on the synthetic batch."""
+def _jax_state(spec: dict):
+  """(c2c, optimizer, train state, receiver params, sharer params, batch, pass-2 split)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from c2cjax import train  # pylint: disable=import-outside-toplevel
 
-  mem = PeakRSS()
-  t0 = time.perf_counter()
   cfg, c2c = _jax_models(spec)
   tx, _ = train.make_optimizer(cfg, cfg.max_steps)
   fparams = tuple(f.params for f in c2c.fusers)
@@ -202,6 +200,17 @@ def run_jax(spec: dict) -> dict:
   batch = jax.tree.map(jnp.asarray, _jax_batch(batch_np))
   del fparams  # the state holds them (donated at every step)
   jax.block_until_ready((state, rparams, sparams, batch))
+  return c2c, tx, state, rparams, sparams, batch, split
+
+
+def run_jax(spec: dict) -> dict:
+  """The jitted ``c2cjax.train`` step on the synthetic batch."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from c2cjax import train  # pylint: disable=import-outside-toplevel
+
+  mem = PeakRSS()
+  t0 = time.perf_counter()
+  c2c, tx, state, rparams, sparams, batch, split = _jax_state(spec)
   load_s = time.perf_counter() - t0
   rss_loaded = mem.rss_mib()
 
@@ -241,6 +250,52 @@ def run_jax(spec: dict) -> dict:
       "fuser_params": int(n_fuser), "layer_map": lm.pairs(), "split": list(split),
       "vocab": [c2c.receiver.config.vocab_size, c2c.sharers[0].config.vocab_size],
   }
+
+
+# XLA:CPU option sets ``--xla-ab`` compares on the same step: XLA's default (YNNPACK's
+# fusions on), YNNPACK off (what c2cjax.runtime picks on CPUs with AMX), YNNPACK for dots only.
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+XLA_VARIANTS = {"xla-default": {}, "ynn-off": {_YNN: ""},
+                "ynn-dots": {_YNN: "LIBRARY_FUSION_TYPE_DOT"}}
+
+
+def run_jax_xla_ab(spec: dict) -> dict:
+  """The same step compiled under each of ``XLA_VARIANTS``, timed in paired rounds (one
+  step of each per round, in turn) on one state: this VM's speed drifts within minutes, so
+  only steps measured side by side compare."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from c2cjax import train  # pylint: disable=import-outside-toplevel
+
+  c2c, tx, state, rparams, sparams, batch, split = _jax_state(spec)
+  steps = {}
+  for name, options in XLA_VARIANTS.items():
+    fn = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,),
+                 static_argnames=("split",), compiler_options=options)
+    steps[name] = (fn.lower(state, rparams, sparams, batch, split=split).compile(), options)
+  times = {name: [] for name in steps}
+  for r in range(spec["warmup"] + spec["xla_ab"]):
+    for name, (compiled, _) in steps.items():
+      t = time.perf_counter()
+      state, metrics = compiled(state, rparams, sparams, batch)
+      jax.block_until_ready((state, metrics))
+      if r >= spec["warmup"]:
+        times[name].append(time.perf_counter() - t)
+  return {"framework": "jax", "c2cjax_options": c2c.xla_options,
+          "xla_ab": {n: {"options": o, "step_times_s": times[n]} for n, (_, o) in steps.items()}}
+
+
+def report_xla_ab(spec: dict, out: dict) -> None:
+  ab = out["xla_ab"]
+  base = ab["xla-default"]["step_times_s"]
+  print(f"shapes {spec['shapes']}: {spec['batch']} x {spec['seq']}; {spec['xla_ab']} paired "
+        f"rounds after {spec['warmup']} untimed; load average {spec['loadavg']}; c2cjax's "
+        f"options here (c2cjax.runtime): {out['c2cjax_options']}")
+  for name, r in ab.items():
+    t = r["step_times_s"]
+    ratios = [b / x for b, x in zip(base, t)]
+    print(f"  {name:12s} {statistics.median(t):7.3f} s  ({' '.join(f'{x:.2f}' for x in t)})  "
+          f"default/this per round: {' '.join(f'{x:.2f}' for x in ratios)}  "
+          f"options {r['options']}")
 
 
 # --- PyTorch side -------------------------------------------------------------------------
@@ -720,11 +775,16 @@ def main():
   ap.add_argument("--jax-imports-torch", action="store_true",
                   help="let the JAX process import torch, as transformers does when torch "
                        "is installed (default: hidden there, as on an install without it)")
+  ap.add_argument("--xla-ab", type=int, default=0, metavar="N",
+                  help="JAX only: compile the step under each XLA:CPU option set (XLA's "
+                       "default, YNNPACK off, YNNPACK for dots only) and time N paired rounds")
   ap.add_argument("--_child", choices=["jax", "torch"], help=argparse.SUPPRESS)
   ap.add_argument("--_spec", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.rounds < 1:
     ap.error(f"--rounds must be >= 1, got {args.rounds}")
+  if args.xla_ab < 0:
+    ap.error(f"--xla-ab must be >= 0, got {args.xla_ab}")
   if args.json and pathlib.Path(args.json).exists():  # before any model loads
     ap.error(f"--json {args.json} already exists; choose a new path (results are never "
              "overwritten)")
@@ -736,12 +796,19 @@ def main():
       # classes import it (~200 MiB) whenever it is installed, as it is here for the
       # PyTorch side. A None entry makes find_spec say "absent" and `import torch` fail.
       sys.modules["torch"] = None
-    out = run_jax(spec) if args._child == "jax" else run_torch(spec)
+    if args._child == "jax":
+      out = run_jax_xla_ab(spec) if spec.get("xla_ab") else run_jax(spec)
+    else:
+      out = run_torch(spec)
     print(_RESULT + json.dumps(out), flush=True)
     return
   spec = _spec(args)
   spec["loadavg"] = _loadavg()
   spec["hide_torch"] = not args.jax_imports_torch
+  if args.xla_ab:
+    spec["xla_ab"] = args.xla_ab
+    report_xla_ab(spec, _child("jax", spec))
+    return
   if args.check:
     if args.shapes != "local":
       raise SystemExit("--check runs on the local shapes only")

@@ -9,8 +9,9 @@ of the same shapes (a resumed training run, the next shard of an evaluation, a d
 twice) loads its programs instead of compiling them. The CLIs (``c2cjax.train``,
 ``c2cjax.eval``, ``c2cjax.demo``) call it; library code never changes global JAX config.
 
-``compiler_options()`` are the XLA options c2cjax's own inference programs compile with
-(``LM`` and ``C2C``'s jitted prefill and generate): passed per program, never global.
+``compiler_options()`` are the XLA options c2cjax's own programs compile with (``LM`` and
+``C2C``'s jitted prefill and generate, the training and eval steps): passed per program,
+never global.
 """
 
 from __future__ import annotations
@@ -28,17 +29,24 @@ def cache_root() -> pathlib.Path:
   return pathlib.Path(os.environ.get("C2CJAX_CACHE", "~/.cache/c2cjax")).expanduser()
 
 
+def _cpuinfo_flags_line() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      return next((line for line in f if line.startswith(("flags", "Features"))), "")
+  except OSError:
+    return ""
+
+
+def cpu_flags() -> frozenset[str]:
+  """The host CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+  return frozenset(_cpuinfo_flags_line().partition(":")[2].split())
+
+
 def machine_id() -> str:
   """A short hash of the CPU (architecture and feature flags): XLA:CPU entries are native
   code for the host's CPU, so a cache folder shared between different machines (a network
   home) must not mix them."""
-  flags = ""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-  except OSError:
-    pass
-  return hashlib.sha256((platform.machine() + flags).encode()).hexdigest()[:12]
+  return hashlib.sha256((platform.machine() + _cpuinfo_flags_line()).encode()).hexdigest()[:12]
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None,
@@ -62,11 +70,17 @@ def enable_compilation_cache(path: str | os.PathLike | None = None,
   return folder
 
 
-# XLA:CPU hands dots and reductions to YNNPACK by default. On batch-1 decode's small
-# attention products each such call cost 60-70 us and needed its cache slice copied out
-# first; prefill's products were slower through it too (RESULTS.md, sixteenth and
-# seventeenth sessions).
+# XLA:CPU hands dots, reductions and elementwise work to YNNPACK by default. Whether that
+# pays depends on the CPU; measured on two 2-core machine kinds (RESULTS.md):
+# - Intel Xeon with AMX (fifteenth-eighteenth sessions): slower. Each of batch-1 decode's
+#   small attention products cost 60-70 us through it, with its cache slice copied out
+#   first; prefill's products were slower; the local training step took 1.25x as long.
+# - AMD EPYC Zen 5 with AVX-512 and no AMX (nineteenth session): faster. The training step
+#   x1.07-1.13 (local pair) and x1.4-1.6 (paper shapes), prefill ~8%, decode ~7%.
+# So "auto" (the default) turns YNNPACK's fusions off on CPUs with AMX and keeps XLA's
+# default elsewhere; C2CJAX_CPU_YNN=1 / 0 forces either.
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_YNN_VAR = "C2CJAX_CPU_YNN"
 
 
 def env_flag(name: str, default: bool) -> bool:
@@ -82,13 +96,25 @@ def env_flag(name: str, default: bool) -> bool:
   raise ValueError(f"{name}={value!r}: use 1/true/on/yes or 0/false/off/no")
 
 
+def cpu_ynn() -> bool:
+  """Whether c2cjax's CPU programs keep XLA's YNNPACK fusions: ``$C2CJAX_CPU_YNN`` as a
+  yes/no switch, or ``auto`` (unset): yes unless the CPU has AMX (see ``_CPU_OPTIONS``)."""
+  value = os.environ.get(_YNN_VAR, "auto")
+  if value.strip().lower() == "auto":
+    return "amx_tile" not in cpu_flags()
+  try:
+    return env_flag(_YNN_VAR, False)
+  except ValueError as e:
+    raise ValueError(f"{e}, or auto") from None
+
+
 def compiler_options() -> dict[str, str]:
-  """XLA compiler options for c2cjax's inference programs on the default backend: on CPU,
-  YNNPACK's fusions off (``C2CJAX_CPU_YNN=1`` keeps XLA's default); elsewhere none.
-  Read when a program is built (``LM``/``C2C`` construction)."""
-  if env_flag("C2CJAX_CPU_YNN", False) or jax.default_backend() != "cpu":
+  """XLA compiler options for c2cjax's programs (``LM``/``C2C``'s prefill and generate, the
+  training and eval steps) on the default backend: on CPU, YNNPACK's fusions off where
+  :func:`cpu_ynn` says so; elsewhere none. Read when a program is built."""
+  if jax.default_backend() != "cpu" or cpu_ynn():
     return {}
   return dict(_CPU_OPTIONS)
 
 
-env_flag("C2CJAX_CPU_YNN", False)  # a bad value stops `import c2cjax`, before any model loads
+cpu_ynn()  # a bad C2CJAX_CPU_YNN stops `import c2cjax`, before any model loads

@@ -220,8 +220,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   flat_sh = sharding.batch_sharding(mesh)
 
   max_runs = cfg.data.get("max_fused_runs", 4)
-  # The C2C programs' XLA options (on CPU without YNNPACK's fusions: a local-pair training
-  # step took 0.80x the time, RESULTS.md, eighteenth session).
+  # The C2C programs' XLA options (c2cjax.runtime: on CPU, YNNPACK's fusions off where the
+  # CPU has AMX, where a local-pair step took 0.80x the time without them; kept elsewhere,
+  # where they were faster: RESULTS.md, eighteenth and nineteenth sessions).
   train_step = jax.jit(make_train_step(c2c, tx, max_runs),
                        in_shardings=(state_sh, r_sh, s_sh, micro_sh),
                        out_shardings=(state_sh, rep), donate_argnums=(0,),

@@ -39,19 +39,20 @@ def test_compiled_programs_are_stored_per_machine_and_can_be_turned_off(tmp_path
   assert _run({**env, "JAX_COMPILATION_CACHE_DIR": str(own)}) == str(own)
 
 
-def test_inference_programs_compile_without_ynnpack_on_cpu(monkeypatch):
-  """c2cjax's own LM programs carry the CPU options (never global config), which leave no
-  YNNPACK fusion in the compiled program; ``C2CJAX_CPU_YNN=1`` keeps XLA's defaults and a
-  bad value names itself."""
+def test_cpu_programs_carry_the_ynnpack_setting(monkeypatch):
+  """c2cjax's own LM programs carry the CPU options (never global config).
+  ``C2CJAX_CPU_YNN=0`` leaves no YNNPACK fusion in the compiled program, ``1`` keeps XLA's
+  defaults, ``auto`` (unset) decides by the CPU (off with AMX), and a bad value names itself."""
   import jax
   import jax.numpy as jnp
   import pytest
   from c2cjax.models import lm as lm_lib
   from c2cjax.models.tiny import tiny_lm
-  monkeypatch.delenv("C2CJAX_CPU_YNN", raising=False)
-  assert runtime.compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  off = {"xla_cpu_experimental_ynn_fusion_type": ""}
+  monkeypatch.setenv("C2CJAX_CPU_YNN", "0")
+  assert runtime.compiler_options() == off
   lm = tiny_lm("qwen3", seed=0)
-  assert lm.xla_options == runtime.compiler_options()
+  assert lm.xla_options == off
   args = (lm.module, lm.params, jnp.ones((1, 4), jnp.int32), lm.init_cache(1, 8))
   hlo = lambda options: jax.jit(lm_lib.forward, static_argnums=0, compiler_options=options
                                 ).lower(*args).compile().as_text()
@@ -60,6 +61,17 @@ def test_inference_programs_compile_without_ynnpack_on_cpu(monkeypatch):
   assert runtime.compiler_options() == {}
   assert type(lm)(lm.config, lm.params).xla_options == {}
   assert "__ynn_fusion" in hlo({})
+  for value in ("auto", None):
+    if value is None:
+      monkeypatch.delenv("C2CJAX_CPU_YNN")
+    else:
+      monkeypatch.setenv("C2CJAX_CPU_YNN", value)
+    amx = "amx_tile" in runtime.cpu_flags()
+    assert runtime.compiler_options() == (off if amx else {})
+  monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "amx_tile"}))
+  assert runtime.compiler_options() == off
+  monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f"}))
+  assert runtime.compiler_options() == {}
   monkeypatch.setenv("C2CJAX_CPU_YNN", "maybe")
-  with pytest.raises(ValueError, match="C2CJAX_CPU_YNN='maybe'"):
+  with pytest.raises(ValueError, match="C2CJAX_CPU_YNN='maybe'.*or auto"):
     runtime.compiler_options()
