@@ -115,7 +115,7 @@ def state_dict(path: str | pathlib.Path, model_type: str,
     elif parts[0] in top:
       name = f"{top[parts[0]]}.{parts[1]}"
     else:
-      continue
+      continue  # nothing c2cjax reads (a rope_freqs tensor is refused by config_dict)
     w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
     if model_type in llama.MODEL_TYPES and parts[0] == "blk" and parts[2] in ("attn_q", "attn_k"):
       heads = cfg.num_heads if parts[2] == "attn_q" else cfg.num_kv_heads
