@@ -45,6 +45,13 @@ try:
   out["tokenizer"] = "loaded"
 except ImportError as e:
   out["tokenizer"] = str(e)
+from c2cjax.runtime import cache_root
+try:  # with its tokenizer, converting (and caching) the weights
+  load_model(offline.smollm2_gguf())
+  out["with_tokenizer"] = "loaded"
+except ImportError as e:
+  out["with_tokenizer"] = str(e)
+out["params_cached"] = len(list((cache_root() / "params").glob("*.json")))
 print("RESULT" + json.dumps(out))
 """
 
@@ -62,6 +69,10 @@ def test_gguf_weights_load_without_torch(tmp_path):
   # or the error says so and how to get past it, never a bare ModuleNotFoundError.
   if out["tokenizer"] != "loaded":
     assert "needs torch" in out["tokenizer"] and "pip install torch" in out["tokenizer"]
+    # load_model reads the tokenizer before converting the weights: it fails before them
+    assert out["with_tokenizer"] == out["tokenizer"] and out["params_cached"] == 0
+  else:
+    assert out["with_tokenizer"] == "loaded" and out["params_cached"] == 1
 
 
 def _write_gguf(path, arch, *, rope_freqs=False):

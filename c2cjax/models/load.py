@@ -161,9 +161,21 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
     except Exception as e:  # pylint: disable=broad-except  # a damaged cache entry
       logging.warning("ignoring the damaged converted-params cache %s (%s: %s); converting "
                       "%s again", cached, type(e).__name__, e, source)
+  gguf_config = None
+  if params is None and gguf_name:
+    with _named_gguf_errors(gguf_path):  # metadata only: refuses unsupported files by name
+      gguf_config = gguf_file.config_dict(gguf_path)
+
+  tok = None
+  if tokenizer:  # before converting the weights, so a tokenizer that cannot load fails fast
+    from c2cjax import offline
+    with _named_gguf_errors(gguf_path):
+      tok = (offline.load_tokenizer(gguf_path) if gguf_name
+             else AutoTokenizer.from_pretrained(str(directory)))
+
   if params is None:
     with _named_gguf_errors(gguf_path):
-      hf_config = (AutoConfig.for_model(**gguf_file.config_dict(gguf_path)) if gguf_name
+      hf_config = (AutoConfig.for_model(**gguf_config) if gguf_name
                    else AutoConfig.from_pretrained(str(directory)))
       arch = arch_module(hf_config.model_type)
       cfg = arch.config_from_hf(hf_config, **config_overrides)
@@ -176,13 +188,6 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
       _save_cached(cached, params)
       files.atomic_write_text(meta_file, json.dumps(hf_config.to_dict()))
   params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
-
-  tok = None
-  if tokenizer:
-    from c2cjax import offline
-    with _named_gguf_errors(gguf_path):
-      tok = (offline.load_tokenizer(gguf_path) if gguf_name
-             else AutoTokenizer.from_pretrained(str(directory)))
   lm = LM(cfg, params, tok, dtype=dtype, source=str(source), remat=remat)
   return lm if scan_layers else lm.with_layout(scan_layers=False)
 
