@@ -161,10 +161,11 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
     except Exception as e:  # pylint: disable=broad-except  # a damaged cache entry
       logging.warning("ignoring the damaged converted-params cache %s (%s: %s); converting "
                       "%s again", cached, type(e).__name__, e, source)
-  gguf_config = None
+  gguf_config = gguf_reader = None
   if params is None and gguf_name:
     with _named_gguf_errors(gguf_path):  # metadata only: refuses unsupported files by name
-      gguf_config = gguf_file.config_dict(gguf_path)
+      gguf_reader = gguf_file.reader(gguf_path)  # parsed once, for the config and the weights
+      gguf_config = gguf_file.config_dict(gguf_path, gguf_reader)
 
   tok = None
   if tokenizer:  # before converting the weights, so a tokenizer that cannot load fails fast
@@ -179,8 +180,9 @@ def load_model(source: str | os.PathLike, dtype=jnp.float32, *, tokenizer: bool 
                    else AutoConfig.from_pretrained(str(directory)))
       arch = arch_module(hf_config.model_type)
       cfg = arch.config_from_hf(hf_config, **config_overrides)
-      state = (gguf_file.state_dict(gguf_path, hf_config.model_type, cfg) if gguf_name
-               else _read_safetensors(directory))
+      state = (gguf_file.state_dict(gguf_path, hf_config.model_type, cfg, gguf_reader)
+               if gguf_name else _read_safetensors(directory))
+    del gguf_reader
     np_dtype = np.dtype(jnp.dtype(dtype))
     params = params_from_hf(cfg, state, arch.NORMS, dtype=np_dtype)
     del state
