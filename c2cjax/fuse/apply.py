@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from c2cjax.fuse.config import FuserConfig, LayerMap, Params, check_per_sharer, temperature
-from c2cjax.fuse.module import FuserLayer
+from c2cjax.fuse.module import DROPOUT_MASK, FuserLayer
 from c2cjax.models.cache import KVCache
 
 # --- params ---------------------------------------------------------------------------
@@ -100,6 +100,12 @@ def _check_shapes(params: Params, receiver: KVCache, sharer: KVCache, layer_map:
                      f"receiver / {sharer.num_layers} sharer layers.")
 
 
+# Each pair's backward keeps its matmul outputs and dropout masks; the rest is recomputed.
+_REMAT_POLICY = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_saveable,
+    jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK))
+
+
 def _apply_pairs(params: Params, sharer: KVCache, rk: jax.Array, rv: jax.Array,
                  layer_map: LayerMap, config: FuserConfig, train: bool, rng, step):
   """[P, B, Kr, T, Hr] fused keys and values of every pair, in the param dtype."""
@@ -121,7 +127,7 @@ def _apply_pairs(params: Params, sharer: KVCache, rk: jax.Array, rv: jax.Array,
   # fuser's forward + backward ~1.4x faster than vmap with every residual kept, and the
   # step's XLA temp memory 3.7 instead of 5.3 GiB (RESULTS.md, ninth session). The
   # random draws are the same as vmap's.
-  one = jax.checkpoint(one, policy=jax.checkpoint_policies.dots_saveable)
+  one = jax.checkpoint(one, policy=_REMAT_POLICY)
   return jax.lax.map(lambda a: one(*a), (params, sk, sv, rk, rv, keys))
 
 

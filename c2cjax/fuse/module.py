@@ -33,6 +33,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from c2cjax.fuse.config import FuserConfig, Params
 
@@ -70,6 +71,35 @@ def _dense(features: int, dtype, name: str, use_bias: bool = True) -> nn.Dense:
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=dtype, name=name)
 
 
+# The fuser's backward recomputes its element-wise work (``fuse.apply``'s remat policy) but
+# keeps the dropout masks under this name: drawing them again (threefry, a rolled loop of
+# small ops on CPU) cost ~0.2 s a step at the original code's shape (RESULTS.md, twentieth
+# session), keeping them 1 byte an element.
+DROPOUT_MASK = "fuser_dropout_mask"
+
+
+class Dropout(nn.Module):
+  """``nn.Dropout`` with its mask named :data:`DROPOUT_MASK` for remat policies.
+
+  The same draws as ``nn.Dropout`` (one Bernoulli(1 - rate) mask from ``make_rng("dropout")``
+  at this module's path, kept elements scaled by ``1 / (1 - rate)``): named ``Dropout_0``
+  where ``nn.Dropout`` was, a trained run's masks do not change.
+  """
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if self.rate == 0.0 or deterministic:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    mask = checkpoint_name(mask, DROPOUT_MASK)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 class FFNBlock(nn.Module):
   """``x + Dropout(W2(GELU(W1(RMSNorm(x)))))``, bias-free linears, exact GELU."""
 
@@ -84,7 +114,7 @@ class FFNBlock(nn.Module):
     h = _dense(self.intermediate_dim, self.dtype, "w1", use_bias=False)(h)
     h = nn.gelu(h, approximate=False)
     h = _dense(hidden, self.dtype, "w2", use_bias=False)(h)
-    return x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    return x + Dropout(self.dropout, name="Dropout_0")(h, deterministic)
 
 
 class FFNStack(nn.Module):
