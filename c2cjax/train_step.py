@@ -178,8 +178,15 @@ def make_train_step(c2c: C2C, tx, max_runs: int = 4):
 
     accum = batch["receiver_ids"].shape[0]
     if accum == 1:  # no scan, no zero-initialised gradient carry
-      (loss, count), grads = loss_and_grad(jax.tree.map(lambda x: x[0], batch),
-                                           jax.random.fold_in(rng, 0))
+      # The mean NLL is differentiated, so the backward scales its seed by 1 / count
+      # instead of a pass over every gradient afterwards (417M params at the original
+      # code's shape: ~0.07 s a step on CPU). The count does not depend on the params.
+      def mean_nll(fparams, mb, key):
+        s, n = c2c_nll(c2c, fparams, rparams, sparams, mb, train=True, rng=key,
+                       step=state.step, split=split, max_runs=max_runs)
+        return s / jnp.maximum(jax.lax.stop_gradient(n), 1.0), (s, n)
+      (_, (loss, count)), grads = jax.value_and_grad(mean_nll, has_aux=True)(
+          state.params, jax.tree.map(lambda x: x[0], batch), jax.random.fold_in(rng, 0))
     else:
       def micro(carry, xs):
         grads, loss, count = carry
@@ -191,7 +198,8 @@ def make_train_step(c2c: C2C, tx, max_runs: int = 4):
       (grads, loss, count), _ = jax.lax.scan(
           micro, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum)))
     denom = jnp.maximum(count, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)
+    if accum > 1:
+      grads = jax.tree.map(lambda g: g / denom, grads)
     with jax.named_scope("optimizer"):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
