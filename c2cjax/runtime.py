@@ -20,6 +20,7 @@ import hashlib
 import os
 import pathlib
 import platform
+import sys
 
 import jax
 
@@ -117,4 +118,77 @@ def compiler_options() -> dict[str, str]:
   return dict(_CPU_OPTIONS)
 
 
+# XLA:CPU allocates each run's temporary buffer afresh (one mmap: 3.8 GiB for the training
+# step at the original code's shape) and the kernel zero-fills every 4 KiB page of it on
+# first touch: ~990k page faults, 1.6 s of system time a step (RESULTS.md, twentieth session).
+# glibc's malloc asks for transparent huge pages on such mappings when its tunable
+# glibc.malloc.hugetlb=1 is set (glibc >= 2.35, THP mode "madvise"): 2 MiB pages, 1/512 of
+# the faults, the same memory. Tunables are read at process start, so the training CLI
+# restarts itself once with it (reexec_with_hugepages); $C2CJAX_CPU_HUGEPAGES: auto (the
+# default: where THP is "madvise"), 1 (also where THP is off or "always"), 0 (never).
+_HUGEPAGES_VAR = "C2CJAX_CPU_HUGEPAGES"
+HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+_THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode() -> str | None:
+  """The kernel's transparent huge page mode (``always``, ``madvise``, ``never``), or None."""
+  try:
+    with open(_THP_MODE_FILE, encoding="utf-8") as f:
+      text = f.read()
+  except OSError:
+    return None
+  return next((w[1:-1] for w in text.split() if w.startswith("[")), None)
+
+
+def glibc_version() -> tuple[int, int] | None:
+  """(major, minor) of the glibc this process runs on, or None (another C library)."""
+  try:
+    name, _, version = os.confstr("CS_GNU_LIBC_VERSION").partition(" ")
+  except (AttributeError, ValueError, OSError):
+    return None
+  if name != "glibc":
+    return None
+  try:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+  except ValueError:
+    return None
+
+
+def hugepage_env(environ=None) -> dict[str, str] | None:
+  """``environ`` (default ``os.environ``) with :data:`HUGEPAGE_TUNABLE` added to
+  ``GLIBC_TUNABLES``, or None where nothing is to change: ``$C2CJAX_CPU_HUGEPAGES`` is 0,
+  the tunable is set already (any value: the user's choice stands), the C library is not
+  glibc >= 2.35, or (``auto``) the kernel's THP mode is not ``madvise``. A bad
+  ``$C2CJAX_CPU_HUGEPAGES`` is a ValueError naming it."""
+  environ = dict(os.environ if environ is None else environ)
+  value = environ.get(_HUGEPAGES_VAR, "auto").strip().lower()
+  if value not in ("auto", "1", "0"):
+    raise ValueError(f"{_HUGEPAGES_VAR}={environ[_HUGEPAGES_VAR]!r}: use auto, 1 or 0")
+  tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
+  if (value == "0" or any(t.startswith("glibc.malloc.hugetlb=") for t in tunables)
+      or (glibc_version() or (0, 0)) < (2, 35)
+      or (value == "auto" and thp_mode() != "madvise")):
+    return None
+  environ["GLIBC_TUNABLES"] = ":".join([*tunables, HUGEPAGE_TUNABLE])
+  return environ
+
+
+def reexec_with_hugepages() -> None:
+  """Restarts this process (the same pid and command line) with :func:`hugepage_env`'s
+  environment, once; returns where there is nothing to change. For command-line
+  programs' ``__main__``, before any work: what the process did so far is lost."""
+  env = hugepage_env()
+  if env is None or os.environ.get("_C2CJAX_REEXEC") == "1":
+    return
+  env["_C2CJAX_REEXEC"] = "1"
+  sys.stdout.flush()
+  print(f"c2cjax: restarting with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} (transparent huge "
+        f"pages for XLA's large buffers; {_HUGEPAGES_VAR}=0 turns this off)",
+        file=sys.stderr, flush=True)
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 cpu_ynn()  # a bad C2CJAX_CPU_YNN stops `import c2cjax`, before any model loads
+hugepage_env()  # so does a bad C2CJAX_CPU_HUGEPAGES

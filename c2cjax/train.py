@@ -27,7 +27,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from c2cjax import align, config_check, files, fuse as fuse_lib, rundir, sharding
+from c2cjax import align, config_check, files, fuse as fuse_lib, rundir, runtime, sharding
 from c2cjax.c2c import C2C, Fuser
 from c2cjax.models.identity import identity
 from c2cjax.models.load import resolve
@@ -372,6 +372,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  runtime.reexec_with_hugepages()  # a CPU step ~15% faster at the original code's shape
   from absl import app, flags
   from ml_collections import config_flags
 

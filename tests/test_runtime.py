@@ -75,3 +75,70 @@ def test_cpu_programs_carry_the_ynnpack_setting(monkeypatch):
   monkeypatch.setenv("C2CJAX_CPU_YNN", "maybe")
   with pytest.raises(ValueError, match="C2CJAX_CPU_YNN='maybe'.*or auto"):
     runtime.compiler_options()
+
+
+def test_hugepage_env_rules(monkeypatch):
+  """``C2CJAX_CPU_HUGEPAGES``: auto adds glibc's THP tunable where the kernel's mode is
+  madvise, 1 wherever glibc >= 2.35 runs, 0 never; the user's own hugetlb tunable stands,
+  other tunables are kept, and a bad value names itself."""
+  import pytest
+  tunable = runtime.HUGEPAGE_TUNABLE
+  monkeypatch.setattr(runtime, "glibc_version", lambda: (2, 36))
+  monkeypatch.setattr(runtime, "thp_mode", lambda: "madvise")
+  assert runtime.hugepage_env({"A": "1"}) == {"A": "1", "GLIBC_TUNABLES": tunable}
+  assert runtime.hugepage_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {
+      "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + tunable}
+  assert runtime.hugepage_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+  assert runtime.hugepage_env({"C2CJAX_CPU_HUGEPAGES": "0"}) is None
+  for mode in ("always", "never", None):
+    monkeypatch.setattr(runtime, "thp_mode", lambda mode=mode: mode)
+    assert runtime.hugepage_env({}) is None
+    assert runtime.hugepage_env({"C2CJAX_CPU_HUGEPAGES": "1"})["GLIBC_TUNABLES"] == tunable
+  for version in ((2, 34), None):  # no tunable before glibc 2.35, none in musl
+    monkeypatch.setattr(runtime, "glibc_version", lambda version=version: version)
+    assert runtime.hugepage_env({"C2CJAX_CPU_HUGEPAGES": "1"}) is None
+  with pytest.raises(ValueError, match="C2CJAX_CPU_HUGEPAGES='maybe': use auto, 1 or 0"):
+    runtime.hugepage_env({"C2CJAX_CPU_HUGEPAGES": "maybe"})
+
+
+RESTART = """
+import ctypes, os
+from c2cjax import runtime
+runtime.reexec_with_hugepages()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+n = 256 << 20
+p = libc.malloc(n)  # glibc's malloc, as XLA's buffers (numpy asks for THP itself)
+ctypes.memset(p, 1, n)
+rollup = open("/proc/self/smaps_rollup").read().split()
+print(os.getpid(), os.environ.get("GLIBC_TUNABLES"), rollup[rollup.index("AnonHugePages:") + 1])
+"""
+
+
+def test_the_restart_gives_glibc_malloc_huge_pages():
+  """``reexec_with_hugepages`` restarts the same process (same pid) once with the tunable,
+  and then a large glibc malloc is backed by huge pages; with ``C2CJAX_CPU_HUGEPAGES=0`` it
+  does not restart. Where the kernel's THP mode is not madvise, auto does not restart."""
+  import pytest
+  if runtime.glibc_version() is None or runtime.glibc_version() < (2, 35):
+    pytest.skip("needs glibc >= 2.35")
+
+  def run(**env):
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("GLIBC_TUNABLES", "_C2CJAX_REEXEC", "C2CJAX_CPU_HUGEPAGES")}
+    proc = subprocess.Popen([sys.executable, "-c", RESTART], env={**base, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    pid, tunables, huge_kib = out.split()
+    assert int(pid) == proc.pid  # exec'd in place: the caller's pid, signals and all
+    return tunables, int(huge_kib), "restarting with GLIBC_TUNABLES" in err
+
+  if runtime.thp_mode() == "madvise":
+    tunables, huge_kib, restarted = run()
+    assert restarted and runtime.HUGEPAGE_TUNABLE in tunables.split(":")
+    assert huge_kib >= 128 << 10, huge_kib  # most of the 256 MiB in 2 MiB pages
+  else:
+    assert run()[2] is False
+  tunables, huge_kib, restarted = run(C2CJAX_CPU_HUGEPAGES="0")
+  assert not restarted and tunables == "None" and huge_kib < 128 << 10
