@@ -646,6 +646,8 @@ def _child(framework: str, spec: dict) -> dict:
   cmd = [sys.executable, __file__, "--_child", framework, "--_spec", json.dumps(spec)]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  if spec["glibc_tunables"] is not None:  # both frameworks run under the same malloc
+    env["GLIBC_TUNABLES"] = spec["glibc_tunables"]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith(_RESULT)]
   if proc.returncode or not lines:  # progress bars and warnings only shown on failure
@@ -703,6 +705,9 @@ def report(spec: dict, results: dict[str, dict]) -> None:
     print(f"split (both, same work): pass 1 (prefills + fuser) on tokens [0, {fused_end}), "
           f"pass 2 on [{start}, {t}) reading the fused cache before {start} "
           f"(--pass2-parts {spec['pass2_parts']}; 0 reruns the whole sequence)")
+  print(f"malloc (both): GLIBC_TUNABLES={spec['glibc_tunables'] or os.environ.get('GLIBC_TUNABLES')}"
+        + (" -- transparent huge pages, as `python -m c2cjax.train` runs (--no-hugepages: "
+           "without)" if spec["glibc_tunables"] else ""))
   print("jax process: " + ("torch hidden, as on an install without it (--jax-imports-torch "
                            "to let transformers import it)" if spec.get("hide_torch", False)
                            else "torch importable (transformers imports it)"))
@@ -745,9 +750,18 @@ def report(spec: dict, results: dict[str, dict]) -> None:
     j, o = rows["jax"], ORIGINAL
     gib = j["peak_timed_mib"] / 1024
     print(f"RATIO original: c2cjax {j['step']:.2f} s/step, peak RSS {gib:.2f} GiB vs the "
-          f"original PyTorch code's {o['step_s']} s and {o['peak_gib']} GiB (issue 16, same "
-          f"machine kind): x{o['step_s'] / j['step']:.2f} faster, x{gib / o['peak_gib']:.2f} "
-          f"memory; goal <= {o['goal_step_s']} s and <= {o['goal_peak_gib']} GiB")
+          f"original PyTorch code's {o['step_s']} s and {o['peak_gib']} GiB (issue 16, stored: "
+          f"measured on another day): x{o['step_s'] / j['step']:.2f} faster, "
+          f"x{gib / o['peak_gib']:.2f} memory; goal <= {o['goal_step_s']} s and <= "
+          f"{o['goal_peak_gib']} GiB")
+    for path in spec.get("original_json") or ():
+      r = json.loads(pathlib.Path(path).read_text())
+      rs, rg = r["median_step_s"], r["peak_timed_mib"] / 1024
+      print(f"RATIO original vs {pathlib.Path(path).name}: the released code's step {rs:.2f} s, "
+            f"peak RSS {rg:.2f} GiB ({r['date']}, anomaly detection "
+            f"{'on' if r['anomaly_detection'] else 'off'}, GLIBC_TUNABLES="
+            f"{r['glibc_tunables']}): c2cjax x{rs / j['step']:.2f} faster (goal >= 2), "
+            f"x{gib / rg:.2f} memory")
 
 
 def main():
@@ -778,6 +792,13 @@ def main():
   ap.add_argument("--xla-ab", type=int, default=0, metavar="N",
                   help="JAX only: compile the step under each XLA:CPU option set (XLA's "
                        "default, YNNPACK off, YNNPACK for dots only) and time N paired rounds")
+  ap.add_argument("--original", nargs="+", default=None, metavar="JSON",
+                  help="with --shapes original: also compare with the released code's step "
+                       "from these benchmarks/original_train.py --json files (run beside this)")
+  ap.add_argument("--no-hugepages", action="store_true",
+                  help="run both frameworks without the transparent-huge-page malloc tunable "
+                       "that `python -m c2cjax.train` restarts with on CPU "
+                       "(c2cjax.runtime.hugepage_env)")
   ap.add_argument("--_child", choices=["jax", "torch"], help=argparse.SUPPRESS)
   ap.add_argument("--_spec", help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -785,6 +806,11 @@ def main():
     ap.error(f"--rounds must be >= 1, got {args.rounds}")
   if args.xla_ab < 0:
     ap.error(f"--xla-ab must be >= 0, got {args.xla_ab}")
+  for path in args.original or ():
+    if args.shapes != "original":
+      ap.error("--original goes with --shapes original")
+    if not pathlib.Path(path).is_file():
+      ap.error(f"--original {path}: no such file (benchmarks/original_train.py --json)")
   if args.json and pathlib.Path(args.json).exists():  # before any model loads
     ap.error(f"--json {args.json} already exists; choose a new path (results are never "
              "overwritten)")
@@ -805,6 +831,10 @@ def main():
   spec = _spec(args)
   spec["loadavg"] = _loadavg()
   spec["hide_torch"] = not args.jax_imports_torch
+  spec["original_json"] = [str(pathlib.Path(p).resolve()) for p in args.original or ()]
+  from c2cjax import runtime  # pylint: disable=import-outside-toplevel
+  env = None if args.no_hugepages else runtime.hugepage_env()
+  spec["glibc_tunables"] = None if env is None else env["GLIBC_TUNABLES"]
   if args.xla_ab:
     spec["xla_ab"] = args.xla_ab
     report_xla_ab(spec, _child("jax", spec))
