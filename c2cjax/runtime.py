@@ -178,16 +178,18 @@ def hugepage_env(environ=None) -> dict[str, str] | None:
 def reexec_with_hugepages() -> None:
   """Restarts this process (the same pid and command line) with :func:`hugepage_env`'s
   environment, once; returns where there is nothing to change. For command-line
-  programs' ``__main__``, before any work: what the process did so far is lost."""
+  programs' ``__main__``, before any work: what the process did so far is lost. The
+  restarted process has ``_C2CJAX_REEXEC=1`` and the tunable in ``GLIBC_TUNABLES``."""
   env = hugepage_env()
   if env is None or os.environ.get("_C2CJAX_REEXEC") == "1":
     return
   env["_C2CJAX_REEXEC"] = "1"
   sys.stdout.flush()
-  print(f"c2cjax: restarting with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} (transparent huge "
-        f"pages for XLA's large buffers; {_HUGEPAGES_VAR}=0 turns this off)",
-        file=sys.stderr, flush=True)
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+  sys.stderr.flush()
+  try:  # quietly: a bad flag's error stays the one line it is
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+  except OSError as e:  # no interpreter path to run again: go on without the tunable
+    print(f"c2cjax: could not restart ({e}); going on without it", file=sys.stderr, flush=True)
 
 
 cpu_ynn()  # a bad C2CJAX_CPU_YNN stops `import c2cjax`, before any model loads
