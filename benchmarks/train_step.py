@@ -298,6 +298,118 @@ def report_xla_ab(spec: dict, out: dict) -> None:
           f"options {r['options']}")
 
 
+# --- where a JAX step goes (--profile) -------------------------------------------------------
+def _region(op_name: str) -> str:
+  """The step's part an HLO op belongs to, from its ``op_name`` metadata (named scopes)."""
+  phase = "backward" if "transpose(" in op_name else "forward"
+  if "pass1_prefill_fuse" in op_name:
+    part = "pass 1 LLMs" if "Decoder" in op_name else "fuser"
+  elif "pass2" in op_name:
+    part = "pass 2 receiver"
+  elif "loss" in op_name:
+    part = "loss (LM head)"
+  elif "optimizer" in op_name:
+    return "optimizer"
+  else:
+    return "other / unnamed"
+  return f"{part} {phase}"
+
+
+def profile_summary(folder: pathlib.Path) -> dict:
+  """Wall time of the traced step by part and op kind, from the perfetto trace and the HLO
+  that ``run_jax_profile`` wrote: each moment is split among the ops running then (the two
+  cores run independent ops side by side); "no traced op" is time with none running (XLA's
+  own Eigen products run on worker threads without events, for one). "matmuls" are XLA's
+  dot ops and YNNPACK fusions (dots here, and a few reductions)."""
+  import gzip  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  trace = next(folder.rglob("perfetto_trace.json.gz"))
+  events = json.loads(gzip.open(trace).read())
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  meta = {}
+  for line in (folder / "hlo.txt").read_text().splitlines():
+    m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*?op_name=\"([^\"]*)\"", line)
+    if m:
+      meta.setdefault(m.group(1), m.group(2))
+  skip = ("ThunkExecutor", "$", "PjitFunction", "end:", "SlinkyThreadPool",
+          "ThreadpoolListener", "while", "call")
+  ops = [e for e in events if e.get("ph") == "X" and not e["name"].startswith(skip)]
+  edges = sorted({e["ts"] for e in ops} | {e["ts"] + e["dur"] for e in ops})
+  starts, ends = {}, {}
+  for i, e in enumerate(ops):
+    starts.setdefault(e["ts"], []).append(i)
+    ends.setdefault(e["ts"] + e["dur"], []).append(i)
+  share, active, idle = [0.0] * len(ops), set(), 0.0
+  for a, b in zip(edges, edges[1:]):
+    active -= set(ends.get(a, ()))
+    active |= set(starts.get(a, ()))
+    if active:
+      for i in active:
+        share[i] += (b - a) / len(active)
+    else:
+      idle += b - a
+  parts, kinds = {}, {}
+  for i, e in enumerate(ops):
+    kind = ("matmul" if e["name"].startswith(("ynn_fusion", "dot")) else
+            re.sub(r"\.\d+$", "", e["name"]))
+    region = _region(meta.get(e["name"], ""))
+    key = f"{region}: {'matmuls' if kind == 'matmul' else 'other ops'}"
+    parts[key] = parts.get(key, 0.0) + share[i] / 1e6
+    kinds[kind] = kinds.get(kind, 0.0) + share[i] / 1e6
+  wall = (edges[-1] - edges[0]) / 1e6 if edges else 0.0
+  top = lambda d, n: dict(sorted(d.items(), key=lambda kv: -kv[1])[:n])
+  return {"wall_s": wall, "no_traced_op_s": idle / 1e6, "parts_s": top(parts, 30),
+          "op_kinds_s": top(kinds, 12), "ops": len(ops)}
+
+
+def run_jax_profile(spec: dict) -> dict:
+  """``--profile``: system time and page faults of each timed step (``getrusage``), then one
+  step under ``jax.profiler.trace`` into the folder, summarised by :func:`profile_summary`."""
+  import resource  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from c2cjax import train  # pylint: disable=import-outside-toplevel
+
+  folder = pathlib.Path(spec["profile"])
+  c2c, tx, state, rparams, sparams, batch, split = _jax_state(spec)
+  step = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,),
+                 static_argnames=("split",), compiler_options=c2c.xla_options)
+  compiled = step.lower(state, rparams, sparams, batch, split=split).compile()
+  folder.mkdir(parents=True)
+  (folder / "hlo.txt").write_text(compiled.as_text())
+  rows = []
+  for r in range(spec["warmup"] + spec["steps"]):
+    before, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    state, metrics = compiled(state, rparams, sparams, batch)
+    jax.block_until_ready((state, metrics))
+    wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+    if r >= spec["warmup"]:
+      rows.append({"step_s": wall, "user_s": after.ru_utime - before.ru_utime,
+                   "system_s": after.ru_stime - before.ru_stime,
+                   "minor_faults": after.ru_minflt - before.ru_minflt})
+  with jax.profiler.trace(str(folder), create_perfetto_trace=True):
+    t = time.perf_counter()
+    state, metrics = compiled(state, rparams, sparams, batch)
+    jax.block_until_ready((state, metrics))
+    traced = time.perf_counter() - t
+  return {"framework": "jax", "steps": rows, "traced_step_s": traced,
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+          "summary": profile_summary(folder)}
+
+
+def report_profile(spec: dict, out: dict) -> None:
+  print(f"shapes {spec['shapes']}: {spec['batch']} x {spec['seq']}; load average "
+        f"{spec['loadavg']}; GLIBC_TUNABLES={out['glibc_tunables']}")
+  for r in out["steps"]:
+    print(f"  step {r['step_s']:.3f} s: user {r['user_s']:.2f} s, system {r['system_s']:.2f} s, "
+          f"{r['minor_faults']:,} minor page faults")
+  s = out["summary"]
+  print(f"traced step {out['traced_step_s']:.3f} s ({s['ops']:,} op events; trace and HLO in "
+        f"{spec['profile']}): wall {s['wall_s']:.3f} s, no traced op {s['no_traced_op_s']:.3f} s")
+  for name, secs in s["parts_s"].items():
+    print(f"  {secs:7.3f} s  {name}")
+  print("  by op kind: " + ", ".join(f"{k} {v:.3f} s" for k, v in s["op_kinds_s"].items()))
+
+
 # --- PyTorch side -------------------------------------------------------------------------
 def _torch_modules():
   """The PyTorch fuser modules (defined lazily so the parent never imports torch)."""
@@ -799,6 +911,10 @@ def main():
                   help="run both frameworks without the transparent-huge-page malloc tunable "
                        "that `python -m c2cjax.train` restarts with on CPU "
                        "(c2cjax.runtime.hugepage_env)")
+  ap.add_argument("--profile", metavar="DIR",
+                  help="JAX only: page faults and system time of each timed step, then one "
+                       "step traced with jax.profiler into DIR (a new folder) and where its "
+                       "wall time went, by part of the step and op kind")
   ap.add_argument("--_child", choices=["jax", "torch"], help=argparse.SUPPRESS)
   ap.add_argument("--_spec", help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -811,6 +927,8 @@ def main():
       ap.error("--original goes with --shapes original")
     if not pathlib.Path(path).is_file():
       ap.error(f"--original {path}: no such file (benchmarks/original_train.py --json)")
+  if args.profile and pathlib.Path(args.profile).exists():
+    ap.error(f"--profile {args.profile} already exists; choose a new folder")
   if args.json and pathlib.Path(args.json).exists():  # before any model loads
     ap.error(f"--json {args.json} already exists; choose a new path (results are never "
              "overwritten)")
@@ -823,7 +941,8 @@ def main():
       # PyTorch side. A None entry makes find_spec say "absent" and `import torch` fail.
       sys.modules["torch"] = None
     if args._child == "jax":
-      out = run_jax_xla_ab(spec) if spec.get("xla_ab") else run_jax(spec)
+      out = (run_jax_xla_ab(spec) if spec.get("xla_ab") else
+             run_jax_profile(spec) if spec.get("profile") else run_jax(spec))
     else:
       out = run_torch(spec)
     print(_RESULT + json.dumps(out), flush=True)
@@ -835,6 +954,10 @@ def main():
   from c2cjax import runtime  # pylint: disable=import-outside-toplevel
   env = None if args.no_hugepages else runtime.hugepage_env()
   spec["glibc_tunables"] = None if env is None else env["GLIBC_TUNABLES"]
+  if args.profile:
+    spec["profile"] = str(pathlib.Path(args.profile).resolve())
+    report_profile(spec, _child("jax", spec))
+    return
   if args.xla_ab:
     spec["xla_ab"] = args.xla_ab
     report_xla_ab(spec, _child("jax", spec))
