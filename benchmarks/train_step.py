@@ -716,6 +716,9 @@ SHAPES = {
 # The original PyTorch code's fuser training step at the "original" shapes (issue 16:
 # batch 4 x 256, fp32, this machine kind) and the goal set against it.
 ORIGINAL = {"step_s": 11.56, "peak_gib": 10.5, "goal_step_s": 5.8, "goal_peak_gib": 5.0}
+# What --original reads from a benchmarks/original_train.py --json record.
+_ORIGINAL_KEYS = ("median_step_s", "peak_timed_mib", "date", "anomaly_detection",
+                  "glibc_tunables")
 
 
 def _spec(args) -> dict:
@@ -920,6 +923,8 @@ def main():
   args = ap.parse_args()
   if args.rounds < 1:
     ap.error(f"--rounds must be >= 1, got {args.rounds}")
+  if args.steps < 1 or args.warmup < 0:
+    ap.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
   if args.xla_ab < 0:
     ap.error(f"--xla-ab must be >= 0, got {args.xla_ab}")
   for path in args.original or ():
@@ -927,6 +932,14 @@ def main():
       ap.error("--original goes with --shapes original")
     if not pathlib.Path(path).is_file():
       ap.error(f"--original {path}: no such file (benchmarks/original_train.py --json)")
+    try:
+      record = json.loads(pathlib.Path(path).read_text())
+      missing = sorted(set(_ORIGINAL_KEYS) - set(record))
+    except (ValueError, TypeError, AttributeError) as e:
+      missing = [f"(not a JSON object: {e})"]
+    if missing:
+      ap.error(f"--original {path} is not an original_train.py --json record: no "
+               f"{', '.join(missing)}")
   if args.profile and pathlib.Path(args.profile).exists():
     ap.error(f"--profile {args.profile} already exists; choose a new folder")
   if args.json and pathlib.Path(args.json).exists():  # before any model loads
