@@ -73,8 +73,8 @@ def _dense(features: int, dtype, name: str, use_bias: bool = True) -> nn.Dense:
 
 # The fuser's backward recomputes its element-wise work (``fuse.apply``'s remat policy) but
 # keeps the dropout masks under this name: drawing them again (threefry, a rolled loop of
-# small ops on CPU) cost ~0.2 s a step at the original code's shape (RESULTS.md, twentieth
-# session), keeping them 1 byte an element.
+# small ops on CPU) cost 0.3-0.4 s a step at the original code's shape in alternating runs
+# (RESULTS.md, twentieth session); keeping them costs 1 byte an element.
 DROPOUT_MASK = "fuser_dropout_mask"
 
 
