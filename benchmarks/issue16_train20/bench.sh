@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 16, twentieth session: c2cjax's training step against the released code's own step
 # (benchmarks/original_train.py, in the released code's venv) at the original code's shape,
-# alternating, then against eager PyTorch at the local and paper shapes (~25 min, idle).
+# alternating, then against eager PyTorch at the local and paper shapes (~17 min, idle).
 # Both sides run under the malloc tunable `python -m c2cjax.train` restarts with here
 # (c2cjax.runtime.hugepage_env; train_step.py gives it to both of its frameworks).
 # This folder holds its logs of 2026-12-04 (benchmarks/RESULTS.md, twentieth session).
