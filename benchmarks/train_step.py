@@ -820,7 +820,8 @@ def report(spec: dict, results: dict[str, dict]) -> None:
     print(f"split (both, same work): pass 1 (prefills + fuser) on tokens [0, {fused_end}), "
           f"pass 2 on [{start}, {t}) reading the fused cache before {start} "
           f"(--pass2-parts {spec['pass2_parts']}; 0 reruns the whole sequence)")
-  print(f"malloc (both): GLIBC_TUNABLES={spec['glibc_tunables'] or os.environ.get('GLIBC_TUNABLES')}"
+  tunables = spec["glibc_tunables"] or os.environ.get("GLIBC_TUNABLES")
+  print(f"malloc (both): GLIBC_TUNABLES={tunables}"
         + (" -- transparent huge pages, as `python -m c2cjax.train` runs (--no-hugepages: "
            "without)" if spec["glibc_tunables"] else ""))
   print("jax process: " + ("torch hidden, as on an install without it (--jax-imports-torch "

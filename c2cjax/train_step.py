@@ -158,6 +158,19 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
   return tx, schedule
 
 
+def all_finite(tree) -> jax.Array:
+  """[] bool: no leaf of ``tree`` (floating point) holds a NaN or an inf.
+
+  ``sum(x * 0)`` is 0 when every element is finite and NaN otherwise, with no overflow: one
+  fused pass a leaf, half the time of ``all(isfinite(x))`` (a test, then a reduction) on
+  CPU, 85 vs 163 ms over 377M params. Not ``max(|x|)``: XLA:CPU's max reduction dropped a
+  NaN.
+  """
+  zero = jax.tree.reduce(jnp.add, jax.tree.map(lambda x: jnp.sum(x * 0, dtype=jnp.float32), tree),
+                         jnp.float32(0))
+  return jnp.isfinite(zero)
+
+
 def make_train_step(c2c: C2C, tx, max_runs: int = 4):
   """``(state, rparams, sparams, batch [A, B, T], split=None) -> (state, metrics)``.
 
@@ -206,9 +219,7 @@ def make_train_step(c2c: C2C, tx, max_runs: int = 4):
     gates = [fuse_lib.gate_openness(p)["all"] for p in params]
     loss, grad_norm = loss / denom, optax.global_norm(grads)
     # The finite-loss guard: the host reads this flag before any checkpoint or export.
-    finite = jax.tree.reduce(jnp.logical_and,
-                             jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), params),
-                             jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
     metrics = {"loss": loss, "tokens": count, "grad_norm": grad_norm, "finite": finite,
                "temperature": fuse_lib.temperature(c2c.fusers[0].config, state.step),
                "gate_open": jnp.mean(jnp.stack(gates)) if gates else jnp.float32(0)}

@@ -397,6 +397,23 @@ def test_train_step_flags_non_finite():
   assert not bool(m["finite"])
 
 
+def test_all_finite_finds_one_bad_element_anywhere():
+  """The training step's guard over the new params: one NaN, inf or -inf anywhere in a
+  large or a small leaf is found (XLA:CPU's max reduction dropped a NaN, so the guard must
+  not rest on one), and a huge finite value is no false alarm."""
+  import jax
+  import jax.numpy as jnp
+  from c2cjax.train_step import all_finite
+  check = jax.jit(all_finite)
+  big, small = jnp.ones((6, 512, 1024)), jnp.ones((3,), jnp.bfloat16)
+  assert bool(check({"a": big, "b": small}))
+  for v in (jnp.nan, jnp.inf, -jnp.inf):
+    for pos in ((0, 0, 0), (5, 511, 1023), (2, 300, 7)):
+      assert not bool(check({"a": big.at[pos].set(v), "b": small})), (v, pos)
+    assert not bool(check({"a": big, "b": small.at[1].set(v)})), v
+  assert bool(check({"a": big.at[1, 2, 3].set(3e38), "b": small.at[0].set(3e38)}))
+
+
 def test_metrics_log_is_strict_json(tmp_path):
   log = rundir.MetricsLog(tmp_path, 0, tensorboard=False)
   log.log(1, {"train/loss": float("nan"), "train/grad_norm": float("inf"), "x": np.float32(2)})
