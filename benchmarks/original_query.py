@@ -163,12 +163,34 @@ def rosetta_commit(path):
     return None
 
 
-def main():
-  ap = argparse.ArgumentParser(description="One batch-1 C2C query with the released PyTorch "
-                               "code, timed (see the module doc).")
+PAIR_DIRS = ("SmolLM2-135M-Instruct", "gemma-3-270m")  # receiver, sharer (export_hf.py)
+
+
+def add_release_args(ap: argparse.ArgumentParser) -> None:
+  """``--hf``, ``--rosetta`` and ``--threads``: what every released-code benchmark takes."""
   ap.add_argument("--hf", default=os.path.expanduser("~/.cache/c2cjax/hf"),
                   help="fp32 HF folders of the offline pair (export_hf.py)")
   ap.add_argument("--rosetta", default="/work/rosetta-src", help="the released code's checkout")
+  ap.add_argument("--threads", type=int, default=None,
+                  help="torch threads (default: torch's, all cores; fewer only on a busy machine)")
+
+
+def check_release_args(ap: argparse.ArgumentParser, args) -> None:
+  """Refuses an existing ``--json`` and a ``--hf`` without the pair, before anything loads;
+  sets ``--threads``."""
+  if args.json and os.path.exists(args.json):
+    ap.error(f"--json {args.json} exists; not overwriting it")
+  for d in PAIR_DIRS:
+    if not os.path.isdir(os.path.join(args.hf, d)):
+      ap.error(f"no {d} in --hf {args.hf}: run python3 tests/fixtures/rosetta/export_hf.py")
+  if args.threads is not None:
+    torch.set_num_threads(args.threads)
+
+
+def main():
+  ap = argparse.ArgumentParser(description="One batch-1 C2C query with the released PyTorch "
+                               "code, timed (see the module doc).")
+  add_release_args(ap)
   ap.add_argument("--reps", type=int, default=3, help="timed calls per figure (best)")
   ap.add_argument("--answer", type=int, default=64, help="new tokens per query")
   ap.add_argument("--prompt", type=int, default=124, help="receiver chat prompt tokens (at least)")
@@ -176,18 +198,10 @@ def main():
   ap.add_argument("--fuse", choices=["release", "all-but-last"], default="release",
                   help="fused slots: the evaluator's sections (default) or every slot but the "
                        "last, as c2cjax's offsets scheme (module doc)")
-  ap.add_argument("--threads", type=int, default=None,
-                  help="torch threads (default: torch's, all cores; fewer only on a busy machine)")
   args = ap.parse_args()
-  if args.json and os.path.exists(args.json):
-    ap.error(f"--json {args.json} exists; not overwriting it")
-  for d in ("SmolLM2-135M-Instruct", "gemma-3-270m"):
-    if not os.path.isdir(os.path.join(args.hf, d)):
-      ap.error(f"no {d} in --hf {args.hf}: run python3 tests/fixtures/rosetta/export_hf.py")
+  check_release_args(ap, args)
   if args.reps < 1 or args.answer < 1:
     ap.error("--reps and --answer must be >= 1")
-  if args.threads is not None:
-    torch.set_num_threads(args.threads)
 
   import transformers
   start = time.perf_counter()

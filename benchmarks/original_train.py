@@ -87,10 +87,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, os.pardir, "tests", "fixtures", "rosetta")]
 import make_generation_fixture as fixture  # noqa: E402  (stub)
 import train_step as bench  # noqa: E402  (PeakRSS, release_free_heap, synthetic_batch; no jax)
-from original_query import machine, rosetta_commit  # noqa: E402
+from original_query import (PAIR_DIRS, add_release_args, check_release_args,  # noqa: E402
+                            machine, rosetta_commit)
 
 RECIPE = os.path.join("recipe", "train_recipe", "C2C_0.6+0.5.json")
-RECEIVER, SHARER = "SmolLM2-135M-Instruct", "gemma-3-270m"
+RECEIVER, SHARER = PAIR_DIRS
 
 
 def released_trainer(rosetta_src):
@@ -182,9 +183,7 @@ def grad_check(model) -> dict:
 def main():
   ap = argparse.ArgumentParser(description="The released PyTorch code's fuser training step, "
                                "timed (see the module doc).")
-  ap.add_argument("--hf", default=os.path.expanduser("~/.cache/c2cjax/hf"),
-                  help="fp32 HF folders of the offline pair (export_hf.py)")
-  ap.add_argument("--rosetta", default="/work/rosetta-src", help="the released code's checkout")
+  add_release_args(ap)
   ap.add_argument("--recipe", default=RECIPE, help="training recipe, relative to --rosetta")
   ap.add_argument("--batch", type=int, default=4, help="B: rows per step")
   ap.add_argument("--seq", type=int, default=256, help="T: tokens per row (even, >= 4)")
@@ -196,21 +195,13 @@ def main():
   ap.add_argument("--seed", type=int, default=0, help="synthetic ids (train_step.py's --seed)")
   ap.add_argument("--anomaly", choices=["release", "off"], default="release",
                   help="autograd anomaly detection: on as SFT_train sets it (default) or off")
-  ap.add_argument("--threads", type=int, default=None,
-                  help="torch threads (default: torch's, all cores; fewer only on a busy machine)")
   ap.add_argument("--json", default=None, help="write the figures here (must not exist)")
   args = ap.parse_args()
-  if args.json and os.path.exists(args.json):
-    ap.error(f"--json {args.json} exists; not overwriting it")
-  for d in (RECEIVER, SHARER):
-    if not os.path.isdir(os.path.join(args.hf, d)):
-      ap.error(f"no {d} in --hf {args.hf}: run python3 tests/fixtures/rosetta/export_hf.py")
+  check_release_args(ap, args)
   if args.seq < 4 or args.seq % 2:
     ap.error("--seq must be even and >= 4")
   if args.batch < 1 or args.steps < 1 or args.warmup < 0 or args.hidden < 1:
     ap.error("--batch, --steps and --hidden must be >= 1, --warmup >= 0")
-  if args.threads is not None:
-    torch.set_num_threads(args.threads)
 
   import transformers
   mem = bench.PeakRSS()
