@@ -684,7 +684,7 @@ def run_check(spec: dict) -> None:
                          mb, train=False, split=tuple(spec["split"]))
 
   (s, n), g = jax.value_and_grad(f, has_aux=True)(fparams)
-  jax_loss, jax_gn = float(s / n), float(optax.global_norm(g)) / float(n)
+  jax_loss, jax_gn = float(s / n), float(optax.tree.norm(g)) / float(n)
   tm.fusers.eval()
   tb = _torch_batch(batch_np)
   ts, tn = tm.nll(tb["receiver_ids"][0], tb["sharer_ids"][0], tb["fuse_mask"][0].bool(),

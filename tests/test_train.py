@@ -49,6 +49,26 @@ def test_sharded_step_equals_single_device():
   assert out.returncode == 0 and "MESH_OK" in out.stdout, out.stdout + out.stderr[-3000:]
 
 
+def test_clip_is_torch_rule_and_keeps_optax_state_layout():
+  """The step's clip scales by ``min(1, max_norm / (norm + 1e-6))``
+  (``torch.nn.utils.clip_grad_norm_``, as the released code trains), leaves gradients under
+  the threshold bit for bit, and its state is laid out as ``optax.clip_by_global_norm``'s, so
+  an optimizer state saved with that clip restores into this one."""
+  import optax
+  from c2cjax.train_step import clip_by_global_norm
+  g = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([[4.0]])}  # norm 5
+  clip = clip_by_global_norm(1.0)
+  out, _ = jax.jit(clip.update)(g, clip.init(g))
+  np.testing.assert_allclose(out["a"], [3.0 / (5 + 1e-6), 0.0], rtol=1e-7)
+  np.testing.assert_allclose(out["b"], [[4.0 / (5 + 1e-6)]], rtol=1e-7)
+  small = jax.tree.map(lambda x: x / 10, g)  # norm 0.5: unchanged
+  out, _ = clip.update(small, clip.init(small))
+  jax.tree.map(np.testing.assert_array_equal, out, small)
+  theirs = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)).init(g)
+  ours = optax.chain(clip, optax.adamw(1e-3)).init(g)
+  assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+
+
 def test_llm_params_frozen_and_optimizer_holds_only_fuser():
   r, s = tiny_lm("qwen3", seed=0), tiny_lm("llama3", seed=1)
   f = Fuser.init(r, s, jax.random.PRNGKey(0), hidden_dim=32, intermediate_dim=48)
