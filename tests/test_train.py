@@ -69,6 +69,23 @@ def test_clip_is_torch_rule_and_keeps_optax_state_layout():
   assert jax.tree.structure(ours) == jax.tree.structure(theirs)
 
 
+def test_clip_matches_torch_clip_grad_norm():
+  """The same clipped gradients as ``torch.nn.utils.clip_grad_norm_`` over several leaves."""
+  torch = pytest.importorskip("torch")
+  from c2cjax.train_step import clip_by_global_norm
+  rng = np.random.default_rng(0)
+  grads = [rng.normal(size=s).astype(np.float32) for s in ((7, 5), (11,), (3, 2, 4))]
+  for max_norm in (0.5, 1.0, 100.0):
+    ts = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads]
+    for t, g in zip(ts, grads):
+      t.grad = torch.from_numpy(g.copy())
+    torch.nn.utils.clip_grad_norm_(ts, max_norm)
+    clip = clip_by_global_norm(max_norm)
+    ours, _ = clip.update(grads, clip.init(grads))
+    for t, o in zip(ts, ours):
+      np.testing.assert_allclose(np.asarray(o), t.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_llm_params_frozen_and_optimizer_holds_only_fuser():
   r, s = tiny_lm("qwen3", seed=0), tiny_lm("llama3", seed=1)
   f = Fuser.init(r, s, jax.random.PRNGKey(0), hidden_dim=32, intermediate_dim=48)
