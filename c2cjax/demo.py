@@ -4,8 +4,11 @@
                           [--sharer offline:gemma3] [--max_new_tokens 48]
                           [--allow_mismatch]
 
-Without ``--fuser`` (or when it does not exist yet) a fresh fuser is used: its gates are
-closed at initialisation, so C2C then answers exactly like the receiver alone.
+Without ``--fuser``, while the default ``runs/local/fuser`` does not exist yet, a fresh fuser
+is used: its gates are closed at initialisation, so C2C then answers exactly like the
+receiver alone. A ``--fuser`` given on the command line must be a fuser checkpoint; what
+is wrong with it (missing, a run directory, a released-format folder, a fuser for other
+models) is one line on stderr, checked before the models load where it can be.
 """
 
 from __future__ import annotations
@@ -30,23 +33,45 @@ PROMPTS = (
 )
 
 
+def _fuser_path() -> pathlib.Path | None:
+  """The fuser checkpoint to load, checked (exit 2 naming the problem), or None for a
+  fresh fuser: only while the default path does not exist yet."""
+  from c2cjax.config_check import exit_with
+  from c2cjax.fuse.io import check_checkpoint_dir
+
+  path = pathlib.Path(FLAGS.value)
+  if not flags.FLAGS["fuser"].present and not path.exists():
+    return None
+  try:
+    check_checkpoint_dir(path)
+  except (OSError, ValueError) as e:
+    exit_with(f"c2cjax.demo: --fuser: {e}", 2)
+  return path
+
+
 def main(argv):
   del argv
   import jax
+  from absl import logging as absl_logging
 
   from c2cjax.c2c import C2C, Fuser
+  from c2cjax.config_check import exit_with
   from c2cjax.models.load import resolve
   from c2cjax.runtime import enable_compilation_cache
 
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it reads at INFO
+  path = _fuser_path()  # before the models load
   enable_compilation_cache()  # a second demo run loads its compiled programs
-  receiver, sharer = resolve(RECEIVER.value), resolve(SHARER.value)
-  path = pathlib.Path(FLAGS.value)
-  if path.is_dir():
-    fuser, note = Fuser.load(path), f"trained fuser from {path}"
-  else:
-    fuser = Fuser.init(receiver, sharer, jax.random.PRNGKey(0))
-    note = f"no fuser at {path}: fresh fuser (closed gates: C2C == receiver alone)"
-  c2c = C2C(receiver, [sharer], [fuser.pruned()], allow_mismatch=ALLOW_MISMATCH.value)
+  try:
+    receiver, sharer = resolve(RECEIVER.value), resolve(SHARER.value)
+    if path is not None:
+      fuser, note = Fuser.load(path), f"trained fuser from {path}"
+    else:
+      fuser = Fuser.init(receiver, sharer, jax.random.PRNGKey(0))
+      note = f"no fuser at {FLAGS.value}: fresh fuser (closed gates: C2C == receiver alone)"
+    c2c = C2C(receiver, [sharer], [fuser.pruned()], allow_mismatch=ALLOW_MISMATCH.value)
+  except (OSError, ValueError) as e:  # files.CorruptFileError is a ValueError
+    exit_with(f"c2cjax.demo: error: {' '.join(str(e).split())}", 1)
   print(f"receiver {receiver}\nsharer   {sharer}\n{note}\n")
   systems = {
       "receiver": lambda: receiver.generate(list(PROMPTS), max_new_tokens=MAX_NEW.value,

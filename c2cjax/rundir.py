@@ -17,6 +17,7 @@ the last good step, which stays on disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -39,6 +40,70 @@ class CheckpointIOError(OSError):
 
 class NonFiniteError(FloatingPointError):
   """Training produced a non-finite loss, gradient norm or parameter."""
+
+
+class Interrupted(RuntimeError):
+  """A stop signal ended the run between steps; the message says what was saved."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+class StopSignals:
+  """SIGINT and SIGTERM (Ctrl-C; a preemptible VM's notice) as a request to stop.
+
+  Each signal is recorded (:attr:`signum`). Inside :meth:`deferred` (the training loop)
+  the first one does nothing more: the loop saves the step it reached and stops. Outside
+  it (loading, compiling), and for a second signal, ``KeyboardInterrupt(signum)`` is raised
+  at once. As a context manager it holds the handlers for its block (the CLI: the whole
+  run); :meth:`deferred` installs them for its own block when they are not held. The
+  previous handlers come back on exit. Python installs handlers only in the main thread;
+  elsewhere signals keep theirs.
+  """
+
+  SIGNALS = ("SIGINT", "SIGTERM")
+
+  def __init__(self):
+    self.signum: int | None = None
+    self.defer = False
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    first = self.signum is None
+    self.signum = signum
+    if not (first and self.defer):
+      raise KeyboardInterrupt(signum)
+
+  def __enter__(self) -> "StopSignals":
+    import signal
+    import threading
+    if not self._previous and threading.current_thread() is threading.main_thread():
+      for name in self.SIGNALS:
+        sig = getattr(signal, name)
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    import signal
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
+
+  @contextlib.contextmanager
+  def deferred(self):
+    """A block in which the first signal is only recorded (check :attr:`signum`)."""
+    held = bool(self._previous)
+    if not held:
+      self.__enter__()
+    self.defer = True
+    try:
+      yield self
+    finally:
+      self.defer = False
+      if not held:
+        self.__exit__()
 
 
 def prepare(workdir: str | os.PathLike) -> pathlib.Path:

@@ -8,8 +8,10 @@ Nothing is silently wrong or lost (see ``c2cjax.rundir``): the config is checked
 anything loads; a resumed run must match its ``manifest.json`` (``--allow_config_change``
 admits the fields of ``config_check.SAFE_TO_CHANGE``); a step whose loss, gradient norm or
 new params are not finite stops the run (exit 1) before any checkpoint holds it; a finished
-run is not rerun. Exit codes: 0 done (or already done), 1 stopped by an error, 2 bad config
-or flags.
+run is not rerun. SIGINT (Ctrl-C) or SIGTERM (a preemptible VM's notice) during training
+saves the step reached and stops (exit 128 + the signal: 130, 143); the same command
+resumes it. Exit codes: 0 done (or already done), 1 stopped by an error, 2 bad config or
+flags, 130 / 143 stopped by a signal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import signal
 import time
 
 import jax
@@ -130,6 +133,15 @@ def _global_split(split: tuple[int, int]) -> tuple[int, int]:
   return int(all_[:, 0].min()), int(all_[:, 1].max())
 
 
+def _stop_requested(stop: rundir.StopSignals, hosts: int) -> bool:
+  """Whether any process got a stop signal; with several processes a collective, so all
+  of them stop, and save, at the same step."""
+  local = stop.signum is not None
+  if hosts == 1:
+    return local
+  return bool(np.max(multihost_utils.process_allgather(np.int32(local))))
+
+
 @dataclasses.dataclass
 class Sizes:
   micro_batch: int  # global micro-batch (per_device x data-parallel devices)
@@ -155,7 +167,8 @@ def compute_sizes(cfg, mesh, num_train: int) -> Sizes:
 # --- the loop ----------------------------------------------------------------------------------
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = None,
                        stop_after: int | None = None, on_batch=None, *,
-                       allow_config_change: bool = False) -> dict:
+                       allow_config_change: bool = False,
+                       stop: rundir.StopSignals | None = None) -> dict:
   """Runs (or resumes) training; returns the final metrics.
 
   Args:
@@ -167,9 +180,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
       reads, before its step (``step`` from 1), e.g. to log what each host read.
     allow_config_change: a resumed run may differ from its manifest in the fields of
       ``config_check.SAFE_TO_CHANGE`` (run length, logging, checkpointing, layout).
+    stop: the stop signals to honour (the CLI holds one over the whole run); by default
+      SIGINT / SIGTERM are handled during the training loop only.
 
   Raises (besides ConfigError): ``rundir.RunDirError`` (the workdir holds a run of another
-  config or other models), ``rundir.NonFiniteError``, ``rundir.CheckpointIOError``.
+  config or other models), ``rundir.NonFiniteError``, ``rundir.CheckpointIOError``,
+  ``rundir.Interrupted`` (a stop signal in the loop, after saving the step reached).
   """
   import grain
   import orbax.checkpoint as ocp
@@ -266,58 +282,73 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
                           enabled=jax.process_index() == 0)
   bar = tqdm(total=sizes.total_steps, initial=start, desc="c2c train", dynamic_ncols=True,
              disable=jax.process_index() != 0 or not cfg.progress_bar)
-  step = start
+  step = saved = start
   t_last, tok_since = time.perf_counter(), 0.0
-  try:
-    while step < sizes.total_steps:
-      if stop_after is not None and step - start >= stop_after:
-        guard.check()
-        ckpt.close()
-        return {"stopped_at": step}
-      host_batch = next(it)
-      if on_batch is not None:
-        on_batch(step + 1, host_batch)
-      tok_since += float(np.sum(host_batch["attention_mask"])) * hosts
-      parts = 0 if c2c.alignment == "release" else cfg.get("pass2_parts", 0)
-      split = _global_split(pass2_split(host_batch, parts))
-      with jax.set_mesh(mesh):  # activation / cache sharding constraints read it
-        state, m = train_step(state, rparams, sparams,
-                              _to_global(host_batch, micro_sh, sizes.accum), split)
-      step += 1
-      guard.add(step, m)
-      if step % cfg.log_every == 0 or step == sizes.total_steps:
-        m = jax.device_get(m)
-        now = time.perf_counter()
-        metrics = {"train/loss": float(m["loss"]), "train/lr": float(schedule(step - 1)),
-                   "train/grad_norm": float(m["grad_norm"]),
-                   "train/temperature": float(m["temperature"]),
-                   "train/gate_open": float(m["gate_open"]),
-                   "train/tokens_per_s": tok_since / max(now - t_last, 1e-9)}
-        t_last, tok_since = now, 0.0
-        log.log(step, metrics)
-        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.1e}",
-                        gate=f"{metrics['train/gate_open']:.2f}",
-                        tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-        guard.check()
-      bar.update(1)
-      if cfg.eval_every and (step % cfg.eval_every == 0 or step == sizes.total_steps):
-        guard.check()
-        ev = evaluate()
-        log.log(step, ev)
-        bar.write(f"step {step}: held-out loss C2C {ev['eval/c2c_loss']:.4f} vs receiver "
-                  f"alone {ev['eval/receiver_loss']:.4f}")
-      if step % cfg.checkpoint_every == 0 or step == sizes.total_steps:
-        guard.check()  # never save a non-finite state
-        ckpt.save(step, ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                           data=grain.checkpoint.CheckpointSave(it)))
-    guard.check()
-    ckpt.close()
-  except BaseException:
-    ckpt.close(quiet=True)  # finish the last good checkpoint's write
-    raise
-  finally:
-    bar.close()
-    log.close()
+  stop = stop or rundir.StopSignals()
+  with stop.deferred():  # a stop signal: the loop saves the step reached, then stops
+    try:
+      while step < sizes.total_steps:
+        if _stop_requested(stop, hosts):
+          guard.check()
+          if step > saved:
+            ckpt.save(step, ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               data=grain.checkpoint.CheckpointSave(it)))
+          ckpt.close()
+          name = (signal.Signals(stop.signum).name if stop.signum else
+                  "a stop signal to another process")
+          kept = (f"saved checkpoint {step}" if step > saved else
+                  f"no step since checkpoint {saved}" if saved else "no step trained")
+          raise rundir.Interrupted(f"{name} at step {step}: {kept}; the same command resumes "
+                                   f"{workdir}", stop.signum or signal.SIGTERM)
+        if stop_after is not None and step - start >= stop_after:
+          guard.check()
+          ckpt.close()
+          return {"stopped_at": step}
+        host_batch = next(it)
+        if on_batch is not None:
+          on_batch(step + 1, host_batch)
+        tok_since += float(np.sum(host_batch["attention_mask"])) * hosts
+        parts = 0 if c2c.alignment == "release" else cfg.get("pass2_parts", 0)
+        split = _global_split(pass2_split(host_batch, parts))
+        with jax.set_mesh(mesh):  # activation / cache sharding constraints read it
+          state, m = train_step(state, rparams, sparams,
+                                _to_global(host_batch, micro_sh, sizes.accum), split)
+        step += 1
+        guard.add(step, m)
+        if step % cfg.log_every == 0 or step == sizes.total_steps:
+          m = jax.device_get(m)
+          now = time.perf_counter()
+          metrics = {"train/loss": float(m["loss"]), "train/lr": float(schedule(step - 1)),
+                     "train/grad_norm": float(m["grad_norm"]),
+                     "train/temperature": float(m["temperature"]),
+                     "train/gate_open": float(m["gate_open"]),
+                     "train/tokens_per_s": tok_since / max(now - t_last, 1e-9)}
+          t_last, tok_since = now, 0.0
+          log.log(step, metrics)
+          bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.1e}",
+                          gate=f"{metrics['train/gate_open']:.2f}",
+                          tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+          guard.check()
+        bar.update(1)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == sizes.total_steps):
+          guard.check()
+          ev = evaluate()
+          log.log(step, ev)
+          bar.write(f"step {step}: held-out loss C2C {ev['eval/c2c_loss']:.4f} vs receiver "
+                    f"alone {ev['eval/receiver_loss']:.4f}")
+        if step % cfg.checkpoint_every == 0 or step == sizes.total_steps:
+          guard.check()  # never save a non-finite state
+          ckpt.save(step, ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             data=grain.checkpoint.CheckpointSave(it)))
+          saved = step
+      guard.check()
+      ckpt.close()
+    except BaseException:
+      ckpt.close(quiet=True)  # finish the last good checkpoint's write
+      raise
+    finally:
+      bar.close()
+      log.close()
 
   # Final export that c2cjax.fuse / C2C load directly; final_metrics.json last (atomic).
   final = {"step": step, **log.last}
@@ -358,9 +389,11 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     cause = " ".join(str(e.__cause__ or e).split())
     config_check.exit_with(f"c2cjax.train: cannot load --config: {cause}", 2)
+  stop = rundir.StopSignals()
   try:
-    out = train_and_evaluate(cfg, flags.FLAGS.workdir,
-                             allow_config_change=flags.FLAGS.allow_config_change)
+    with stop:
+      out = train_and_evaluate(cfg, flags.FLAGS.workdir,
+                               allow_config_change=flags.FLAGS.allow_config_change, stop=stop)
   except config_check.ConfigError as e:
     config_check.exit_with(f"c2cjax.train: {e}", 2)
   except (rundir.RunDirError, rundir.NonFiniteError, rundir.CheckpointIOError,
@@ -368,6 +401,17 @@ def main(argv):
     # os._exit for I/O errors: orbax's background threads can hold the exit for minutes.
     config_check.exit_with(f"c2cjax.train: error: {e}", 1,
                            hard=isinstance(e, rundir.CheckpointIOError))
+  except (rundir.Interrupted, KeyboardInterrupt) as e:
+    # Interrupted: a stop signal in the training loop, the step reached saved. A
+    # KeyboardInterrupt: one outside it (loading, compiling, exporting) or a second signal.
+    # os._exit: a normal exit tore the interpreter down under XLA's and the data
+    # pipeline's threads and segfaulted; an uncommitted checkpoint is skipped on resume.
+    signum = getattr(e, "signum", None) or stop.signum or signal.SIGINT
+    workdir = flags.FLAGS.workdir or cfg.get("workdir")
+    message = (str(e) if isinstance(e, rundir.Interrupted) else
+               f"{signal.Signals(signum).name}: stopped; the same command resumes {workdir} "
+               "from its last checkpoint")
+    config_check.exit_with(f"c2cjax.train: {message}", 128 + signum, hard=True)
   print(files.dumps_strict(out, indent=2))
 
 

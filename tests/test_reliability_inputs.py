@@ -192,6 +192,32 @@ def test_fuser_load_on_a_run_directory_names_the_fuser(tmp_path, tiny_pair):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="is not a fuser checkpoint"):
     Fuser.load(tmp_path / "empty")
+  (tmp_path / "file").write_text("not a fuser")
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'file'} is a file; a fuser "
+                                              "checkpoint is a directory"):
+    Fuser.load(tmp_path / "file")
+
+
+def test_demo_bad_fuser_is_one_line_before_models_load(tmp_path):
+  """``c2cjax.demo --fuser`` that is missing or not a checkpoint: one line, exit 2, before any
+  model loads (the models named here do not exist, so loading them would fail otherwise)."""
+  import os
+  import subprocess
+  import sys
+  (tmp_path / "dir").mkdir()
+  (tmp_path / "file").write_text("x")
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, PYTHONPATH=str(root))
+  for fuser, expect in (("nope", "fuser checkpoint not found"),
+                        ("dir", "is not a fuser checkpoint"), ("file", "is a file")):
+    out = subprocess.run([sys.executable, "-m", "c2cjax.demo", "--fuser", str(tmp_path / fuser),
+                          "--receiver", str(tmp_path / "no_model"), "--sharer",
+                          str(tmp_path / "no_model")],
+                         env=env, capture_output=True, text=True, cwd=str(tmp_path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("c2cjax.demo: --fuser: "), out.stderr
+    assert expect in lines[0], out.stderr
 
 
 def test_corrupt_fuser_metadata_names_file(tmp_path, tiny_pair):

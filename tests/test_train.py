@@ -155,6 +155,39 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     assert loss == pytest.approx(ref[s], rel=1e-6, abs=1e-6), (s, loss, ref[s])
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_stop_signal_saves_the_step_reached_and_resumes(tmp_path, sig):
+  """Ctrl-C (SIGINT) or a preemption notice (SIGTERM) during training: the step reached is
+  saved, one line says so, exit 128 + signal; the same run resumes from that step."""
+  _needs_offline_tokenizers()
+  work, sig = tmp_path / "w", getattr(signal, sig)
+  cfg = tiny_cfg()
+  cfg.data.data_dir = str(tmp_path / "tfds")
+  cfg.max_steps, cfg.checkpoint_every = 500, 1000  # no checkpoint but the stop's own
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "c2cjax.train", "--config", str(ROOT / "configs" / "tiny.py"),
+       "--workdir", str(work), f"--config.data.data_dir={cfg.data.data_dir}",
+       "--config.max_steps=500", "--config.checkpoint_every=1000"],
+      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+  deadline = time.time() + 300
+  while not (work / "metrics.jsonl").exists() or not (work / "metrics.jsonl").read_text():
+    assert proc.poll() is None, proc.stderr.read()  # training has logged a step
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + sig and "Traceback" not in err, err
+  last = err.strip().splitlines()[-1]  # after the data's progress bars
+  saved = [int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(saved) == 1 and saved[0] < 500, saved
+  assert last == (f"c2cjax.train: {signal.Signals(sig).name} at step {saved[0]}: saved "
+                  f"checkpoint {saved[0]}; the same command resumes {work}"), err
+  out = train_and_evaluate(cfg, str(work), stop_after=1)  # resumes at the saved step
+  assert out == {"stopped_at": saved[0] + 1}
+  assert [s for s, _ in _losses(work)] == list(range(1, saved[0] + 2))  # each step once
+
+
 def test_paper_pair_configs():
   pairs = _config_module("pairs")
   base = train_config()

@@ -97,6 +97,9 @@ def check_checkpoint_dir(path: str | os.PathLike) -> None:
   if os.path.isfile(meta):
     files.read_json(meta, "fuser metadata")  # corrupt JSON names the file
     return
+  if os.path.isfile(path):
+    raise FileNotFoundError(f"{path} is a file; a fuser checkpoint is a directory (with "
+                            "fuser/metadata)")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"fuser checkpoint not found: {path}")
   if os.path.isfile(os.path.join(path, "fuser", "fuser", "metadata")):
