@@ -8,7 +8,7 @@ tokenizers: the test needs no offline package, and its five processes skip loadi
 Byte-level tiny tokenizers give longer prompts, hence ``max_len`` 192: the test fails by
 name if a host skips a record.
 
-  python tests/multiprocess_worker.py WORKDIR TFDS_DIR READS_DIR
+  python tests/multiprocess_worker.py WORKDIR TFDS_DIR READS_DIR [MAX_STEPS CHECKPOINT_EVERY]
 
 Multi-process runs set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
 (``c2cjax.train`` initialises ``jax.distributed`` from them) and XLA_FLAGS for fake CPU
@@ -53,7 +53,9 @@ def row_hashes(batch) -> list[str]:
           for row, mask in zip(batch["receiver_ids"], batch["attention_mask"])]
 
 
-def main(workdir: str, tfds_dir: str, reads_dir: str):
+def main(workdir: str, tfds_dir: str, reads_dir: str, max_steps: str = "4",
+         checkpoint_every: str = "2"):
+  from c2cjax import rundir
   from c2cjax.sharding import maybe_initialize_distributed
   from c2cjax.train import train_and_evaluate
   # From the JAX_* variables (train_and_evaluate's own call is then a no-op); a long
@@ -61,16 +63,21 @@ def main(workdir: str, tfds_dir: str, reads_dir: str):
   maybe_initialize_distributed(heartbeat_timeout_seconds=900)
   cfg = config()
   cfg.data.data_dir = tfds_dir
+  cfg.max_steps, cfg.checkpoint_every = int(max_steps), int(checkpoint_every)
   process = int(os.environ.get("JAX_PROCESS_ID", "0"))
   with open(pathlib.Path(reads_dir) / f"reads_{process}.jsonl", "a") as log:
     def on_batch(step, batch):
       log.write(json.dumps({"step": step, "rows": row_hashes(batch)}) + "\n")
       log.flush()
-    train_and_evaluate(cfg, workdir, on_batch=on_batch)
+    try:
+      train_and_evaluate(cfg, workdir, on_batch=on_batch)
+    except rundir.Interrupted as e:  # a stop signal (tests/test_multiprocess.py sends one)
+      print(f"WORKER_STOPPED {e}", flush=True)
+      os._exit(3)  # like c2cjax.train: no teardown under XLA's threads
   import jax
   print(f"WORKER_DONE process {jax.process_index()} of {jax.process_count()}, "
         f"{jax.device_count()} devices", flush=True)
 
 
 if __name__ == "__main__":
-  main(*sys.argv[1:4])
+  main(*sys.argv[1:6])

@@ -2,7 +2,8 @@
 (2 fake devices each) train configs/tiny.py's models on tiny tokenizers, checkpoint, lose a
 process to SIGKILL, restart and resume; losses equal one process's run of the same global
 batch on 4 devices, and each process read only its own rows of every batch
-(tests/multiprocess_worker.py logs them)."""
+(tests/multiprocess_worker.py logs them). A SIGTERM to one of two processes stops both at
+one saved step."""
 
 import json
 import os
@@ -28,7 +29,7 @@ def _free_port() -> int:
 
 
 def _start(tmp, name: str, workdir, devices: int, process: int | None = None,
-           port: int | None = None) -> subprocess.Popen:
+           port: int | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
   env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
   env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
@@ -39,7 +40,7 @@ def _start(tmp, name: str, workdir, devices: int, process: int | None = None,
                JAX_PROCESS_ID=str(process))
   log = open(tmp / f"log_{name}_{process}.txt", "a")
   return subprocess.Popen([sys.executable, str(WORKER), str(workdir), str(tmp / "tfds"),
-                           str(reads)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                           str(reads), *extra], env=env, stdout=log, stderr=subprocess.STDOUT,
                           cwd=str(ROOT))
 
 
@@ -121,3 +122,31 @@ def test_two_processes_kill_resume_match_one_process(tmp_path):
   assert {s for s, _ in got} == set(ref_loss)
   for step, loss in got:
     assert loss == pytest.approx(ref_loss[step], rel=1e-5), (step, loss, ref_loss[step])
+
+
+def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
+  """A preemption notice (SIGTERM) reaching one process: both stop at the same step and
+  save it together (the stop request is agreed on before every step)."""
+  work = tmp_path / "w"
+  port = _free_port()
+  procs = [_start(tmp_path, "stop", work, 2, i, port, ("500", "1000")) for i in range(2)]
+  reads = tmp_path / "reads_stop" / "reads_1.jsonl"
+  deadline = time.time() + TIMEOUT_S
+  while not reads.exists() or len(reads.read_text().splitlines()) < 2:  # training runs
+    assert all(p.poll() is None for p in procs), "exited early\n" + _logs(tmp_path)
+    if time.time() > deadline:
+      for p in procs:
+        p.kill()
+      pytest.fail("no step in time\n" + _logs(tmp_path))
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  rcs = [p.wait(timeout=TIMEOUT_S) for p in procs]
+  logs = [(tmp_path / f"log_stop_{i}.txt").read_text() for i in range(2)]
+  assert rcs == [3, 3], f"{rcs}\n" + _logs(tmp_path)
+  stopped = [next(l for l in log.splitlines() if l.startswith("WORKER_STOPPED")) for log in logs]
+  saved = [int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(saved) == 1 and 2 <= saved[0] < 500, saved
+  assert stopped[1].startswith(f"WORKER_STOPPED SIGTERM at step {saved[0]}: saved checkpoint "
+                               f"{saved[0]}"), stopped
+  assert stopped[0].startswith(f"WORKER_STOPPED a stop signal to another process at step "
+                               f"{saved[0]}: saved checkpoint {saved[0]}"), stopped
