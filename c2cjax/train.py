@@ -282,6 +282,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
                           enabled=jax.process_index() == 0)
   bar = tqdm(total=sizes.total_steps, initial=start, desc="c2c train", dynamic_ncols=True,
              disable=jax.process_index() != 0 or not cfg.progress_bar)
+  def save(step: int, state: TrainState) -> None:  # with the data iterator's position
+    ckpt.save(step, ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                       data=grain.checkpoint.CheckpointSave(it)))
+
   step = saved = start
   t_last, tok_since = time.perf_counter(), 0.0
   stop = stop or rundir.StopSignals()
@@ -291,8 +295,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
         if _stop_requested(stop, hosts):
           guard.check()
           if step > saved:
-            ckpt.save(step, ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               data=grain.checkpoint.CheckpointSave(it)))
+            save(step, state)
           ckpt.close()
           name = (signal.Signals(stop.signum).name if stop.signum else
                   "a stop signal to another process")
@@ -338,8 +341,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
                     f"alone {ev['eval/receiver_loss']:.4f}")
         if step % cfg.checkpoint_every == 0 or step == sizes.total_steps:
           guard.check()  # never save a non-finite state
-          ckpt.save(step, ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             data=grain.checkpoint.CheckpointSave(it)))
+          save(step, state)
           saved = step
       guard.check()
       ckpt.close()
