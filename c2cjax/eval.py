@@ -17,7 +17,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from c2cjax import config_check
+from c2cjax import config_check, files
 from c2cjax.evaluation import experiment
 from c2cjax.runtime import enable_compilation_cache
 
@@ -31,7 +31,12 @@ def main(argv):
     raise app.UsageError(f"too many command-line arguments: {argv[1:]}")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file at INFO
   enable_compilation_cache()  # the next shard or run loads its compiled shapes
-  experiment.run(FLAGS.config)
+  try:
+    experiment.run(FLAGS.config)
+  except config_check.ConfigError as e:
+    config_check.exit_with(f"c2cjax.eval: {e}", 2)
+  except (FileExistsError, FileNotFoundError, files.CorruptFileError) as e:
+    config_check.exit_with(f"c2cjax.eval: error: {e}", 1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import pathlib
 
 import jax
 import numpy as np
@@ -306,3 +308,67 @@ def test_config_lists_are_tuples_on_the_command_line():
   with pytest.raises(ValueError, match="must be a tuple of names"):
     config_names({"systems": "receiver,c2c"}, "systems", SYSTEMS)
   assert config_names({"systems": ("c2c",)}, "systems", SYSTEMS) == ("c2c",)
+
+
+def test_finished_evaluation_is_never_overwritten(run, tmp_path):
+  """``experiment.run`` into a folder holding a finished evaluation: the same config returns
+  its reports untouched without loading a model; another config is refused by field."""
+  from c2cjax.evaluation import experiment
+  _, preds = run
+  config = eval_config()
+  config.output_dir, config.name = str(tmp_path), "done"
+  config.receiver = "no/such-model"  # loading anything would fail
+  config.sharers = ("no/such-model",)
+  written = write_outputs(preds, {"t": QUESTIONS}, tmp_path / "done", config)
+  before = {k: p.read_bytes() for k, p in written.items()}
+  logged = []
+  config.progress = not config.progress  # does not change results
+  again = experiment.run(config, log=logged.append)
+  assert again == written and {k: p.read_bytes() for k, p in again.items()} == before
+  assert "already holds this evaluation" in logged[-1]
+  fuser = tmp_path / "fuser"  # a fuser written again after the evaluation: refused
+  (fuser / "fuser").mkdir(parents=True)
+  (fuser / "fuser" / "metadata").write_text("{}")
+  os.utime(fuser / "fuser" / "metadata", (2e9, 2e9))
+  config.fusers = (str(fuser),)
+  (tmp_path / "done" / "config.json").write_text(config.to_json_best_effort(indent=2))
+  with pytest.raises(FileExistsError, match=f"before the fuser at {fuser} was written again"):
+    experiment.run(config, log=logged.append)
+  os.utime(fuser / "fuser" / "metadata", (1e9, 1e9))
+  assert experiment.run(config, log=logged.append) == written
+  config.limit = 3
+  with pytest.raises(FileExistsError, match=r"holds an evaluation of another config \(limit: "
+                                            r"None there, 3 now\); it is kept"):
+    experiment.run(config, log=logged.append)
+  assert all(p.read_bytes() == before[k] for k, p in written.items() if k != "config")
+  # a merge into it is refused too, unless it merges the same parts
+  config.limit, config.merge = None, (str(tmp_path / "a"),)
+  with pytest.raises(FileExistsError, match="merge"):
+    experiment.run(config, log=logged.append)
+
+
+def test_eval_config_problems_named_before_loading(tmp_path):
+  """Every bad field at once, one line per field, exit 2, nothing loaded or written."""
+  import os
+  import subprocess
+  import sys
+  from c2cjax.config_check import ConfigError
+  from c2cjax.evaluation import experiment
+  config = eval_config()
+  config.benchmarks, config.systems, config.methods = ("nope",), ("c2cx",), ("logits", "x")
+  config.limit, config.shard, config.batch_size, config.name = -1, "2/2", 0, " "
+  with pytest.raises(ConfigError) as e:
+    experiment.check_config(config)
+  assert len(e.value.problems) == 7, e.value.problems
+  for field in ("benchmarks", "systems", "methods", "shard", "limit=-1", "batch_size=0",
+                "name"):
+    assert field in str(e.value), field
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run(
+      [sys.executable, "-m", "c2cjax.eval", f"--config={root / 'configs' / 'eval_local.py'}",
+       "--config.benchmarks=nope", f"--config.output_dir={tmp_path}"],
+      env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, cwd=tmp_path)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+  assert out.stderr.startswith("c2cjax.eval: invalid evaluation config:\n  unknown config."
+                               "benchmarks ['nope']"), out.stderr
+  assert not any(tmp_path.iterdir())

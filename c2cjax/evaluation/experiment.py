@@ -14,11 +14,12 @@ from __future__ import annotations
 import pathlib
 from typing import Callable
 
+from c2cjax.config_check import ConfigError
 from c2cjax.evaluation import datasets, prompts
 from c2cjax.evaluation.datasets import Question
-from c2cjax.evaluation.merge import merge, write_outputs
+from c2cjax.evaluation.merge import earlier_outputs, merge, write_outputs
 from c2cjax.evaluation.runner import METHODS, Evaluator, Settings
-from c2cjax.evaluation.systems import build_systems, config_names
+from c2cjax.evaluation.systems import SYSTEMS, build_systems, config_names
 
 MULTI_SUBJECT = ("mmlu_redux", "ceval")
 
@@ -30,6 +31,35 @@ def settings_from_config(config) -> Settings:
       max_new_tokens=config.max_new_tokens, background_tokens=config.background_tokens,
       warmup=config.warmup, progress=config.progress,
       prompts=prompts.PromptConfig(**config.prompts.to_dict()))
+
+
+def check_config(config) -> None:
+  """Raises ``ConfigError`` naming every bad field: names of benchmarks, systems, methods;
+  the shard; counts and sizes. Nothing is loaded."""
+  problems = []
+  for key, known in (("benchmarks", datasets.BENCHMARKS), ("systems", SYSTEMS),
+                     ("methods", METHODS), ("subjects", None), ("merge", None)):
+    try:
+      config_names(config, key, known)
+    except ValueError as e:
+      problems.append(str(e))
+  try:
+    parse_shard(config.get("shard"))
+  except ValueError as e:
+    problems.append(str(e))
+  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+  limit = config.get("limit")
+  if limit is not None and (not is_int(limit) or limit < 0):
+    problems.append(f"limit={limit!r}: must be a question count >= 0 (or None: all)")
+  for key, lo in (("batch_size", 1), ("cloze_batch_size", 1), ("max_new_tokens", 1),
+                  ("background_tokens", 0)):
+    v = config.get(key)
+    if v is not None and (not is_int(v) or v < lo):
+      problems.append(f"{key}={v!r}: must be an integer >= {lo}")
+  if not str(config.get("name", "")).strip():
+    problems.append("name='': must name the output folder ({output_dir}/{name})")
+  if problems:
+    raise ConfigError(problems, "invalid evaluation config")
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
@@ -81,8 +111,20 @@ def _log_reports(paths: dict[str, pathlib.Path], log: Callable[[str], None]) -> 
 
 def run(config, log: Callable[[str], None] = print) -> dict[str, pathlib.Path]:
   """Loads everything ``config`` names, evaluates and writes ``{output_dir}/{name}/``
-  (with ``config.merge``: only merges those folders' reports there)."""
+  (with ``config.merge``: only merges those folders' reports there).
+
+  The config is checked first (``ConfigError``). A folder that holds a finished evaluation
+  is never overwritten: of this same config, its reports are returned as they are; of
+  another, ``FileExistsError`` names the fields that differ.
+  """
+  check_config(config)
   out_dir = pathlib.Path(config.output_dir) / config.name
+  earlier = earlier_outputs(out_dir, config)  # never overwritten
+  if earlier is not None:
+    _log_reports(earlier, log)
+    log(f"{out_dir} already holds this evaluation: nothing to do (another --config.name "
+        "evaluates again)")
+    return earlier
   parts = config_names(config, "merge")
   if parts:
     paths = merge(parts, out_dir)

@@ -55,6 +55,52 @@ def write_outputs(predictions: Sequence[Prediction], questions: dict[str, list[Q
   return paths
 
 
+# Config fields that do not change an evaluation's results.
+_RESULT_NEUTRAL = ("progress", "warmup")
+
+
+def earlier_outputs(out_dir, config) -> dict[str, pathlib.Path] | None:
+  """The outputs of the same evaluation already in ``out_dir``, or None when it holds no
+  finished one (``config.json`` is written last).
+
+  The same: an equal config but for :data:`_RESULT_NEUTRAL` fields; for a merge, the same
+  parts.
+
+  Raises:
+    FileExistsError: ``out_dir`` holds a finished evaluation of another config (the fields
+      that differ are named); it is never overwritten.
+  """
+  out = pathlib.Path(out_dir)
+  if not (out / "config.json").is_file():
+    return None
+  old = files.read_json(out / "config.json", "evaluation config")
+  new = json.loads(config.to_json_best_effort())
+  if new.get("merge"):
+    diff = [] if [str(p) for p in new["merge"]] == old.get("merge") else ["merge"]
+  else:
+    diff = [k for k in sorted(set(old) | set(new)) if k not in _RESULT_NEUTRAL
+            and _comparable(k, old.get(k)) != _comparable(k, new.get(k))]
+  if diff:
+    shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:4])
+    more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""
+    raise FileExistsError(f"{out} holds an evaluation of another config ({shown}{more}); "
+                          "it is kept: choose another --config.name or --config.output_dir")
+  done = (out / "config.json").stat().st_mtime
+  for fuser in [*new.get("fusers", ()), *new.get("self_fusers", ())]:
+    meta = pathlib.Path(fuser) / "fuser" / "metadata"  # c2cjax.fuse.io's layout
+    if meta.is_file() and meta.stat().st_mtime > done:
+      raise FileExistsError(f"{out} holds an evaluation made before the fuser at {fuser} "
+                            "was written again; it is kept: choose another --config.name or "
+                            "--config.output_dir")
+  paths = {}
+  for rec in sorted(out.glob("*_records.jsonl")):
+    m = rec.name[:-len("_records.jsonl")]
+    paths.update({f"{m}.json": out / f"{m}.json", f"{m}.markdown": out / f"{m}.md",
+                  f"{m}.chart": out / f"{m}_accuracy.png", f"{m}.records": rec})
+  paths.update(predictions=out / "predictions.jsonl", config=out / "config.json")
+  return paths
+
+
 # Config fields that may differ between the parts of one merged evaluation.
 _PART_FIELDS = ("name", "output_dir", "benchmarks", "subjects", "limit", "shard", "merge",
                 "systems", "methods", "batch_size", "cloze_batch_size", "warmup", "progress",
