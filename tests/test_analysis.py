@@ -130,6 +130,19 @@ def test_gates_curves_and_cli(models, tmp_path):
     assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000
   with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
     plots.read_metrics(tmp_path / "nothing")
+  # an earlier result is kept; bad counts and missing inputs stop before any work
+  before = (tmp_path / "out" / "gates.json").read_bytes()
+  with pytest.raises(SystemExit) as e:
+    cli.main(["gates", "--fuser", str(tmp_path / "fuser"), "--out", str(tmp_path / "out")])
+  assert e.value.code == 2 and (tmp_path / "out" / "gates.json").read_bytes() == before
+  for argv in (["probe", "--train", "-5"], ["enrichment", "--limit", "0"],
+               ["transform", "--steps", "x"]):
+    with pytest.raises(SystemExit) as e:
+      cli.main(argv + ["--out", str(tmp_path / "fresh")])
+    assert e.value.code == 2, argv
+  with pytest.raises(SystemExit) as e:
+    cli.main(["curves", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "fresh")])
+  assert e.value.code == 1 and not (tmp_path / "fresh").exists()
 
 
 def test_probe_finds_a_planted_answer_and_not_noise():

@@ -10,7 +10,21 @@ from collections.abc import Sequence
 
 import jax
 
+from c2cjax import files
 from c2cjax.analysis import plots
+
+
+def _count(lo: int):
+  """An argparse type: an integer >= ``lo`` (a bad count is a usage error, exit 2)."""
+  def parse(text: str) -> int:
+    try:
+      v = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < lo:
+      raise argparse.ArgumentTypeError(f"{v} must be >= {lo}")
+    return v
+  return parse
 
 
 def _models(args, sharer: bool = True):
@@ -140,20 +154,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmark", default="arc_challenge", help="questions / prompt texts")
     if name != "enrichment":
       s.add_argument("--sharer", default="offline:gemma3", help="model spec, or 'self'")
-      s.add_argument("--texts", type=int, default=40, help="prompts to read")
-  subs["enrichment"].add_argument("--limit", type=int, default=50, help="questions scored")
-  subs["enrichment"].add_argument("--shots", type=int, default=3)
+      s.add_argument("--texts", type=_count(1), default=40, help="prompts to read")
+  subs["enrichment"].add_argument("--limit", type=_count(1), default=50, help="questions scored")
+  subs["enrichment"].add_argument("--shots", type=_count(0), default=3)
   subs["enrichment"].add_argument("--no-layers", action="store_true",
                                   help="skip single-layer enrichment (groups only)")
   subs["transform"].add_argument("--pair", type=int, default=-1,
                                  help="index into the last_aligned layer map (default the last)")
-  subs["transform"].add_argument("--steps", type=int, default=500)
-  subs["transform"].add_argument("--hidden", type=int, default=256)
+  subs["transform"].add_argument("--steps", type=_count(1), default=500)
+  subs["transform"].add_argument("--hidden", type=_count(1), default=256)
   subs["rank"].add_argument("--fuser", default=None,
                             help="fuser checkpoint (default: a fresh one with open gates)")
-  subs["probe"].add_argument("--train", type=int, default=600,
+  subs["probe"].add_argument("--train", type=_count(1), default=600,
                              help="training-split questions (closed-vocabulary attributes)")
-  subs["probe"].add_argument("--test", type=int, default=400, help="held-out questions")
+  subs["probe"].add_argument("--test", type=_count(1), default=400, help="held-out questions")
   subs["probe"].add_argument("--sharer-only", action="store_true",
                              help="probe the sharer only (not the receiver reading the same)")
   subs["gates"].add_argument("--fuser", required=True, help="fuser checkpoint (fuse.save)")
@@ -162,11 +176,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  args = parser().parse_args(argv)
+  """Runs one command; earlier results are never overwritten (a usage error, exit 2,
+  before anything loads); a missing or corrupt input file is one line, exit 1."""
+  p = parser()
+  args = p.parse_args(argv)
   out = pathlib.Path(args.out or f"outputs/analysis/{args.command}")
-  result, plot = COMMANDS[args.command](args)
+  taken = [f for f in (out / f"{args.command}.json", out / f"{args.command}.png") if f.exists()]
+  if taken:
+    p.error(f"{taken[0]} exists (an earlier {args.command} run); it is kept: give another "
+            "--out")
+  try:
+    result, plot = COMMANDS[args.command](args)
+  except (FileNotFoundError, files.CorruptFileError) as e:
+    print(f"{p.prog}: error: {e}", file=sys.stderr)
+    sys.exit(1)
   out.mkdir(parents=True, exist_ok=True)
-  (out / f"{args.command}.json").write_text(json.dumps(result, indent=2) + "\n")
+  files.atomic_write_text(out / f"{args.command}.json", json.dumps(result, indent=2) + "\n")
   plot(result, out / f"{args.command}.png")
   print(f"wrote {out / args.command}.json and .png")
   return result
