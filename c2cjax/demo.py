@@ -21,7 +21,7 @@ from absl import app, flags
 FLAGS = flags.DEFINE_string("fuser", "runs/local/fuser", "trained fuser directory")
 RECEIVER = flags.DEFINE_string("receiver", "offline:smollm2", "receiver model spec")
 SHARER = flags.DEFINE_string("sharer", "offline:gemma3", "sharer model spec")
-MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "tokens to generate")
+MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "tokens to generate", lower_bound=1)
 ALLOW_MISMATCH = flags.DEFINE_boolean(
     "allow_mismatch", False, "run a fuser on other models than it was trained for, with a "
     "warning (research use)")
@@ -93,4 +93,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from c2cjax.config_check import flags_parser
+  app.run(main, flags_parser=flags_parser("c2cjax.demo"))  # a bad flag: one line, exit 2

@@ -218,6 +218,10 @@ def test_demo_bad_fuser_is_one_line_before_models_load(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("c2cjax.demo: --fuser: "), out.stderr
     assert expect in lines[0], out.stderr
+  out = subprocess.run([sys.executable, "-m", "c2cjax.demo", "--max_new_tokens=0"], env=env,
+                       capture_output=True, text=True, cwd=str(tmp_path))
+  assert out.returncode == 2 and out.stderr.strip() == (
+      "c2cjax.demo: flag --max_new_tokens=0: 0 is not a positive integer"), out.stderr
 
 
 def test_corrupt_fuser_metadata_names_file(tmp_path, tiny_pair):
