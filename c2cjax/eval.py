@@ -35,8 +35,8 @@ def main(argv):
     experiment.run(FLAGS.config)
   except config_check.ConfigError as e:
     config_check.exit_with(f"c2cjax.eval: {e}", 2)
-  except (FileExistsError, FileNotFoundError, files.CorruptFileError) as e:
-    config_check.exit_with(f"c2cjax.eval: error: {e}", 1)
+  except (OSError, files.CorruptFileError) as e:  # a model, fuser or data file not readable
+    config_check.exit_with(f"c2cjax.eval: error: {' '.join(str(e).split())}", 1)
 
 
 if __name__ == "__main__":

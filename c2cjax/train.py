@@ -399,9 +399,9 @@ def main(argv):
   except config_check.ConfigError as e:
     config_check.exit_with(f"c2cjax.train: {e}", 2)
   except (rundir.RunDirError, rundir.NonFiniteError, rundir.CheckpointIOError,
-          files.CorruptFileError, FileNotFoundError) as e:
+          files.CorruptFileError, OSError) as e:  # OSError: a model or file not readable
     # os._exit for I/O errors: orbax's background threads can hold the exit for minutes.
-    config_check.exit_with(f"c2cjax.train: error: {e}", 1,
+    config_check.exit_with(f"c2cjax.train: error: {' '.join(str(e).split())}", 1,
                            hard=isinstance(e, rundir.CheckpointIOError))
   except (rundir.Interrupted, KeyboardInterrupt) as e:
     # Interrupted: a stop signal in the training loop, the step reached saved. A
