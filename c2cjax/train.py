@@ -263,12 +263,17 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
   if jax.process_index() == 0:
     rundir.write_manifest(workdir, cfg, models, step=start, changes=changes)
 
-  def evaluate() -> dict:
+  stop = stop or rundir.StopSignals()
+
+  def evaluate(stoppable: bool) -> dict | None:
+    """Held-out losses; None when a stop signal cut it short (``stoppable``)."""
     held, _ = build_data(cfg, c2c, cfg.eval_batch_size, heldout=True, seed=0)
     tot = {"c2c": 0.0, "receiver": 0.0, "tokens": 0.0}
     for i, batch in enumerate(held):
       if cfg.eval_batches and i >= cfg.eval_batches:
         break
+      if stoppable and _stop_requested(stop, hosts):  # a preemption notice gives seconds
+        return None
       with jax.set_mesh(mesh):
         out = eval_step(state.params, rparams, sparams, _to_global(batch, flat_sh, None))
       for k in tot:
@@ -288,7 +293,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
 
   step = saved = start
   t_last, tok_since = time.perf_counter(), 0.0
-  stop = stop or rundir.StopSignals()
   with stop.deferred():  # a stop signal: the loop saves the step reached, then stops
     try:
       while step < sizes.total_steps:
@@ -335,7 +339,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
         bar.update(1)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == sizes.total_steps):
           guard.check()
-          ev = evaluate()
+          ev = evaluate(stoppable=step < sizes.total_steps)  # the last step's: finish
+          if ev is None:
+            continue  # stopped: the loop's top saves this step
           log.log(step, ev)
           bar.write(f"step {step}: held-out loss C2C {ev['eval/c2c_loss']:.4f} vs receiver "
                     f"alone {ev['eval/receiver_loss']:.4f}")

@@ -188,6 +188,35 @@ def test_stop_signal_saves_the_step_reached_and_resumes(tmp_path, sig):
   assert [s for s, _ in _losses(work)] == list(range(1, saved[0] + 2))  # each step once
 
 
+def test_stop_during_evaluation_cuts_it_short_and_saves(tmp_path, monkeypatch):
+  """A stop signal during a held-out evaluation: the evaluation stops (a preemption notice
+  gives seconds, an evaluation can take minutes), the step is saved, no eval row logged."""
+  _needs_offline_tokenizers()
+  from c2cjax import rundir, train as train_lib
+  cfg = tiny_cfg()
+  cfg.data.data_dir = str(tmp_path / "tfds")
+  cfg.eval_every, cfg.eval_batches, cfg.checkpoint_every = 3, 3, 100  # the signal: batch 1
+  stop = rundir.StopSignals()
+  real = train_lib.make_eval_step
+
+  def signalled_eval_step(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def traced(*a):  # runs when the eval step is traced: during the first evaluation
+      stop.signum = signal.SIGTERM
+      return step(*a)
+    return traced
+
+  monkeypatch.setattr(train_lib, "make_eval_step", signalled_eval_step)
+  with pytest.raises(rundir.Interrupted, match="SIGTERM at step 3: saved checkpoint 3"):
+    train_and_evaluate(cfg, str(tmp_path / "w"), stop=stop)
+  assert sorted(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir()
+                if p.name.isdigit()) == [3]
+  rows = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl")]
+  assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
+  assert not any("eval/c2c_loss" in r for r in rows)
+
+
 def test_paper_pair_configs():
   pairs = _config_module("pairs")
   base = train_config()
