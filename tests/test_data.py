@@ -171,6 +171,28 @@ def test_offline_source_and_split(tmp_path):
   assert chat.to_messages(held[0]) == chat.to_messages(raw[held.indices[0]])
 
 
+def test_processes_sharing_a_data_dir_prepare_it_once(tmp_path):
+  """Several processes of one run (or hosts on a shared disk) loading the same fresh source:
+  all of them succeed (TFDS alone raced on its final rename: one process failed)."""
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  root = pathlib.Path(__file__).resolve().parents[1]
+  code = ("import sys; from c2cjax.data import sources; "
+          "print(len(sources.load_source('offline_instruct/alpaca_en_demo', "
+          "data_dir=sys.argv[1])))")
+  env = dict(os.environ, PYTHONPATH=str(root))
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "tfds")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+  sizes = {out.strip().splitlines()[-1] for out, _ in outs}  # after TFDS's own messages
+  assert sizes == {"999"}, sizes
+
+
 def test_openhermes_from_manual_dir(tmp_path):
   records = [{"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"},
                                 {"from": "gpt", "value": "a"}], "source": None},

@@ -198,11 +198,25 @@ def load_source(name: str, *, data_dir: str | os.PathLike | None = None,
   """
   if name not in SOURCES:
     raise ValueError(f"unknown source {name!r}; expected one of {SOURCES}")
-  builder = tfds.builder(name, data_dir=str(data_dir or default_data_dir()),
-                         file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(manual_dir) if manual_dir else None))
+  data_dir = str(data_dir or default_data_dir())
+  with _prepare_lock(data_dir, name):  # the builder too: it reads what is prepared
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(manual_dir) if manual_dir else None))
   return builder.as_data_source(split=split)
+
+
+def _prepare_lock(data_dir: str, name: str):
+  """A file lock around preparing ``name`` in a local ``data_dir``: processes sharing the
+  folder (several hosts or processes of one run) prepare it once, one after another;
+  without it two of them race on TFDS's final rename and one fails. Remote folders
+  (``gs://...``) get no lock."""
+  import contextlib  # pylint: disable=import-outside-toplevel
+  import filelock  # pylint: disable=import-outside-toplevel
+  if "://" in data_dir:
+    return contextlib.nullcontext()
+  os.makedirs(data_dir, exist_ok=True)
+  return filelock.FileLock(os.path.join(data_dir, name.replace("/", "__") + ".lock"))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
