@@ -126,7 +126,8 @@ def _is_num(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _int(lo: int | None = None) -> Callable[[Any], str | None]:
+def integer(lo: int | None = None) -> Callable[[Any], str | None]:
+  """A rule: an integer (``>= lo``). Rules return None or why the value is bad."""
   def check(v):
     if not _is_int(v) or (lo is not None and v < lo):
       return f"must be an integer >= {lo}" if lo is not None else "must be an integer"
@@ -157,28 +158,34 @@ def _boolean(v):
   return None if isinstance(v, bool) else "must be True or False"
 
 
-def _name(v):
+def or_none(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+  """A rule: None, or what ``check`` accepts."""
+  return lambda v: None if v is None else check(v)
+
+
+def nonempty(v):
+  """A rule: a non-empty string."""
   return None if isinstance(v, str) and v.strip() else "must be a non-empty string"
 
 
 def _rules() -> dict[str, Callable[[Any], str | None]]:
   from c2cjax import sections
   from c2cjax.models.layers import REMAT_POLICIES
-  pos, nonneg = _int(1), _int(0)
+  pos, nonneg = integer(1), integer(0)
   return {
-      "receiver": _name, "llm_dtype": _one_of(*LLM_DTYPES), "seed": _int(),
+      "receiver": nonempty, "llm_dtype": _one_of(*LLM_DTYPES), "seed": integer(),
       "self_fusion": _boolean, "remat": _one_of("none", *sorted(REMAT_POLICIES)),
       "layer_map": _one_of(*LAYER_MAPS), "alignment": _one_of(*sections.SCHEMES),
       "fusion_mode": _one_of(*FUSION_MODES), "pass2_parts": nonneg,
-      "fuser.hidden_dim": pos, "fuser.intermediate_dim": pos, "fuser.num_layers": _int(3),
+      "fuser.hidden_dim": pos, "fuser.intermediate_dim": pos, "fuser.num_layers": integer(3),
       "fuser.dropout": _num(0.0, 1.0, hi_open=True),
       "fuser.initial_temperature": _num(0.0, lo_open=True),
       "fuser.final_temperature": _num(0.0, lo_open=True), "fuser.anneal_steps": pos,
       "fuser.gate_init": _num(-50.0, 50.0),
-      "data.source": _name, "data.max_len": _int(2), "data.max_examples": nonneg,
+      "data.source": nonempty, "data.max_len": integer(2), "data.max_examples": nonneg,
       "data.heldout_fraction": _num(0.0, 1.0, hi_open=True), "data.read_threads": pos,
       "data.worker_count": nonneg, "data.prefetch_batches": nonneg,
-      "data.split_seed": _int(), "data.seed": _int(),
+      "data.split_seed": integer(), "data.seed": integer(),
       "per_device_batch_size": pos, "global_batch_size": pos,
       "optimizer.lr": _num(0.0, lo_open=True), "optimizer.final_lr": _num(0.0),
       "optimizer.warmup_fraction": _num(0.0, 1.0), "optimizer.weight_decay": _num(0.0),
@@ -190,27 +197,32 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
   }
 
 
-def validate_train_config(cfg) -> None:
-  """Raises :class:`ConfigError` naming every bad field of a training config at once."""
+def field_problems(cfg, rules: Mapping[str, Callable[[Any], str | None]], *,
+                   required: bool = True) -> list[str]:
+  """``"field=value: why"`` for each dotted field of ``cfg`` that breaks its rule, and
+  ``"field: missing"`` for an absent one when ``required``."""
   problems = []
-  for field, check in _rules().items():
+  for field, check in rules.items():
     v = _get(cfg, field)
     if v is _MISSING:
-      problems.append(f"{field}: missing")
+      if required:
+        problems.append(f"{field}: missing")
     elif (msg := check(v)) is not None:
       problems.append(f"{field}={v!r}: {msg}")
+  return problems
+
+
+def validate_train_config(cfg) -> None:
+  """Raises :class:`ConfigError` naming every bad field of a training config at once."""
   from c2cjax import sections
   optional = {"fuse_last": _boolean, "fuse_response": _boolean,
               "alignment_strategy": _one_of(*sections.STRATEGIES),
-              "data.max_fused_runs": _int(1),
+              "data.max_fused_runs": integer(1),
               "data.reply_prefix": lambda v: None if isinstance(v, str) else "must be a string"}
-  for field, check in optional.items():
-    v = _get(cfg, field)
-    if v is not _MISSING and (msg := check(v)):
-      problems.append(f"{field}={v!r}: {msg}")
+  problems = field_problems(cfg, _rules()) + field_problems(cfg, optional, required=False)
   sharers, self_fusion = _get(cfg, "sharers"), _get(cfg, "self_fusion")
   if self_fusion is not True and (not isinstance(sharers, (tuple, list)) or not sharers
-                                  or any(_name(s) for s in sharers)):
+                                  or any(nonempty(s) for s in sharers)):
     problems.append(f"sharers={sharers!r}: must be a non-empty tuple of model names "
                     "(or set self_fusion=True)")
   max_steps, epochs = _get(cfg, "max_steps"), _get(cfg, "num_epochs")

@@ -60,6 +60,19 @@ def _wait(tmp, procs):
     assert rc == 0, f"worker exited with {rc}\n" + _logs(tmp)
 
 
+def _wait_until(tmp, procs, ready, what: str) -> None:
+  """Polls ``ready()`` while every worker runs; fails (killing them) if one exits first or
+  ``TIMEOUT_S`` passes."""
+  deadline = time.time() + TIMEOUT_S
+  while not ready():
+    assert all(p.poll() is None for p in procs), f"exited before {what}\n" + _logs(tmp)
+    if time.time() > deadline:
+      for p in procs:
+        p.kill()
+      pytest.fail(f"no {what} in time\n" + _logs(tmp))
+    time.sleep(0.05)
+
+
 def _losses(workdir) -> list[tuple[int, float]]:
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
@@ -81,14 +94,7 @@ def test_two_processes_kill_resume_match_one_process(tmp_path):
   work = tmp_path / "two"
   port = _free_port()
   procs = [_start(tmp_path, "two", work, 2, i, port) for i in range(2)]
-  deadline = time.time() + TIMEOUT_S
-  while not (work / "checkpoints" / "2").is_dir():
-    assert all(p.poll() is None for p in procs), "exited before a checkpoint\n" + _logs(tmp_path)
-    if time.time() > deadline:
-      for p in procs:
-        p.kill()
-      pytest.fail("no checkpoint in time\n" + _logs(tmp_path))
-    time.sleep(0.05)
+  _wait_until(tmp_path, procs, lambda: (work / "checkpoints" / "2").is_dir(), "a checkpoint")
   procs[1].send_signal(signal.SIGKILL)
   procs[1].wait()
   time.sleep(1.0)
@@ -131,14 +137,8 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
   port = _free_port()
   procs = [_start(tmp_path, "stop", work, 2, i, port, ("500", "1000")) for i in range(2)]
   reads = tmp_path / "reads_stop" / "reads_1.jsonl"
-  deadline = time.time() + TIMEOUT_S
-  while not reads.exists() or len(reads.read_text().splitlines()) < 2:  # training runs
-    assert all(p.poll() is None for p in procs), "exited early\n" + _logs(tmp_path)
-    if time.time() > deadline:
-      for p in procs:
-        p.kill()
-      pytest.fail("no step in time\n" + _logs(tmp_path))
-    time.sleep(0.05)
+  _wait_until(tmp_path, procs,
+              lambda: reads.exists() and len(reads.read_text().splitlines()) >= 2, "two steps")
   procs[1].send_signal(signal.SIGTERM)
   rcs = [p.wait(timeout=TIMEOUT_S) for p in procs]
   logs = [(tmp_path / f"log_stop_{i}.txt").read_text() for i in range(2)]

@@ -121,6 +121,15 @@ def _losses(workdir):
   return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
 
 
+def _wait_until(proc: subprocess.Popen, ready, timeout_s: float = 300) -> None:
+  """Polls ``ready()`` while ``proc`` runs (its stderr in the failure, when piped)."""
+  deadline = time.time() + timeout_s
+  while not ready():
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else "training exited"
+    assert time.time() < deadline
+    time.sleep(0.05)
+
+
 @pytest.mark.realweights
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
   _needs_offline_tokenizers()
@@ -139,11 +148,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
       [sys.executable, "-m", "c2cjax.train", "--config", str(ROOT / "configs" / "tiny.py"),
        "--workdir", str(killed), f"--config.data.data_dir={tmp_path / 'tfds'}"],
       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(ROOT))
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "2").is_dir():
-    assert proc.poll() is None, "training exited before its first checkpoint"
-    assert time.time() < deadline
-    time.sleep(0.05)
+  _wait_until(proc, lambda: (killed / "checkpoints" / "2").is_dir())
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (killed / "fuser").exists()
@@ -170,11 +175,8 @@ def test_stop_signal_saves_the_step_reached_and_resumes(tmp_path, sig):
        "--workdir", str(work), f"--config.data.data_dir={cfg.data.data_dir}",
        "--config.max_steps=500", "--config.checkpoint_every=1000"],
       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
-  deadline = time.time() + 300
-  while not (work / "metrics.jsonl").exists() or not (work / "metrics.jsonl").read_text():
-    assert proc.poll() is None, proc.stderr.read()  # training has logged a step
-    assert time.time() < deadline
-    time.sleep(0.05)
+  metrics = work / "metrics.jsonl"
+  _wait_until(proc, lambda: metrics.exists() and metrics.read_text())  # a step is logged
   proc.send_signal(sig)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 128 + sig and "Traceback" not in err, err

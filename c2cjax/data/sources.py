@@ -21,6 +21,7 @@ source (``__len__`` / ``__getitem__``), which ``grain.MapDataset.source`` takes.
 :func:`split_source` takes the first N records and a seeded held-out split.
 """
 
+import contextlib
 import dataclasses
 import importlib.resources
 import json
@@ -29,6 +30,7 @@ import pathlib
 from typing import Any, Sequence
 
 from etils import epath
+import filelock
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -211,8 +213,6 @@ def _prepare_lock(data_dir: str, name: str):
   folder (several hosts or processes of one run) prepare it once, one after another;
   without it two of them race on TFDS's final rename and one fails. Remote folders
   (``gs://...``) get no lock."""
-  import contextlib  # pylint: disable=import-outside-toplevel
-  import filelock  # pylint: disable=import-outside-toplevel
   if "://" in data_dir:
     return contextlib.nullcontext()
   os.makedirs(data_dir, exist_ok=True)

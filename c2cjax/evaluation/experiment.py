@@ -14,7 +14,7 @@ from __future__ import annotations
 import pathlib
 from typing import Callable
 
-from c2cjax.config_check import ConfigError
+from c2cjax import config_check
 from c2cjax.evaluation import datasets, prompts
 from c2cjax.evaluation.datasets import Question
 from c2cjax.evaluation.merge import earlier_outputs, merge, write_outputs
@@ -47,19 +47,13 @@ def check_config(config) -> None:
     parse_shard(config.get("shard"))
   except ValueError as e:
     problems.append(str(e))
-  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
-  limit = config.get("limit")
-  if limit is not None and (not is_int(limit) or limit < 0):
-    problems.append(f"limit={limit!r}: must be a question count >= 0 (or None: all)")
-  for key, lo in (("batch_size", 1), ("cloze_batch_size", 1), ("max_new_tokens", 1),
-                  ("background_tokens", 0)):
-    v = config.get(key)
-    if v is not None and (not is_int(v) or v < lo):
-      problems.append(f"{key}={v!r}: must be an integer >= {lo}")
-  if not str(config.get("name", "")).strip():
-    problems.append("name='': must name the output folder ({output_dir}/{name})")
+  problems += config_check.field_problems(config, {
+      "limit": config_check.or_none(config_check.integer(0)), "name": config_check.nonempty,
+      "batch_size": config_check.integer(1), "cloze_batch_size": config_check.integer(1),
+      "max_new_tokens": config_check.integer(1), "background_tokens": config_check.integer(0),
+  }, required=False)
   if problems:
-    raise ConfigError(problems, "invalid evaluation config")
+    raise config_check.ConfigError(problems, "invalid evaluation config")
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
