@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One accelerator, at most ~8 minutes: parity tests on the device, decode tok/s vs
-# transformers, the training step at the paper's shapes (tokens/s, step time, peak device
-# memory, MFU) and C2C latency vs receiver vs text-to-text; writes DIR/device.json and
-# DIR/device.md (and DIR/parity.txt).
+# One accelerator, at most 9 minutes (parity tests 3, benchmarks 6): parity tests on the
+# device, decode tok/s vs transformers, the training step at the paper's shapes (tokens/s,
+# step time, peak device memory, MFU) and C2C latency vs receiver vs text-to-text; writes
+# DIR/device.json and DIR/device.md (and DIR/parity.txt), the JSON and table again after
+# each benchmark, so a run cut short keeps what it measured.
 #
 #   benchmarks/device.sh [--dry] [--out DIR] [--peak-tflops X]
 #
@@ -28,7 +29,10 @@ if [ ${#dry[@]} -gt 0 ]; then
 else
   python3 -c "import jax; d = jax.devices()[0]; print('device:', d.platform, d.device_kind)"
   # fp32 parity on the device: full-precision matmuls (no TF32), as the CPU suite runs them.
-  if JAX_DEFAULT_MATMUL_PRECISION=highest timeout 240 python3 -m pytest -q -x \
+  # Eight pytest workers share the device (no preallocation) and compile in parallel on the
+  # host's cores; torch's CPU references get two threads each.
+  if XLA_PYTHON_CLIENT_PREALLOCATE=false OMP_NUM_THREADS=2 \
+      JAX_DEFAULT_MATMUL_PRECISION=highest timeout 180 python3 -m pytest -q -n 8 \
       tests/test_models.py tests/test_attention.py > "$out/parity.txt" 2>&1; then
     parity="passed ($(tail -n 1 "$out/parity.txt"))"
   else
@@ -36,6 +40,6 @@ else
   fi
   echo "parity: $parity"
 fi
-timeout 420 python3 benchmarks/device_bench.py --out "$out" --parity "$parity" \
+timeout 360 python3 benchmarks/device_bench.py --out "$out" --parity "$parity" \
   "${dry[@]}" "${extra[@]}"
 echo "wrote $out/device.json and $out/device.md"

@@ -2,11 +2,14 @@
 
     python benchmarks/device_bench.py --out DIR [--dry] [--peak-tflops X]
 
-  decode    batch-1 greedy decode tokens/s of the receiver: c2cjax vs transformers
-            (transformers on whatever device torch has here; it is named).
   train     the fuser training step (``c2cjax.train``): tokens/s, step time, peak device
             memory, model FLOPs per step and MFU against the device's peak.
+  decode    batch-1 greedy decode tokens/s of the receiver: c2cjax vs transformers
+            (transformers on whatever device torch has here; it is named).
   latency   one batch-1 query: receiver alone vs C2C vs text-to-text.
+
+In that order; a section that fails is recorded with its error and the others still run
+(the script then exits non-zero).
 
 Shapes: the paper's (random Qwen3-0.6B <- Qwen2.5-0.5B-Instruct at their published
 configs, fuser hidden 1024 x 3 layers on all 28 receiver layers, batch 4 x 256, LLMs in
@@ -161,28 +164,66 @@ def bench_latency(c2c, dry: bool, reps: int) -> dict:
   return out
 
 
+# Train first: the peak device memory jax reports is the process's, so it is the training
+# step's (with the models) only when nothing ran before it.
+SECTIONS = ("train", "decode", "latency")
+
+
+def _fmt(res: dict, name: str, render) -> list[str]:
+  """Rows of one section, or one row saying why it has none."""
+  sec = res.get(name)
+  if sec is None:
+    return [f"| {name} | not run |"]
+  if "error" in sec:
+    return [f"| {name} | FAILED: {sec['error'][:300]} |"]
+  return render(sec)
+
+
 def markdown(res: dict) -> str:
-  d, tr, de, la = res["device"], res["train"], res["decode"], res["latency"]
-  mfu = f"{100 * tr['mfu']:.1f}%" if tr.get("mfu") is not None else "n/a (peak unknown)"
-  mem = (f"{tr['peak_device_memory_gib']:.2f} GiB" if tr["peak_device_memory_gib"]
-         else "n/a (no device memory stats)")
+  d = res["device"]
+
+  def train(tr):
+    mfu = f"{100 * tr['mfu']:.1f}%" if tr.get("mfu") is not None else "n/a (peak unknown)"
+    mem = (f"{tr['peak_device_memory_gib']:.2f} GiB" if tr["peak_device_memory_gib"]
+           else "n/a (no device memory stats)")
+    return [f"| train step, batch {tr['batch']} x {tr['seq']} (split {tr['split']}) | "
+            f"{tr['step_s'] * 1e3:.1f} ms |",
+            f"| train compile + first step | {tr['compile_and_first_s']:.1f} s |",
+            f"| train tokens/s | {tr['tokens_per_s']:.0f} |",
+            f"| train peak device memory (process) | {mem} |",
+            f"| train model TFLOP per step / MFU | {tr['flops_per_step'] / 1e12:.3f} / {mfu} |"]
+
+  def decode(de):
+    return [f"| decode tok/s, c2cjax (batch 1, {de['prompt']}-token prompt) | "
+            f"{de['c2cjax_tok_s']:.1f} |",
+            f"| decode tok/s, transformers ({de['transformers_device']}) | "
+            f"{de['transformers_tok_s']:.1f} |"]
+
+  def latency(la):
+    return [f"| query s: receiver / C2C / T2T ({la['prompt']}+{la['answer']} tokens) | "
+            f"{la['receiver query']:.3f} / {la['c2c query']:.3f} / {la['t2t query']:.3f} |",
+            f"| C2C / receiver; T2T / C2C | {la['c2c_over_receiver']:.2f}; "
+            f"{la['t2t_over_c2c']:.2f} |"]
+
   rows = [
       f"Device: {d['kind']} ({d['platform']}, {d['count']} device(s)); jax {d['jax']}; "
       f"{res['date']}; {'DRY RUN (tiny shapes, CPU)' if res['dry'] else 'paper shapes'}; "
       f"LLM dtype {res['llm_dtype']}",
       "", "| measure | value |", "|---|---:|",
-      f"| parity tests on the device | {res['parity']} |",
-      f"| decode tok/s, c2cjax (batch 1, {de['prompt']}-token prompt) | {de['c2cjax_tok_s']:.1f} |",
-      f"| decode tok/s, transformers ({de['transformers_device']}) | {de['transformers_tok_s']:.1f} |",
-      f"| train step, batch {tr['batch']} x {tr['seq']} (split {tr['split']}) | {tr['step_s'] * 1e3:.1f} ms |",
-      f"| train tokens/s | {tr['tokens_per_s']:.0f} |",
-      f"| train peak device memory | {mem} |",
-      f"| train model TFLOP per step / MFU | {tr['flops_per_step'] / 1e12:.3f} / {mfu} |",
-      f"| query s: receiver / C2C / T2T ({la['prompt']}+{la['answer']} tokens) | "
-      f"{la['receiver query']:.3f} / {la['c2c query']:.3f} / {la['t2t query']:.3f} |",
-      f"| C2C / receiver; T2T / C2C | {la['c2c_over_receiver']:.2f}; {la['t2t_over_c2c']:.2f} |",
-  ]
+      f"| parity tests on the device | {res['parity']} |"]
+  for name, render in (("train", train), ("decode", decode), ("latency", latency)):
+    rows += _fmt(res, name, render)
   return "\n".join(rows) + "\n"
+
+
+def write(res: dict, out: pathlib.Path) -> str:
+  """Writes DIR/device.json and DIR/device.md (after every section: a run cut short by
+  its time limit still leaves what it measured)."""
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "device.json").write_text(json.dumps(res, indent=1))
+  md = markdown(res)
+  (out / "device.md").write_text(md)
+  return md
 
 
 def main():
@@ -197,32 +238,42 @@ def main():
   dtype = llm_dtype("auto")
   dev = jax.devices()[0]
   reps, steps = (1, 2) if args.dry else (3, args.steps or 10)
+  out = pathlib.Path(args.out)
+  t0 = time.perf_counter()
+  log = lambda what: print(f"[{time.perf_counter() - t0:6.1f} s] {what}", file=sys.stderr,
+                           flush=True)
   c2c, hf = _models(args.dry, dtype)
+  import flax
+  import transformers
   res = {"date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
          "dry": args.dry, "llm_dtype": np.dtype(dtype).name, "parity": args.parity,
          "device": {"kind": dev.device_kind, "platform": dev.platform,
                     "count": jax.device_count(), "jax": jax.__version__,
+                    "flax": flax.__version__, "transformers": transformers.__version__,
                     "host": f"{platform.machine()}, {os.cpu_count()} cores"}}
-  t0 = time.perf_counter()
-  log = lambda what: print(f"[{time.perf_counter() - t0:6.1f} s] {what}", file=sys.stderr,
-                           flush=True)
-  log("models ready; decode")
-  res["decode"] = bench_decode(c2c, hf, args.dry, reps)
-  log("train step")
-  res["train"] = bench_train(c2c, args.dry, steps)
   peak = _peak(dev.device_kind, args.peak_tflops)
-  tr = res["train"]
-  tr["peak_tflops"] = peak
-  tr["mfu"] = tr["flops_per_step"] / tr["step_s"] / (peak * 1e12) if peak else None
-  log("latency")
-  res["latency"] = bench_latency(c2c, args.dry, reps)
+  runs = {"train": lambda: bench_train(c2c, args.dry, steps),
+          "decode": lambda: bench_decode(c2c, hf, args.dry, reps),
+          "latency": lambda: bench_latency(c2c, args.dry, reps)}
+  failed = []
+  for name in SECTIONS:
+    log(f"models ready; {name}" if name == SECTIONS[0] else name)
+    try:
+      res[name] = runs[name]()
+    except Exception as e:  # pylint: disable=broad-except
+      # one section's failure (an out-of-memory, a missing kernel) must not lose the others
+      res[name] = {"error": f"{type(e).__name__}: {e}"}
+      failed.append(name)
+      log(f"{name} FAILED: {type(e).__name__}: {str(e)[:2000]}")
+    if name == "train" and "error" not in res[name]:
+      tr = res[name]
+      tr["peak_tflops"] = peak
+      tr["mfu"] = tr["flops_per_step"] / tr["step_s"] / (peak * 1e12) if peak else None
+    md = write(res, out)
   log("done")
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "device.json").write_text(json.dumps(res, indent=1))
-  md = markdown(res)
-  (out / "device.md").write_text(md)
   print(md)
+  if failed:
+    sys.exit(f"sections failed: {', '.join(failed)} (see device.md)")
 
 
 if __name__ == "__main__":

@@ -221,3 +221,48 @@ def test_remat_policies_same_gradients():
                  grads(policy), ref)
   with pytest.raises(ValueError, match="unknown remat policy"):
     grads("dots")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU "
+                    "(benchmarks/device.sh runs this file there)")
+@pytest.mark.parametrize("s,t,window,group", [(128, 128, None, 2), (64, 192, 48, 4)])
+def test_cudnn_equals_einsum_and_gradients_bf16(s, t, window, group):
+  """cuDNN's fused attention (bf16) against the einsum reference in fp32 on the same
+  bf16-rounded inputs: left padding (rows that see nothing stay finite), sliding window,
+  GQA, a prefill after cached slots (S < T), and the gradients to q, k, v."""
+  b, k, h = 2, 2, 64
+  write_at = t - s
+  rng = np.random.default_rng(3)
+  bf = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+  q, kc, vc = bf(b, s, k, group, h), bf(b, k, t, h), bf(b, k, t, h)
+  mask = jnp.asarray(_mask(b, s, t, np.array([0, write_at + 5]), write_at, window))
+  scale = h ** -0.5
+  f32 = lambda x: x.astype(jnp.float32)
+  ref = attention.einsum_attention(f32(q), f32(kc), f32(vc), mask, scale=scale)
+  got = jax.jit(lambda *a: attention.cudnn_attention(*a, mask, scale=scale))(q, kc, vc)
+  assert got.dtype == jnp.bfloat16
+  got = np.asarray(got, np.float32)
+  assert np.isfinite(got).all(), "rows that see no slot must stay finite (they feed padding)"
+  rows = np.asarray(mask.any(-1))
+  np.testing.assert_allclose(got[rows], np.asarray(ref)[rows], atol=3e-2, rtol=3e-2)
+
+  w = jnp.asarray(rng.normal(size=ref.shape), jnp.float32) * jnp.asarray(rows)[..., None, None]
+  g_ref = jax.grad(lambda *a: jnp.sum(attention.einsum_attention(*a, mask, scale=scale) * w),
+                   argnums=(0, 1, 2))(f32(q), f32(kc), f32(vc))
+  g_got = jax.jit(jax.grad(
+      lambda *a: jnp.sum(f32(attention.cudnn_attention(*a, mask, scale=scale)) * w),
+      argnums=(0, 1, 2)))(q, kc, vc)
+  for name, a, r in zip("qkv", g_got, g_ref):
+    a, r = np.asarray(a, np.float32), np.asarray(r)
+    assert np.isfinite(a).all(), name
+    scale_r = np.abs(r).max()
+    np.testing.assert_allclose(a, r, atol=3e-2 * scale_r, rtol=0, err_msg=f"d{name}")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+def test_auto_picks_cudnn_on_gpu_for_long_bf16_prefill(monkeypatch):
+  calls = []
+  monkeypatch.setattr(attention, "cudnn_attention", lambda *a, **k: calls.append("d") or 0)
+  q, kv = jnp.zeros((1, 64, 1, 2, 64), jnp.bfloat16), jnp.zeros((1, 1, 64, 64), jnp.bfloat16)
+  attention.attend(q, kv, kv, jnp.ones((1, 64, 64), bool), scale=1.0, block=16)
+  assert calls == ["d"]
