@@ -5,7 +5,7 @@
 # DIR/device.json and DIR/device.md (and DIR/parity.txt), the JSON and table again after
 # each benchmark, so a run cut short keeps what it measured.
 #
-#   benchmarks/device.sh [--dry] [--out DIR] [--peak-tflops X]
+#   benchmarks/device.sh [--dry] [--out DIR] [--peak-tflops X] [--more-train BxT,...]
 #
 # --dry: CPU, tiny shapes, parity tests skipped (CI runs it: tests/test_device_script.py).
 set -euo pipefail
@@ -18,6 +18,7 @@ while [ $# -gt 0 ]; do
     --dry) dry=(--dry); shift ;;
     --out) out="$2"; shift 2 ;;
     --peak-tflops) extra+=(--peak-tflops "$2"); shift 2 ;;
+    --more-train) extra+=(--more-train "$2"); shift 2 ;;  # e.g. 16x512: GPU scaling
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done

@@ -90,11 +90,11 @@ def train_flops(c2c, batch: int, seq: int, split) -> float:
   return float(p1 + p2)
 
 
-def bench_train(c2c, dry: bool, steps: int) -> dict:
+def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None) -> dict:
   from c2cjax import train
   from c2cjax.defaults import train_config
   from train_step import synthetic_batch
-  b, t = (2, 32) if dry else (4, 256)
+  b, t = shape or ((2, 32) if dry else (4, 256))
   tx, _ = train.make_optimizer(train_config(), 100)
   fparams = jax.tree.map(jnp.copy, tuple(f.params for f in c2c.fusers))  # donated below
   state = train.TrainState(jnp.int32(0), fparams, tx.init(fparams), jax.random.PRNGKey(1))
@@ -166,7 +166,7 @@ def bench_latency(c2c, dry: bool, reps: int) -> dict:
 
 # Train first: the peak device memory jax reports is the process's, so it is the training
 # step's (with the models) only when nothing ran before it.
-SECTIONS = ("train", "decode", "latency")
+SECTIONS = ("train", "decode", "latency", "train_more")
 
 
 def _fmt(res: dict, name: str, render) -> list[str]:
@@ -213,6 +213,11 @@ def markdown(res: dict) -> str:
       f"| parity tests on the device | {res['parity']} |"]
   for name, render in (("train", train), ("decode", decode), ("latency", latency)):
     rows += _fmt(res, name, render)
+  more = res.get("train_more")
+  if isinstance(more, dict):  # its error
+    rows += _fmt(res, "train_more", None)
+  for tr in more or []:
+    rows += train(tr)
   return "\n".join(rows) + "\n"
 
 
@@ -233,6 +238,9 @@ def main():
   ap.add_argument("--peak-tflops", type=float, default=None)
   ap.add_argument("--parity", default="not run", help="parity test summary (from device.sh)")
   ap.add_argument("--steps", type=int, default=None)
+  ap.add_argument("--more-train", default="", metavar="BxT,...",
+                  help="further training-step shapes after the paper's, e.g. 16x512 (their "
+                       "peak memory is the process's so far)")
   args = ap.parse_args()
   from c2cjax.train import llm_dtype
   dtype = llm_dtype("auto")
@@ -252,7 +260,9 @@ def main():
                     "flax": flax.__version__, "transformers": transformers.__version__,
                     "host": f"{platform.machine()}, {os.cpu_count()} cores"}}
   peak = _peak(dev.device_kind, args.peak_tflops)
+  more = [tuple(int(x) for x in bt.split("x")) for bt in args.more_train.split(",") if bt]
   runs = {"train": lambda: bench_train(c2c, args.dry, steps),
+          "train_more": lambda: [bench_train(c2c, args.dry, steps, bt) for bt in more],
           "decode": lambda: bench_decode(c2c, hf, args.dry, reps),
           "latency": lambda: bench_latency(c2c, args.dry, reps)}
   failed = []
@@ -265,10 +275,10 @@ def main():
       res[name] = {"error": f"{type(e).__name__}: {e}"}
       failed.append(name)
       log(f"{name} FAILED: {type(e).__name__}: {str(e)[:2000]}")
-    if name == "train" and "error" not in res[name]:
-      tr = res[name]
-      tr["peak_tflops"] = peak
-      tr["mfu"] = tr["flops_per_step"] / tr["step_s"] / (peak * 1e12) if peak else None
+    for tr in ([res["train"]] if name == "train" else res[name] if name == "train_more" else []):
+      if isinstance(tr, dict) and "error" not in tr:
+        tr["peak_tflops"] = peak
+        tr["mfu"] = tr["flops_per_step"] / tr["step_s"] / (peak * 1e12) if peak else None
     md = write(res, out)
   log("done")
   print(md)

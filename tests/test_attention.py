@@ -216,9 +216,13 @@ def test_remat_policies_same_gradients():
     return jax.jit(jax.grad(f))(base.params)
 
   ref = grads("none")
+  # 1e-4 of each leaf's scale (the suite's fp32 parity bound). On CPU they agree to 1e-6
+  # absolute; on an H200 fp32 recomputation fuses differently (54 of 8192 elements off by
+  # up to 1.9e-5, leaves of scale 0.4-66). A wrong policy is off by the scale itself.
+  close = lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-5, atol=max(1e-6, 1e-4 * float(np.abs(b).max())))
   for policy in ("full", "dots_saveable", True):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 grads(policy), ref)
+    jax.tree.map(close, grads(policy), ref)
   with pytest.raises(ValueError, match="unknown remat policy"):
     grads("dots")
 
@@ -228,7 +232,8 @@ def test_remat_policies_same_gradients():
 @pytest.mark.parametrize("s,t,window,group", [(128, 128, None, 2), (64, 192, 48, 4)])
 def test_cudnn_equals_einsum_and_gradients_bf16(s, t, window, group):
   """cuDNN's fused attention (bf16) against the einsum reference in fp32 on the same
-  bf16-rounded inputs: left padding (rows that see nothing stay finite), sliding window,
+  bf16-rounded inputs: left padding (rows that see nothing: finite, gradients too),
+  sliding window,
   GQA, a prefill after cached slots (S < T), and the gradients to q, k, v."""
   b, k, h = 2, 2, 64
   write_at = t - s
@@ -242,9 +247,10 @@ def test_cudnn_equals_einsum_and_gradients_bf16(s, t, window, group):
   got = jax.jit(lambda *a: attention.cudnn_attention(*a, mask, scale=scale))(q, kc, vc)
   assert got.dtype == jnp.bfloat16
   got = np.asarray(got, np.float32)
-  assert np.isfinite(got).all(), "rows that see no slot must stay finite (they feed padding)"
+  # rows that see no slot: the uniform average, as the einsum reference gives
+  np.testing.assert_allclose(got, np.asarray(ref), atol=3e-2, rtol=3e-2)
   rows = np.asarray(mask.any(-1))
-  np.testing.assert_allclose(got[rows], np.asarray(ref)[rows], atol=3e-2, rtol=3e-2)
+  assert not rows.all()
 
   w = jnp.asarray(rng.normal(size=ref.shape), jnp.float32) * jnp.asarray(rows)[..., None, None]
   g_ref = jax.grad(lambda *a: jnp.sum(attention.einsum_attention(*a, mask, scale=scale) * w),

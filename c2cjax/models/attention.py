@@ -117,8 +117,18 @@ def chunked_attention(q, k, v, mask, *, scale: float, softcap: float | None = No
 
 
 def cudnn_attention(q, k, v, mask, *, scale: float):
-  """``jax.nn.dot_product_attention`` with cuDNN (raises where cuDNN does not apply)."""
+  """``jax.nn.dot_product_attention`` with cuDNN (raises where cuDNN does not apply).
+
+  A query row that sees no slot (left padding) is given every slot and a zero query, so
+  its logits are all equal: the uniform average the other kernels give. Left to cuDNN,
+  such a row's output is finite but its gradient to ``q`` is NaN (H200, jax 0.11.2), and
+  the NaN reaches the weights through the projections although the row feeds only
+  padding.
+  """
   b, s, kh, g, h = q.shape
+  sees = mask.any(-1)  # [B, S]
+  q = jnp.where(sees[:, :, None, None, None], q, jnp.zeros((), q.dtype))
+  mask = mask | ~sees[..., None]
   return jax.nn.dot_product_attention(
       q.reshape(b, s, kh * g, h), k.transpose(0, 2, 1, 3).astype(q.dtype),
       v.transpose(0, 2, 1, 3).astype(q.dtype), mask=mask[:, None], scale=scale,
