@@ -90,7 +90,10 @@ def train_flops(c2c, batch: int, seq: int, split) -> float:
   return float(p1 + p2)
 
 
-def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None) -> dict:
+def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None,
+                profile: pathlib.Path | None = None) -> dict:
+  """Median step time of the jitted training step; with ``profile``, one more step traced
+  into that folder (``jax.profiler``, perfetto) and summarised by :func:`trace_summary`."""
   from c2cjax import train
   from c2cjax.defaults import train_config
   from train_step import synthetic_batch
@@ -116,11 +119,50 @@ def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None
     times.append(time.perf_counter() - t0)
   med = float(np.median(times))
   stats = jax.devices()[0].memory_stats() or {}
+  traced = None
+  if profile is not None:
+    with jax.profiler.trace(str(profile), create_perfetto_trace=True):
+      state, m = step(state, rp, sp, batch, split=split)
+      jax.block_until_ready(m)
+    traced = trace_summary(profile)
   return {"batch": b, "seq": t, "split": list(split), "compile_and_first_s": first,
+          "profile": traced,
           "step_s": med, "tokens_per_s": b * t / med, "loss": float(m["loss"]),
           "flops_per_step": train_flops(c2c, b, t, split),
           "peak_device_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
           "fuser_params_m": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6}
+
+
+def trace_summary(folder: pathlib.Path, top: int = 25) -> dict:
+  """Per traced process (host threads, each device): the span of its events, the time some
+  event was running (their union) and the longest-running event names. On a GPU the device's
+  busy share of the step's span says whether the step waits on launches and the host."""
+  import collections
+  import gzip
+  import re
+  trace = json.loads(gzip.open(next(folder.rglob("perfetto_trace.json.gz"))).read())
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  names = {e["pid"]: e.get("args", {}).get("name", str(e["pid"])) for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  by_pid = collections.defaultdict(list)
+  for e in events:
+    if e.get("ph") == "X" and "dur" in e:
+      by_pid[e["pid"]].append(e)
+  out = {}
+  for pid, evs in by_pid.items():
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in evs)
+    busy, end = 0.0, -float("inf")
+    for a, b in spans:  # union of the events' intervals
+      if b > end:
+        busy += b - max(a, end)
+        end = b
+    per_name = collections.Counter()
+    for e in evs:
+      per_name[re.sub(r"[._]\d+$", "", e["name"])[:80]] += e["dur"]
+    out[names.get(pid, str(pid))] = {
+        "events": len(evs), "span_ms": (end - spans[0][0]) / 1e3, "busy_ms": busy / 1e3,
+        "top_ms": {k: v / 1e3 for k, v in per_name.most_common(top)}}
+  return out
 
 
 def bench_decode(c2c, hf_configs, dry: bool, reps: int) -> dict:
@@ -238,6 +280,11 @@ def main():
   ap.add_argument("--peak-tflops", type=float, default=None)
   ap.add_argument("--parity", default="not run", help="parity test summary (from device.sh)")
   ap.add_argument("--steps", type=int, default=None)
+  ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
+                  help="which benchmarks to run (default: all)")
+  ap.add_argument("--profile", default=None, metavar="DIR",
+                  help="trace one more step of the paper-shape training step into DIR (a new "
+                       "folder) and summarise it in the JSON (train.profile)")
   ap.add_argument("--more-train", default="", metavar="BxT,...",
                   help="further training-step shapes after the paper's, e.g. 16x512 (their "
                        "peak memory is the process's so far)")
@@ -261,13 +308,16 @@ def main():
                     "host": f"{platform.machine()}, {os.cpu_count()} cores"}}
   peak = _peak(dev.device_kind, args.peak_tflops)
   more = [tuple(int(x) for x in bt.split("x")) for bt in args.more_train.split(",") if bt]
-  runs = {"train": lambda: bench_train(c2c, args.dry, steps),
+  if args.profile and pathlib.Path(args.profile).exists():
+    ap.error(f"--profile {args.profile} already exists; choose a new folder")
+  prof = pathlib.Path(args.profile) if args.profile else None
+  runs = {"train": lambda: bench_train(c2c, args.dry, steps, profile=prof),
           "train_more": lambda: [bench_train(c2c, args.dry, steps, bt) for bt in more],
           "decode": lambda: bench_decode(c2c, hf, args.dry, reps),
           "latency": lambda: bench_latency(c2c, args.dry, reps)}
   failed = []
-  for name in SECTIONS:
-    log(f"models ready; {name}" if name == SECTIONS[0] else name)
+  for i, name in enumerate(n for n in SECTIONS if n in args.sections):
+    log(f"models ready; {name}" if i == 0 else name)
     try:
       res[name] = runs[name]()
     except Exception as e:  # pylint: disable=broad-except
