@@ -8,6 +8,8 @@
 #   benchmarks/device.sh [--dry] [--out DIR] [--peak-tflops X] [--more-train BxT,...]
 #
 # --dry: CPU, tiny shapes, parity tests skipped (CI runs it: tests/test_device_script.py).
+# On a machine whose Python lacks grain or ml_collections and cannot reach a registry,
+# carry the wheels that benchmarks/device_wheels.sh downloads (its header says how).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/device
