@@ -24,6 +24,11 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+for f in device.json device.md parity.txt; do
+  if [ -e "$out/$f" ]; then  # results are never overwritten
+    echo "device.sh: $out/$f exists (an earlier run's); choose a new --out" >&2; exit 2
+  fi
+done
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ ${#dry[@]} -gt 0 ]; then

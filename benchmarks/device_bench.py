@@ -42,6 +42,19 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4":
                "TPU v5p": 459.0, "TPU v6": 918.0}
 
 
+def _shapes(text: str) -> list[tuple[int, int]]:
+  """``"16x512,8x1024"`` -> ``[(16, 512), (8, 1024)]`` (argparse type: a bad value is one
+  line naming it)."""
+  out = []
+  for bt in filter(None, text.split(",")):
+    b, _, t = bt.partition("x")
+    if not (b.isdigit() and t.isdigit() and int(b) > 0 and int(t) >= 4 and int(t) % 2 == 0):
+      raise argparse.ArgumentTypeError(
+          f"{bt!r} is not BxT (batch >= 1, an even sequence length >= 4, e.g. 16x512)")
+    out.append((int(b), int(t)))
+  return out
+
+
 def _peak(device_kind: str, given: float | None) -> float | None:
   if given:
     return given
@@ -285,10 +298,17 @@ def main():
   ap.add_argument("--profile", default=None, metavar="DIR",
                   help="trace one more step of the paper-shape training step into DIR (a new "
                        "folder) and summarise it in the JSON (train.profile)")
-  ap.add_argument("--more-train", default="", metavar="BxT,...",
+  ap.add_argument("--more-train", default=[], type=_shapes, metavar="BxT,...",
                   help="further training-step shapes after the paper's, e.g. 16x512 (their "
                        "peak memory is the process's so far)")
   args = ap.parse_args()
+  for f in ("device.json", "device.md"):
+    if (pathlib.Path(args.out) / f).exists():
+      ap.error(f"{pathlib.Path(args.out) / f} exists (an earlier run's); choose a new --out")
+  if args.profile and pathlib.Path(args.profile).exists():
+    ap.error(f"--profile {args.profile} already exists; choose a new folder")
+  if args.steps is not None and args.steps < 1:
+    ap.error(f"--steps must be >= 1, got {args.steps}")
   from c2cjax.train import llm_dtype
   dtype = llm_dtype("auto")
   dev = jax.devices()[0]
@@ -307,9 +327,7 @@ def main():
                     "flax": flax.__version__, "transformers": transformers.__version__,
                     "host": f"{platform.machine()}, {os.cpu_count()} cores"}}
   peak = _peak(dev.device_kind, args.peak_tflops)
-  more = [tuple(int(x) for x in bt.split("x")) for bt in args.more_train.split(",") if bt]
-  if args.profile and pathlib.Path(args.profile).exists():
-    ap.error(f"--profile {args.profile} already exists; choose a new folder")
+  more = args.more_train
   prof = pathlib.Path(args.profile) if args.profile else None
   runs = {"train": lambda: bench_train(c2c, args.dry, steps, profile=prof),
           "train_more": lambda: [bench_train(c2c, args.dry, steps, bt) for bt in more],

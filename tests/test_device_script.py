@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,3 +25,22 @@ def test_device_script_dry_run(tmp_path):
     assert res["latency"][k] > 0
   md = (tmp_path / "device.md").read_text()
   assert "| train tokens/s |" in md and "DRY RUN" in md
+
+
+def test_device_script_never_overwrites_and_names_bad_flags(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  (tmp_path / "device.json").write_text("{\"earlier\": 1}")
+  script = str(ROOT / "benchmarks" / "device.sh")
+  out = subprocess.run([script, "--dry", "--out", str(tmp_path)], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=str(ROOT))
+  assert out.returncode == 2 and "device.json exists" in out.stderr, out.stderr
+  assert (tmp_path / "device.json").read_text() == "{\"earlier\": 1}"
+  bench = [sys.executable, str(ROOT / "benchmarks" / "device_bench.py"), "--dry"]
+  for args, message in ((["--out", str(tmp_path)], "device.json exists"),
+                        (["--out", str(tmp_path / "new"), "--more-train", "16x"],
+                         "'16x' is not BxT"),
+                        (["--out", str(tmp_path / "new"), "--steps", "0"], "--steps must be >= 1")):
+    out = subprocess.run(bench + args, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+  assert not (tmp_path / "new").exists()
