@@ -106,7 +106,8 @@ def train_flops(c2c, batch: int, seq: int, split) -> float:
 def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None,
                 profile: pathlib.Path | None = None) -> dict:
   """Median step time of the jitted training step; with ``profile``, one more step traced
-  into that folder (``jax.profiler``, perfetto) and summarised by :func:`trace_summary`."""
+  into that folder (``jax.profiler``, perfetto; and the compiled HLO, ``hlo.txt``) and
+  summarised by :func:`trace_summary`."""
   from c2cjax import train
   from c2cjax.defaults import train_config
   from train_step import synthetic_batch
@@ -119,15 +120,16 @@ def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None
   split = train.pass2_split(batch_np, 8)
   batch = jax.tree.map(jnp.asarray, dict(batch_np, sharer_ids=(batch_np["sharer_ids"],)))
   rp, sp = c2c.receiver.params, tuple(s.params for s in c2c.sharers)
-  step = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,), static_argnames=("split",))
   t0 = time.perf_counter()
-  state, m = step(state, rp, sp, batch, split=split)
+  step = jax.jit(train.make_train_step(c2c, tx), donate_argnums=(0,),
+                 static_argnames=("split",)).lower(state, rp, sp, batch, split=split).compile()
+  state, m = step(state, rp, sp, batch)
   jax.block_until_ready(m)
   first = time.perf_counter() - t0
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
-    state, m = step(state, rp, sp, batch, split=split)
+    state, m = step(state, rp, sp, batch)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
   med = float(np.median(times))
@@ -135,8 +137,10 @@ def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None
   traced = None
   if profile is not None:
     with jax.profiler.trace(str(profile), create_perfetto_trace=True):
-      state, m = step(state, rp, sp, batch, split=split)
+      state, m = step(state, rp, sp, batch)
       jax.block_until_ready(m)
+    # the trace names each kernel's HLO op (or command buffer); the HLO says what it is
+    (profile / "hlo.txt").write_text(step.as_text())
     traced = trace_summary(profile)
   return {"batch": b, "seq": t, "split": list(split), "compile_and_first_s": first,
           "profile": traced,
@@ -148,7 +152,8 @@ def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None
 
 def trace_summary(folder: pathlib.Path, top: int = 25) -> dict:
   """Per traced process (host threads, each device): the span of its events, the time some
-  event was running (their union) and the longest-running event names. On a GPU the device's
+  event was running (their union), the longest-running event names and, for device
+  kernels, the HLO ops (or command buffers) they ran for. On a GPU the device's
   busy share of the step's span says whether the step waits on launches and the host."""
   import collections
   import gzip
@@ -169,12 +174,18 @@ def trace_summary(folder: pathlib.Path, top: int = 25) -> dict:
       if b > end:
         busy += b - max(a, end)
         end = b
-    per_name = collections.Counter()
+    per_name, per_op, count = collections.Counter(), collections.Counter(), collections.Counter()
     for e in evs:
       per_name[re.sub(r"[._]\d+$", "", e["name"])[:80]] += e["dur"]
+      op = e.get("args", {}).get("hlo_op")  # device kernels: their HLO op or command buffer
+      if op:
+        per_op[op] += e["dur"]
+        count[op] += 1
     out[names.get(pid, str(pid))] = {
         "events": len(evs), "span_ms": (end - spans[0][0]) / 1e3, "busy_ms": busy / 1e3,
-        "top_ms": {k: v / 1e3 for k, v in per_name.most_common(top)}}
+        "top_ms": {k: v / 1e3 for k, v in per_name.most_common(top)},
+        "top_hlo_ops": {k: {"ms": v / 1e3, "kernels": count[k]}
+                        for k, v in per_op.most_common(top)}}
   return out
 
 
