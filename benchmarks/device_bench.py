@@ -4,8 +4,8 @@
 
   train     the fuser training step (``c2cjax.train``): tokens/s, step time, peak device
             memory, model FLOPs per step and MFU against the device's peak.
-  decode    batch-1 greedy decode tokens/s of the receiver: c2cjax vs transformers
-            (transformers on whatever device torch has here; it is named).
+  decode    batch-1 greedy decode tokens/s of the receiver: c2cjax (stacked and per-layer
+            params) vs transformers (on whatever device torch has here; it is named).
   latency   one batch-1 query: receiver alone vs C2C vs text-to-text.
 
 In that order; a section that fails is recorded with its error and the others still run
@@ -212,7 +212,14 @@ def bench_decode(c2c, hf_configs, dry: bool, reps: int) -> dict:
 
   from c2c_query import best_time
   t_ours, t_hf = best_time(ours, reps), best_time(lambda: (theirs(), 0)[1], reps)
+  # The per-layer layout (params unstacked, layers unrolled): inside nn.scan each layer's
+  # weights are sliced out of the stack every token (on the H200, many small copies).
+  flat = r.with_layout(scan_layers=False)
+  t_flat = best_time(lambda: flat.generate(ids, max_new_tokens=n_new, eos_ids=[],
+                                           return_tokens=True), reps)
+  del flat
   return {"prompt": p, "new_tokens": n_new, "c2cjax_tok_s": n_new / t_ours,
+          "c2cjax_per_layer_tok_s": n_new / t_flat,
           "transformers_tok_s": n_new / t_hf, "transformers_device": dev,
           "ratio": t_hf / t_ours}
 
@@ -262,6 +269,8 @@ def markdown(res: dict) -> str:
   def decode(de):
     return [f"| decode tok/s, c2cjax (batch 1, {de['prompt']}-token prompt) | "
             f"{de['c2cjax_tok_s']:.1f} |",
+            f"| decode tok/s, c2cjax, per-layer params (`scan_layers=False`) | "
+            f"{de['c2cjax_per_layer_tok_s']:.1f} |",
             f"| decode tok/s, transformers ({de['transformers_device']}) | "
             f"{de['transformers_tok_s']:.1f} |"]
 

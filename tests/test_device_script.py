@@ -21,6 +21,7 @@ def test_device_script_dry_run(tmp_path):
   assert tr["step_s"] > 0 and tr["tokens_per_s"] > 0 and tr["flops_per_step"] > 0
   assert tr["split"] == [12, 16]  # pass 2 after the fused prefix at the dry shapes
   assert res["decode"]["c2cjax_tok_s"] > 0 and res["decode"]["transformers_tok_s"] > 0
+  assert res["decode"]["c2cjax_per_layer_tok_s"] > 0
   for k in ("receiver query", "c2c query", "t2t query"):
     assert res["latency"][k] > 0
   md = (tmp_path / "device.md").read_text()
