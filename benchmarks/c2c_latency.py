@@ -45,17 +45,20 @@ import time
 import jax
 import numpy as np
 
+from c2cjax.config_check import count_arg
+
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--fuser", default=None, help="fuser checkpoint (default: fresh, gates open)")
-  ap.add_argument("--questions", type=int, default=20)
-  ap.add_argument("--answer", type=int, nargs="+", default=[32, 64, 128],
+  ap.add_argument("--questions", type=count_arg(1), default=20)
+  ap.add_argument("--answer", type=count_arg(1), nargs="+", default=[32, 64, 128],
                   help="answer token budgets per query")
-  ap.add_argument("--background", type=int, default=64, help="T2T background tokens")
+  ap.add_argument("--background", type=count_arg(1), default=64, help="T2T background tokens")
   ap.add_argument("--shapes", choices=["arc", "paper", "original"], default="arc")
-  ap.add_argument("--prompt", type=int, default=124, help="prompt tokens (paper/original)")
-  ap.add_argument("--reps", type=int, default=3, help="timed queries (paper/original; best)")
+  ap.add_argument("--prompt", type=count_arg(1), default=124, help="prompt tokens (paper/original)")
+  ap.add_argument("--reps", type=count_arg(1), default=3,
+                  help="timed queries (paper/original; best)")
   ap.add_argument("--layout", choices=["scanned", "unscanned"], default="scanned",
                   help="receiver params stacked under nn.scan or one block per layer "
                        "(paper/original)")

@@ -27,12 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from c2cjax.config_check import count_arg
+
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--fuser", default="runs/local/fuser")
-  ap.add_argument("--questions", type=int, default=64)
-  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--questions", type=count_arg(1), default=64)
+  ap.add_argument("--batch", type=count_arg(1), default=8)
   args = ap.parse_args()
 
   from c2cjax import load_model, offline

@@ -37,6 +37,8 @@ import time
 
 import jax
 
+from c2cjax.config_check import count_arg
+
 
 def measure_bandwidth(mb: int = 1024, reps: int = 10) -> float:
   """Bytes/s of a large streaming read on all cores.
@@ -107,9 +109,9 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--model", default="smollm2")
   ap.add_argument("--new", type=int, default=64)
-  ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-  ap.add_argument("--reps", type=int, default=3)
-  ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[0])
+  ap.add_argument("--batches", type=count_arg(1), nargs="+", default=[1, 8])
+  ap.add_argument("--reps", type=count_arg(1), default=3)
+  ap.add_argument("--prompt-tokens", type=count_arg(0), nargs="+", default=[0])
   ap.add_argument("--layouts", nargs="+", default=["scanned"],
                   choices=["scanned", "unscanned", "unscanned-bf16"])
   ap.add_argument("--ab", type=int, default=0, metavar="N",

@@ -36,6 +36,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from c2cjax.config_check import count_arg  # pylint: disable=wrong-import-position
+
 # Dense bf16 peak TFLOP/s by device kind (vendor data sheets); --peak-tflops overrides.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
                "A10": 125.0, "V100": 125.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
@@ -312,7 +314,7 @@ def main():
   ap.add_argument("--dry", action="store_true")
   ap.add_argument("--peak-tflops", type=float, default=None)
   ap.add_argument("--parity", default="not run", help="parity test summary (from device.sh)")
-  ap.add_argument("--steps", type=int, default=None)
+  ap.add_argument("--steps", type=count_arg(1), default=None)
   ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                   help="which benchmarks to run (default: all)")
   ap.add_argument("--profile", default=None, metavar="DIR",
@@ -327,8 +329,6 @@ def main():
       ap.error(f"{pathlib.Path(args.out) / f} exists (an earlier run's); choose a new --out")
   if args.profile and pathlib.Path(args.profile).exists():
     ap.error(f"--profile {args.profile} already exists; choose a new folder")
-  if args.steps is not None and args.steps < 1:
-    ap.error(f"--steps must be >= 1, got {args.steps}")
   from c2cjax.train import llm_dtype
   dtype = llm_dtype("auto")
   dev = jax.devices()[0]

@@ -16,6 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from c2cjax.config_check import count_arg
+
 
 def gflops(n: int, reps: int) -> float:
   x = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
@@ -31,8 +33,8 @@ def gflops(n: int, reps: int) -> float:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
-  p.add_argument("--reps", type=int, default=5)
+  p.add_argument("--sizes", type=count_arg(1), nargs="+", default=[1024, 2048, 4096])
+  p.add_argument("--reps", type=count_arg(1), default=5)
   args = p.parse_args()
   if min(args.sizes) < 1 or args.reps < 1:
     p.error(f"--sizes and --reps must be positive, got sizes {args.sizes}, reps {args.reps}")

@@ -4,6 +4,7 @@
   raises one :class:`ConfigError` listing every bad field, one line each.
 * :func:`unknown_field_message` turns an unknown ``--config.x`` into one line with the
   nearest real fields.
+* :func:`count_arg` is an argparse type for counts (the CLIs' and benchmarks' flags).
 * :func:`flatten` / :func:`differences` compare two configs field by field (dotted names);
   :data:`SAFE_TO_CHANGE` names the fields a resumed run may change with
   ``--allow_config_change`` and why each is safe.
@@ -11,9 +12,24 @@
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
 from typing import Any, Callable, Mapping
+
+def count_arg(lo: int):
+  """An argparse type: an integer >= ``lo`` (a bad count is a usage error, exit 2, one line
+  naming the flag, before anything loads)."""
+  def parse(text: str) -> int:
+    try:
+      v = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < lo:
+      raise argparse.ArgumentTypeError(f"{v} must be >= {lo}")
+    return v
+  return parse
+
 
 LLM_DTYPES = ("auto", "float32", "bfloat16")
 LAYER_MAPS = ("last_aligned", "k_nearest", "last_aligned_clamped")

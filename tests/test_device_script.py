@@ -40,7 +40,8 @@ def test_device_script_never_overwrites_and_names_bad_flags(tmp_path):
   for args, message in ((["--out", str(tmp_path)], "device.json exists"),
                         (["--out", str(tmp_path / "new"), "--more-train", "16x"],
                          "'16x' is not BxT"),
-                        (["--out", str(tmp_path / "new"), "--steps", "0"], "--steps must be >= 1")):
+                        (["--out", str(tmp_path / "new"), "--steps", "0"],
+                         "--steps: 0 must be >= 1")):
     out = subprocess.run(bench + args, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr

@@ -11,20 +11,8 @@ from collections.abc import Sequence
 import jax
 
 from c2cjax import files
+from c2cjax.config_check import count_arg
 from c2cjax.analysis import plots
-
-
-def _count(lo: int):
-  """An argparse type: an integer >= ``lo`` (a bad count is a usage error, exit 2)."""
-  def parse(text: str) -> int:
-    try:
-      v = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < lo:
-      raise argparse.ArgumentTypeError(f"{v} must be >= {lo}")
-    return v
-  return parse
 
 
 def _models(args, sharer: bool = True):
@@ -154,20 +142,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmark", default="arc_challenge", help="questions / prompt texts")
     if name != "enrichment":
       s.add_argument("--sharer", default="offline:gemma3", help="model spec, or 'self'")
-      s.add_argument("--texts", type=_count(1), default=40, help="prompts to read")
-  subs["enrichment"].add_argument("--limit", type=_count(1), default=50, help="questions scored")
-  subs["enrichment"].add_argument("--shots", type=_count(0), default=3)
+      s.add_argument("--texts", type=count_arg(1), default=40, help="prompts to read")
+  subs["enrichment"].add_argument("--limit", type=count_arg(1), default=50, help="questions scored")
+  subs["enrichment"].add_argument("--shots", type=count_arg(0), default=3)
   subs["enrichment"].add_argument("--no-layers", action="store_true",
                                   help="skip single-layer enrichment (groups only)")
   subs["transform"].add_argument("--pair", type=int, default=-1,
                                  help="index into the last_aligned layer map (default the last)")
-  subs["transform"].add_argument("--steps", type=_count(1), default=500)
-  subs["transform"].add_argument("--hidden", type=_count(1), default=256)
+  subs["transform"].add_argument("--steps", type=count_arg(1), default=500)
+  subs["transform"].add_argument("--hidden", type=count_arg(1), default=256)
   subs["rank"].add_argument("--fuser", default=None,
                             help="fuser checkpoint (default: a fresh one with open gates)")
-  subs["probe"].add_argument("--train", type=_count(1), default=600,
+  subs["probe"].add_argument("--train", type=count_arg(1), default=600,
                              help="training-split questions (closed-vocabulary attributes)")
-  subs["probe"].add_argument("--test", type=_count(1), default=400, help="held-out questions")
+  subs["probe"].add_argument("--test", type=count_arg(1), default=400, help="held-out questions")
   subs["probe"].add_argument("--sharer-only", action="store_true",
                              help="probe the sharer only (not the receiver reading the same)")
   subs["gates"].add_argument("--fuser", required=True, help="fuser checkpoint (fuse.save)")
