@@ -881,21 +881,23 @@ def report(spec: dict, results: dict[str, dict]) -> None:
 
 
 def main():
+  sys.path.insert(0, str(ROOT))
+  from c2cjax.config_check import count_arg  # pylint: disable=import-outside-toplevel
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--config", default=str(ROOT / "configs" / "local.py"))
-  ap.add_argument("--accum", type=int, default=1, help="A: micro-batches per step")
+  ap.add_argument("--accum", type=count_arg(1), default=1, help="A: micro-batches per step")
   ap.add_argument("--shapes", choices=sorted(SHAPES), default="local",
                   help="; ".join(f"{k}: {v}" for k, v in SHAPES.items()))
-  ap.add_argument("--batch", type=int, default=4, help="B: rows per micro-batch")
+  ap.add_argument("--batch", type=count_arg(1), default=4, help="B: rows per micro-batch")
   ap.add_argument("--seq", type=int, default=None,
                   help="T: tokens per row (default 128 local, 256 paper/original)")
-  ap.add_argument("--pass2-parts", type=int, default=8,
+  ap.add_argument("--pass2-parts", type=count_arg(0), default=8,
                   help="pass 2 after the fused prefix at multiples of T / this (both "
                        "frameworks); 0: rerun the whole sequence")
-  ap.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
-  ap.add_argument("--rounds", type=int, default=1,
+  ap.add_argument("--steps", type=count_arg(1), default=10, help="timed steps (median reported)")
+  ap.add_argument("--rounds", type=count_arg(1), default=1,
                   help="run the frameworks alternately this many times (steps pooled)")
-  ap.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
+  ap.add_argument("--warmup", type=count_arg(0), default=2, help="untimed steps after compile")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--frameworks", nargs="+", default=["jax", "torch"],
                   choices=["jax", "torch"])
@@ -905,7 +907,7 @@ def main():
   ap.add_argument("--jax-imports-torch", action="store_true",
                   help="let the JAX process import torch, as transformers does when torch "
                        "is installed (default: hidden there, as on an install without it)")
-  ap.add_argument("--xla-ab", type=int, default=0, metavar="N",
+  ap.add_argument("--xla-ab", type=count_arg(0), default=0, metavar="N",
                   help="JAX only: compile the step under each XLA:CPU option set (XLA's "
                        "default, YNNPACK off, YNNPACK for dots only) and time N paired rounds")
   ap.add_argument("--original", nargs="+", default=None, metavar="JSON",
@@ -922,12 +924,6 @@ def main():
   ap.add_argument("--_child", choices=["jax", "torch"], help=argparse.SUPPRESS)
   ap.add_argument("--_spec", help=argparse.SUPPRESS)
   args = ap.parse_args()
-  if args.rounds < 1:
-    ap.error(f"--rounds must be >= 1, got {args.rounds}")
-  if args.steps < 1 or args.warmup < 0:
-    ap.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
-  if args.xla_ab < 0:
-    ap.error(f"--xla-ab must be >= 0, got {args.xla_ab}")
   for path in args.original or ():
     if args.shapes != "original":
       ap.error("--original goes with --shapes original")

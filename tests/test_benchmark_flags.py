@@ -19,6 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ("decode.py", ["--batches", "x"], "argument --batches: 'x' is not an integer"),
     ("matmul_peak.py", ["--sizes", "0"], "argument --sizes: 0 must be >= 1"),
     ("c2c_prefill_parts.py", ["--batch", "0"], "argument --batch: 0 must be >= 1"),
+    ("train_step.py", ["--batch", "0"], "argument --batch: 0 must be >= 1"),
+    ("train_step.py", ["--accum", "-1"], "argument --accum: -1 must be >= 1"),
 ])
 def test_bad_count_is_one_usage_line(script, args, message):
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
