@@ -17,6 +17,7 @@ import difflib
 import math
 from typing import Any, Callable, Mapping
 
+
 def count_arg(lo: int):
   """An argparse type: an integer >= ``lo`` (a bad count is a usage error, exit 2, one line
   naming the flag, before anything loads)."""

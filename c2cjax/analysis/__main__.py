@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import jax
 
 from c2cjax import files
-from c2cjax.config_check import count_arg
 from c2cjax.analysis import plots
+from c2cjax.config_check import count_arg
 
 
 def _models(args, sharer: bool = True):
