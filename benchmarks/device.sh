@@ -29,8 +29,10 @@ for f in device.json device.md parity.txt; do
     echo "device.sh: $out/$f exists (an earlier run's); choose a new --out" >&2; exit 2
   fi
 done
-mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# a bad flag or --out is one line now, not after minutes of parity tests
+python3 benchmarks/device_bench.py --check-args --out "$out" "${dry[@]}" "${extra[@]}"
+mkdir -p "$out"
 if [ ${#dry[@]} -gt 0 ]; then
   export JAX_PLATFORMS=cpu
   parity="skipped (--dry)"

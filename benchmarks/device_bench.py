@@ -308,6 +308,14 @@ def write(res: dict, out: pathlib.Path) -> str:
   return md
 
 
+def _interrupted(where: str) -> None:
+  """One line and exit 130. os._exit: a normal exit tears the interpreter down under XLA's
+  threads mid-run and can segfault (as c2cjax.train's stop does)."""
+  print(f"device_bench.py: interrupted {where}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(130)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", required=True)
@@ -320,6 +328,9 @@ def main():
   ap.add_argument("--profile", default=None, metavar="DIR",
                   help="trace one more step of the paper-shape training step into DIR (a new "
                        "folder) and summarise it in the JSON (train.profile)")
+  ap.add_argument("--check-args", action="store_true",
+                  help="only check the arguments and --out, then exit (device.sh runs this "
+                       "before the parity tests)")
   ap.add_argument("--more-train", default=[], type=_shapes, metavar="BxT,...",
                   help="further training-step shapes after the paper's, e.g. 16x512 (their "
                        "peak memory is the process's so far)")
@@ -329,6 +340,10 @@ def main():
       ap.error(f"{pathlib.Path(args.out) / f} exists (an earlier run's); choose a new --out")
   if args.profile and pathlib.Path(args.profile).exists():
     ap.error(f"--profile {args.profile} already exists; choose a new folder")
+  if pathlib.Path(args.out).exists() and not pathlib.Path(args.out).is_dir():
+    ap.error(f"--out {args.out} is a file; give a folder")
+  if args.check_args:
+    return
   from c2cjax.train import llm_dtype
   dtype = llm_dtype("auto")
   dev = jax.devices()[0]
@@ -337,7 +352,10 @@ def main():
   t0 = time.perf_counter()
   log = lambda what: print(f"[{time.perf_counter() - t0:6.1f} s] {what}", file=sys.stderr,
                            flush=True)
-  c2c, hf = _models(args.dry, dtype)
+  try:
+    c2c, hf = _models(args.dry, dtype)
+  except KeyboardInterrupt:
+    _interrupted("while building the models; nothing measured, nothing written")
   import flax
   import transformers
   res = {"date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -358,6 +376,9 @@ def main():
     log(f"models ready; {name}" if i == 0 else name)
     try:
       res[name] = runs[name]()
+    except KeyboardInterrupt:  # Ctrl-C: keep what was measured
+      write(res, out)
+      _interrupted(f"during {name}; the sections before it are in {out / 'device.json'}")
     except Exception as e:  # pylint: disable=broad-except
       # one section's failure (an out-of-memory, a missing kernel) must not lose the others
       res[name] = {"error": f"{type(e).__name__}: {e}"}

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -46,3 +47,31 @@ def test_device_script_never_overwrites_and_names_bad_flags(tmp_path):
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
   assert not (tmp_path / "new").exists()
+
+
+def test_device_bench_checks_out_first_and_keeps_what_it_measured_on_ctrl_c(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  bench = [sys.executable, str(ROOT / "benchmarks" / "device_bench.py"), "--dry"]
+  plain = tmp_path / "plain"
+  plain.write_text("not a folder")
+  out = subprocess.run(bench + ["--out", str(plain)], env=env, capture_output=True, text=True,
+                       timeout=60)
+  assert out.returncode == 2 and "is a file; give a folder" in out.stderr, out.stderr
+  # device.sh checks its flags before the (minutes of) parity tests
+  out = subprocess.run([str(ROOT / "benchmarks" / "device.sh"), "--out", str(tmp_path / "x"),
+                        "--peak-tflops", "abc"], env=env, capture_output=True, text=True,
+                       timeout=60, cwd=str(ROOT))
+  assert out.returncode == 2 and "invalid float value: 'abc'" in out.stderr, out.stderr
+  assert not (tmp_path / "x").exists()
+  # Ctrl-C during the first benchmark: one line, exit 130, what came before it kept
+  proc = subprocess.Popen(bench + ["--out", str(tmp_path / "run")], env=env, text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  for line in proc.stderr:
+    if "models ready; train" in line:
+      proc.send_signal(signal.SIGINT)
+      break
+  rest = proc.stderr.read()
+  assert proc.wait(timeout=120) == 130, rest
+  assert "interrupted during train" in rest and "Traceback" not in rest, rest
+  res = json.loads((tmp_path / "run" / "device.json").read_text())
+  assert res["dry"] and "train" not in res
