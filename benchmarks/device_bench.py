@@ -317,6 +317,18 @@ def _interrupted(where: str) -> None:
 
 
 def main():
+  # The signal is recorded as well as raised: a KeyboardInterrupt raised inside a garbage
+  # collector callback (jax's _xla_gc_callback) is printed and dropped, and the run would
+  # go on; the record stops it after the section in progress.
+  from c2cjax.rundir import StopSignals  # pylint: disable=import-outside-toplevel
+  default_hook = sys.unraisablehook
+  sys.unraisablehook = lambda u: (None if isinstance(u.exc_value, KeyboardInterrupt)
+                                  else default_hook(u))  # that one is handled: no traceback
+  with StopSignals() as stop:
+    _main(stop)
+
+
+def _main(stop):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", required=True)
   ap.add_argument("--dry", action="store_true")
@@ -389,6 +401,8 @@ def main():
         tr["peak_tflops"] = peak
         tr["mfu"] = tr["flops_per_step"] / tr["step_s"] / (peak * 1e12) if peak else None
     md = write(res, out)
+    if stop.signum is not None:  # a Ctrl-C that XLA's gc callback swallowed
+      _interrupted(f"after {name}; the sections measured are in {out / 'device.json'}")
   log("done")
   print(md)
   if failed:

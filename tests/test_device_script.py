@@ -63,7 +63,9 @@ def test_device_bench_checks_out_first_and_keeps_what_it_measured_on_ctrl_c(tmp_
                        timeout=60, cwd=str(ROOT))
   assert out.returncode == 2 and "invalid float value: 'abc'" in out.stderr, out.stderr
   assert not (tmp_path / "x").exists()
-  # Ctrl-C during the first benchmark: one line, exit 130, what came before it kept
+  # Ctrl-C during the first benchmark: one line, exit 130, what came before it kept. A
+  # Ctrl-C that lands in jax's gc callback is dropped there; the run then stops after the
+  # section in progress, with that section kept.
   proc = subprocess.Popen(bench + ["--out", str(tmp_path / "run")], env=env, text=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   for line in proc.stderr:
@@ -72,6 +74,11 @@ def test_device_bench_checks_out_first_and_keeps_what_it_measured_on_ctrl_c(tmp_
       break
   rest = proc.stderr.read()
   assert proc.wait(timeout=120) == 130, rest
-  assert "interrupted during train" in rest and "Traceback" not in rest, rest
+  assert "Traceback" not in rest, rest
   res = json.loads((tmp_path / "run" / "device.json").read_text())
-  assert res["dry"] and "train" not in res
+  assert res["dry"] and "decode" not in res
+  if "interrupted during train" in rest:
+    assert "train" not in res
+  else:
+    assert "interrupted after train" in rest, rest
+    assert res["train"]["step_s"] > 0
