@@ -9,6 +9,12 @@ written once by ``tests/fixtures/rosetta/export_hf.py`` in the main environment)
 
 and beside it ``python3 benchmarks/c2c_latency.py --shapes original`` for c2cjax.
 
+``--pair paper --hf DIR --device cuda --dtype bfloat16`` (``benchmarks/device_release.sh``):
+random Qwen3-0.6B <- Qwen2.5-0.5B-Instruct (``benchmarks/paper_hf.py``) on a GPU, queried with
+the ids ``c2c_query.py --shapes paper`` uses (seeded random ids: those models have no real
+tokenizer), laid out as the evaluator lays out a one-tokenizer pair's generate inputs (every
+prompt slot but the last fused); timings synchronised with the device.
+
 What runs, all the released code's own classes (``rosetta`` at /work/rosetta-src), fp32 on CPU,
 ``torch.inference_mode``, torch's default thread count (all cores; ``--threads`` only for a
 smoke run on a busy machine: there, threads waiting on a busy core make each small decode op
@@ -78,12 +84,11 @@ def load(args):
   U, E = fixture.released_evaluator(args.rosetta)
   from rosetta.model.wrapper import RosettaModel
 
-  slm_dir = os.path.join(args.hf, "SmolLM2-135M-Instruct")
-  llm_dir = os.path.join(args.hf, "gemma-3-270m")
   generation = {"do_sample": False}
   models, toks = [], []
-  for d in (slm_dir, llm_dir):
-    m = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()
+  for d in pair_dirs(args):
+    m = transformers.AutoModelForCausalLM.from_pretrained(
+        d, torch_dtype=getattr(torch, args.dtype)).eval()
     E.apply_generation_config(m, generation)
     tok = transformers.AutoTokenizer.from_pretrained(d)
     if tok.pad_token is None:
@@ -92,8 +97,9 @@ def load(args):
     models.append(m)
     toks.append(tok)
   projectors, mapping = fixture.make_projectors(models[0].config, models[1].config, HIDDEN)
+  projectors = [p.to(getattr(torch, args.dtype)) for p in projectors]  # as setup_models's dtype
   model = RosettaModel(models, base_model_idx=0, projector_list=projectors,
-                       multi_source_fusion_mode="sequential").eval()
+                       multi_source_fusion_mode="sequential").eval().to(args.device)
   fixture.set_layer_map(model, mapping)
   evaluator = U.UnifiedEvaluator.__new__(U.UnifiedEvaluator)
   evaluator.model_config = {"rosetta_config": {"alignment_strategy": fixture.STRATEGY}}
@@ -101,22 +107,42 @@ def load(args):
   return model, toks, evaluator, mapping
 
 
+def paper_inputs(prompt: int, vocab: int, device: str) -> dict:
+  """``--pair paper``: the ids ``c2c_query.py --shapes paper`` queries (``prompt`` seeded
+  random ids; its models have no tokenizer), in the evaluator's same-tokenizer generate layout
+  (``prepare_model_inputs`` without an aligner: one ``input_ids`` for both models, positions
+  from the mask, every slot but the last fused)."""
+  import numpy as np
+  ids = np.random.default_rng(0).integers(100, vocab, (1, prompt))
+  ids = torch.tensor(ids, dtype=torch.long, device=device)
+  mask = torch.ones_like(ids)
+  return {"input_ids": ids, "attention_mask": mask, "position_ids": mask.cumsum(-1) - 1,
+          "kv_cache_index": [torch.tensor([[[1, 0]] * (prompt - 1)], device=device),
+                             torch.tensor([[[-1, 0]]], device=device)]}
+
+
 def measure(model, tok, evaluator, sharer_tok, text, plain, n: int, reps: int,
-            fuse: str = "release") -> dict:
-  """Seconds per query / prefill of C2C and the receiver alone (module doc)."""
-  c2c_in = evaluator.prepare_model_inputs(text, tok, torch.device("cpu"), "rosetta", sharer_tok,
-                                          "generate")["inputs"]
-  if fuse == "all-but-last":  # c2cjax's "offsets" scheme's fused slots, in the release format
-    p = c2c_in["input_ids"][0].shape[1]
-    c2c_in["kv_cache_index"] = [torch.tensor([[[1, 0]] * (p - 1)]), torch.tensor([[[-1, 0]]])]
+            fuse: str = "release", args=None, c2c_in=None) -> dict:
+  """Seconds per query / prefill of C2C and the receiver alone (module doc); ``c2c_in``
+  given (``--pair paper``) replaces the evaluator's inputs."""
+  device = args.device if args is not None else "cpu"
+  if c2c_in is None:
+    c2c_in = evaluator.prepare_model_inputs(text, tok, torch.device(device), "rosetta",
+                                            sharer_tok, "generate")["inputs"]
+    if fuse == "all-but-last":  # c2cjax's "offsets" scheme's fused slots, in release format
+      p = c2c_in["input_ids"][0].shape[1]
+      c2c_in["kv_cache_index"] = [torch.tensor([[[1, 0]] * (p - 1)], device=device),
+                                  torch.tensor([[[-1, 0]]], device=device)]
   receiver = model.model_list[0]
-  plain = torch.tensor([plain])
+  plain = torch.tensor([plain], device=device)
   pad = tok.pad_token_id
+  sync = (lambda f: lambda: (f(), synchronize(args))) if args is not None else (lambda f: f)
 
   def c2c_query():
     out = model.generate(**c2c_in, max_new_tokens=n, do_sample=False, eos_token_id=[],
                          pad_token_id=pad)
-    assert out.shape[1] == c2c_in["input_ids"][0].shape[1] + n, out.shape
+    ids = c2c_in["input_ids"]
+    assert out.shape[1] == (ids if torch.is_tensor(ids) else ids[0]).shape[1] + n, out.shape
 
   def receiver_query():
     out = receiver.generate(input_ids=plain, attention_mask=torch.ones_like(plain),
@@ -125,34 +151,40 @@ def measure(model, tok, evaluator, sharer_tok, text, plain, n: int, reps: int,
     assert out.shape[1] == plain.shape[1] + n, out.shape
 
   times = {
-      "receiver prefill": best_time(lambda: receiver(input_ids=plain, use_cache=True), reps),
-      "c2c prefill": best_time(lambda: model.forward(**c2c_in, use_cache=True), reps),
-      "receiver query": best_time(receiver_query, reps),
-      "c2c query": best_time(c2c_query, reps),
+      "receiver prefill": best_time(sync(lambda: receiver(input_ids=plain, use_cache=True)),
+                                    reps),
+      "c2c prefill": best_time(sync(lambda: model.forward(**c2c_in, use_cache=True)), reps),
+      "receiver query": best_time(sync(receiver_query), reps),
+      "c2c query": best_time(sync(c2c_query), reps),
   }
   for k in ("receiver", "c2c"):
     times[f"{k} decode ms/token"] = (1e3 * (times[f"{k} query"] - times[f"{k} prefill"])
                                      / max(n - 1, 1))
   sections = [int(s.shape[1]) for s in c2c_in["kv_cache_index"]]
   fused = [int(s[0, 0, 0]) > 0 for s in c2c_in["kv_cache_index"]]
-  counts = {"receiver plain": plain.shape[1], "c2c receiver": int(c2c_in["input_ids"][0].shape[1]),
-            "c2c receiver unpadded": int(c2c_in["attention_mask"][0].sum()),
-            "c2c sharer": int(c2c_in["input_ids"][1].shape[1]),
-            "c2c sharer unpadded": int(c2c_in["attention_mask"][1].sum()),
+  ids, masks = c2c_in["input_ids"], c2c_in["attention_mask"]
+  if torch.is_tensor(ids):  # one tokenizer: both models read the same row
+    ids, masks = [ids, ids], [masks, masks]
+  counts = {"receiver plain": plain.shape[1], "c2c receiver": int(ids[0].shape[1]),
+            "c2c receiver unpadded": int(masks[0].sum()),
+            "c2c sharer": int(ids[1].shape[1]),
+            "c2c sharer unpadded": int(masks[1].sum()),
             "sections": sections, "fused sections": fused}
   return times, counts
 
 
 def machine() -> dict:
+  """The host (and the first GPU's name where torch sees one)."""
   cpu = platform.processor()
   try:
     with open("/proc/cpuinfo") as f:
       cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
   except (OSError, StopIteration):
     pass
+  gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
   return {"machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count(),
           "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-          "python": platform.python_version()}
+          "python": platform.python_version(), "gpu": gpu}
 
 
 def rosetta_commit(path):
@@ -164,12 +196,32 @@ def rosetta_commit(path):
 
 
 PAIR_DIRS = ("SmolLM2-135M-Instruct", "gemma-3-270m")  # receiver, sharer (export_hf.py)
+PAPER_DIRS = ("qwen3-0.6b", "qwen2.5-0.5b-instruct")  # receiver, sharer (paper_hf.py)
+
+
+def pair_dirs(args) -> tuple[str, str]:
+  """The receiver's and the sharer's HF folders under ``--hf`` for ``--pair``."""
+  names = PAPER_DIRS if args.pair == "paper" else PAIR_DIRS
+  return tuple(os.path.join(args.hf, n) for n in names)
+
+
+def synchronize(args) -> None:
+  """Waits for the device's queued work (GPU timings; nothing on the CPU)."""
+  if args.device == "cuda":
+    torch.cuda.synchronize()
 
 
 def add_release_args(ap: argparse.ArgumentParser) -> None:
   """``--hf``, ``--rosetta`` and ``--threads``: what every released-code benchmark takes."""
   ap.add_argument("--hf", default=os.path.expanduser("~/.cache/c2cjax/hf"),
-                  help="fp32 HF folders of the offline pair (export_hf.py)")
+                  help="HF folders of --pair: the offline pair's (export_hf.py) or the paper "
+                       "pair's (paper_hf.py)")
+  ap.add_argument("--pair", choices=["offline", "paper"], default="offline",
+                  help="offline: SmolLM2-135M <- Gemma-3-270M (real weights); paper: random "
+                       "Qwen3-0.6B <- Qwen2.5-0.5B-Instruct at their published configs")
+  ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+  ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                  help="models and projectors (the release trains in bfloat16 on GPUs)")
   ap.add_argument("--rosetta", default="/work/rosetta-src", help="the released code's checkout")
   ap.add_argument("--threads", type=int, default=None,
                   help="torch threads (default: torch's, all cores; fewer only on a busy machine)")
@@ -180,9 +232,14 @@ def check_release_args(ap: argparse.ArgumentParser, args) -> None:
   sets ``--threads``."""
   if args.json and os.path.exists(args.json):
     ap.error(f"--json {args.json} exists; not overwriting it")
-  for d in PAIR_DIRS:
-    if not os.path.isdir(os.path.join(args.hf, d)):
-      ap.error(f"no {d} in --hf {args.hf}: run python3 tests/fixtures/rosetta/export_hf.py")
+  maker = ("benchmarks/paper_hf.py DIR" if args.pair == "paper" else
+           "tests/fixtures/rosetta/export_hf.py")
+  for d in pair_dirs(args):
+    if not os.path.isdir(d):
+      ap.error(f"no {os.path.basename(d)} in --hf {args.hf} (--pair {args.pair}): run "
+               f"python3 {maker}")
+  if args.device == "cuda" and not torch.cuda.is_available():
+    ap.error("--device cuda: torch sees no CUDA device")
   if args.threads is not None:
     torch.set_num_threads(args.threads)
 
@@ -207,11 +264,17 @@ def main():
   start = time.perf_counter()
   with torch.inference_mode():
     model, (tok, sharer_tok), evaluator, mapping = load(args)
-    chat = lambda t: tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True,
-                                             add_generation_prompt=True, enable_thinking=False)
-    text, plain = shortest(args.prompt, chat, len)
+    c2c_in = None
+    if args.pair == "paper":  # random ids (paper_inputs), as c2cjax's paper-shape query
+      c2c_in = paper_inputs(args.prompt, model.model_list[0].config.vocab_size, args.device)
+      text, plain = f"<{args.prompt} random ids>", c2c_in["input_ids"][0].tolist()
+    else:
+      chat = lambda t: tok.apply_chat_template([{"role": "user", "content": t}],
+                                               tokenize=True, add_generation_prompt=True,
+                                               enable_thinking=False)
+      text, plain = shortest(args.prompt, chat, len)
     times, counts = measure(model, tok, evaluator, sharer_tok, text, list(plain), args.answer,
-                            args.reps, args.fuse)
+                            args.reps, args.fuse, args, c2c_in)
   n = args.answer
   params = sum(p.numel() for p in model.projector_list.parameters())
   commit = rosetta_commit(args.rosetta)
@@ -219,33 +282,41 @@ def main():
 
   print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load "
         f"average {' '.join(f'{x:.2f}' for x in info['load_average'])}")
-  print(f"machine: {info['machine']}, {info['cpu']}, {info['cores']} cores; torch "
+  device = f"cuda ({info['gpu']})" if args.device == "cuda" else "cpu"
+  print(f"machine: {info['machine']}, {info['cpu']}, {info['cores']} cores; device {device}; torch "
         f"{torch.__version__} ({info['torch_threads']} threads), transformers "
         f"{transformers.__version__}, rosetta {commit or 'unknown commit'}")
-  print(f"original code: receiver SmolLM2-135M-Instruct, sharer Gemma-3-270M, float32; "
+  receiver_dir, sharer_dir = (os.path.basename(d) for d in pair_dirs(args))
+  print(f"original code: receiver {receiver_dir}, sharer {sharer_dir}, {args.dtype}; "
         f"C2CProjector hidden {HIDDEN} x 3 layers, {len(model.projector_list)} projectors, "
         f"{sum(len(v) for v in mapping.values())} pairs, gates open, {params / 1e6:.0f}M params")
-  print(f"batch 1, prompt {len(text.split())} words: receiver alone {counts['receiver plain']} "
+  words = "random ids" if args.pair == "paper" else f"{len(text.split())} words"
+  layout = ("the evaluator's one-tokenizer layout, all but the last slot fused"
+            if args.pair == "paper" else f"--fuse {args.fuse}")
+  print(f"batch 1, prompt {words}: receiver alone {counts['receiver plain']} "
         f"tokens; C2C receiver {counts['c2c receiver']} slots ({counts['c2c receiver unpadded']} "
         f"unpadded), sharer {counts['c2c sharer']} slots ({counts['c2c sharer unpadded']} "
         f"unpadded), sections {counts['sections']} fused {counts['fused sections']} "
-        f"(--fuse {args.fuse})")
+        f"({layout})")
   print(f"answer {n} tokens, greedy, EOS ignored; best of {args.reps} after a warm-up\n")
   print("| system | query s | prefill s | decode ms/token |")
   print("|---|---:|---:|---:|")
   for k, name in (("receiver", "receiver (transformers generate)"),
                   ("c2c", "c2c (RosettaModel.generate)")):
-    print(f"| {name} | {times[f'{k} query']:.2f} | {times[f'{k} prefill']:.2f} | "
+    print(f"| {name} | {times[f'{k} query']:.3f} | {times[f'{k} prefill']:.3f} | "
           f"{times[f'{k} decode ms/token']:.1f} |")
-  original = {"query_s": round(times["c2c query"], 2), "prefill_s": round(times["c2c prefill"], 2),
+  digits = 3 if args.device == "cuda" else 2
+  original = {"query_s": round(times["c2c query"], digits),
+              "prefill_s": round(times["c2c prefill"], digits),
               "decode_ms": round(times["c2c decode ms/token"], 1),
-              "receiver_hf_s": round(times["receiver query"], 2)}
+              "receiver_hf_s": round(times["receiver query"], digits)}
   print(f"\nORIGINAL = {original}")
   print(f"(whole run {time.perf_counter() - start:.0f} s)")
   if args.json:
     record = {"command": " ".join([sys.executable] + sys.argv), "times_s": times,
               "original": original, "tokens": counts, "prompt_text": text, "answer": n,
-              "reps": args.reps, "fuse": args.fuse, "hidden_dim": HIDDEN,
+              "reps": args.reps, "fuse": args.fuse, "hidden_dim": HIDDEN, "pair": args.pair,
+              "device": args.device, "dtype": args.dtype,
               "projectors": len(model.projector_list),
               "projector_params": params, "layer_map": mapping, "torch": torch.__version__,
               "transformers": transformers.__version__, "rosetta_commit": commit, **info,

@@ -7,6 +7,13 @@ written once by ``tests/fixtures/rosetta/export_hf.py`` in the main environment)
   /work/venv-rosetta/bin/python benchmarks/original_train.py --hf ~/.cache/c2cjax/hf \\
       --rosetta /work/rosetta-src [--batch 4 --seq 256 --steps 3 --warmup 1] [--json out.json]
 
+On a GPU, at the paper's shapes, as ``benchmarks/device_release.sh`` runs it (random
+Qwen3-0.6B <- Qwen2.5-0.5B-Instruct written by ``benchmarks/paper_hf.py``; bfloat16 models,
+projectors and AdamW state, as ``SFT_train.main`` trains on GPUs; step times synchronised
+with the device, peak memory from ``torch.cuda.max_memory_allocated`` over the timed steps):
+
+  python3 benchmarks/original_train.py --pair paper --hf DIR --device cuda --dtype bfloat16
+
 and beside it ``python3 benchmarks/train_step.py --shapes original --frameworks jax`` for
 c2cjax (that one runs its child under ``GLIBC_TUNABLES`` with transparent huge pages unless
 ``--no-hugepages``; this script runs under whatever ``GLIBC_TUNABLES`` it is started with and
@@ -87,11 +94,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, os.pardir, "tests", "fixtures", "rosetta")]
 import make_generation_fixture as fixture  # noqa: E402  (stub)
 import train_step as bench  # noqa: E402  (PeakRSS, release_free_heap, synthetic_batch; no jax)
-from original_query import (PAIR_DIRS, add_release_args, check_release_args,  # noqa: E402
-                            machine, rosetta_commit)
+from original_query import (add_release_args, check_release_args, machine,  # noqa: E402
+                            pair_dirs, rosetta_commit, synchronize)
 
 RECIPE = os.path.join("recipe", "train_recipe", "C2C_0.6+0.5.json")
-RECEIVER, SHARER = PAIR_DIRS
 
 
 def released_trainer(rosetta_src):
@@ -100,6 +106,8 @@ def released_trainer(rosetta_src):
   anomaly detection on, as the release's training runs do."""
   fixture.stub("datasets", load_dataset=None, load_from_disk=None)
   fixture.stub("wandb")
+  fixture.stub("peft")  # optional there (LoRA baselines); a GPU image's own peft may not
+  # import under the release's transformers, and an empty module reads as "not installed"
   sys.path.insert(0, os.path.join(rosetta_src, "script", "train"))
   import SFT_train as S  # the released training script
   from rosetta.train import dataset_adapters as D
@@ -113,8 +121,8 @@ def configs(args):
   with open(path) as f:
     recipe = json.load(f)
   model_config = dict(recipe["model"])
-  model_config.update(base_model=os.path.join(args.hf, RECEIVER),
-                      teacher_model=os.path.join(args.hf, SHARER), is_do_alignment=False)
+  receiver, sharer = pair_dirs(args)
+  model_config.update(base_model=receiver, teacher_model=sharer, is_do_alignment=False)
   projector = dict(model_config["projector"])
   projector["params"] = {**projector["params"], "hidden_dim": args.hidden,
                          "intermediate_dim": args.hidden}
@@ -125,13 +133,13 @@ def configs(args):
   return path, model_config, training
 
 
-def load(S, model_config, training):
+def load(S, model_config, training, device="cpu", dtype="float32"):
   """(RosettaModel, receiver tokenizer, AdamW, trainable params): ``SFT_train.main``'s setup
   for the rosetta mode (module doc)."""
   S.set_seed(seed=training["seed"])
   S.enable_full_determinism()
-  model, tok, _, _ = S.setup_models(model_config, "rosetta", "cpu", torch.float32)
-  model = model.to("cpu")
+  model, tok, _, _ = S.setup_models(model_config, "rosetta", device, getattr(torch, dtype))
+  model = model.to(device)
   freeze = training["freeze"]
   for idx, name in ((0, "base"), (1, "teacher")):
     (S.freeze_model if name in freeze else S.unfreeze_model)(model.model_list[idx])
@@ -210,7 +218,7 @@ def main():
   if args.anomaly == "off":
     torch.autograd.set_detect_anomaly(False)
   recipe, model_config, training = configs(args)
-  model, tok, optimizer, trainable = load(S, model_config, training)
+  model, tok, optimizer, trainable = load(S, model_config, training, args.device, args.dtype)
   receiver, sharer = model.model_list
   vocab = (receiver.config.vocab_size, sharer.config.vocab_size)
   batch, layout = make_batch(D, tok, training, args.batch, args.seq, args.seed, vocab)
@@ -225,7 +233,7 @@ def main():
   state = {"step": 0}
 
   def run_step(check=False):
-    loss = S.train_step(model, batch, tok, max_length, "cpu", "rosetta")
+    loss = S.train_step(model, batch, tok, max_length, args.device, "rosetta")
     value = loss.detach().item()
     loss.backward()  # gradient_accumulation_steps 1: loss / 1
     checked = grad_check(model) if check else None
@@ -236,6 +244,7 @@ def main():
     for proj in model.projector_list:
       if callable(getattr(proj, "update_temperature", None)):
         proj.update_temperature(state["step"])
+    synchronize(args)  # a GPU step is done when its queued work is
     return value, float(norm), checked
 
   model.train()
@@ -247,6 +256,9 @@ def main():
   bench.release_free_heap()
   rss_loaded = mem.rss_mib()  # before the timed steps
   mem.reset()
+  cuda = args.device == "cuda"
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
   times, losses, norms = [], [], []
   for _ in range(args.steps):
     t = time.perf_counter()
@@ -255,6 +267,8 @@ def main():
     losses.append(value)
     norms.append(norm)
   peak = mem.peak_mib()
+  gpu_peak = ({"allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+               "reserved_gib": torch.cuda.max_memory_reserved() / 2**30} if cuda else None)
   check_loss, _, grads = run_step(check=True)  # untimed: where the gradients went
   median = statistics.median(times)
   commit = rosetta_commit(args.rosetta)
@@ -265,12 +279,15 @@ def main():
 
   print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load "
         f"average {' '.join(f'{x:.2f}' for x in info['load_average'])}")
-  print(f"machine: {info['machine']}, {info['cpu']}, {info['cores']} cores; torch "
-        f"{torch.__version__} ({info['torch_threads']} threads), transformers "
+  device = f"cuda ({info['gpu']})" if cuda else "cpu"
+  print(f"machine: {info['machine']}, {info['cpu']}, {info['cores']} cores; device {device}; "
+        f"torch {torch.__version__} ({info['torch_threads']} threads), transformers "
         f"{transformers.__version__}, rosetta {commit or 'unknown commit'}; "
         f"GLIBC_TUNABLES={tunables}")
+  receiver_dir, sharer_dir = (os.path.basename(d) for d in pair_dirs(args))
   print(f"original code: SFT_train.setup_models + train_step, recipe {args.recipe}; receiver "
-        f"{RECEIVER}, sharer {SHARER}, float32; {model_config['projector']['type']} hidden "
+        f"{receiver_dir}, sharer {sharer_dir}, {args.dtype} (models, projectors and AdamW "
+        f"state); {model_config['projector']['type']} hidden "
         f"{params['hidden_dim']} x {params['num_layers']} layers, dropout {params['dropout']}, "
         f"{len(model.projector_list)} projectors, {sum(map(len, pairs.values()))} pairs "
         f"({model_config['mapping']}); anomaly detection {'on' if anomaly else 'off'} "
@@ -278,7 +295,8 @@ def main():
         f"{torch.are_deterministic_algorithms_enabled()}")
   print(f"params: trainable {n_trainable:,} ({n_trainable / 1e6:.1f}M; projectors "
         f"{n_projector:,}), total {n_total:,}")
-  if params["hidden_dim"] == 1024 and not 416e6 <= n_trainable <= 418e6:
+  if args.pair == "offline" and params["hidden_dim"] == 1024 and not (
+      416e6 <= n_trainable <= 418e6):
     print(f"WARNING: trainable params {n_trainable / 1e6:.1f}M, not the ~417M expected")
   print(f"batch {args.batch} x {args.seq} (seed {args.seed}): sections {layout['sections']} "
         f"sharer {layout['section_sharer']}, {layout['fused_slots_per_row']} fused slots per "
@@ -292,6 +310,9 @@ def main():
         f"GiB, after warm-up {rss_loaded / 1024:.2f} GiB, peak RSS during the timed steps "
         f"{peak / 1024:.2f} GiB "
         f"(+{(peak - rss_loaded) / 1024:.2f}; VmHWM reset: {mem.resettable})")
+  if gpu_peak:
+    print(f"peak GPU memory during the timed steps: {gpu_peak['allocated_gib']:.2f} GiB "
+          f"allocated, {gpu_peak['reserved_gib']:.2f} GiB reserved by torch's allocator")
   print(f"gradient check (one more step, untimed, loss {check_loss:.4f}): "
         f"{grads['projector_nonzero_grad']}/{grads['projector_tensors']} projector tensors "
         f"with a nonzero gradient; model tensors {grads['model_tensors']}: "
@@ -304,6 +325,8 @@ def main():
               "load_s": load_s, "warmup_step_s": warmup_s, "rss_after_load_mib": rss_load,
               "rss_loaded_mib": rss_loaded,
               "peak_timed_mib": peak, "peak_rss_resettable": mem.resettable,
+              "gpu_peak": gpu_peak, "pair": args.pair, "device": args.device,
+              "dtype": args.dtype,
               "trainable_params": n_trainable, "projector_params": n_projector,
               "total_params": n_total, "projectors": len(model.projector_list),
               "layer_map": pairs, "batch": args.batch, "seq": args.seq, "seed": args.seed,
@@ -319,8 +342,11 @@ def main():
   if bad or grads["model_with_grad"] or grads["model_requires_grad"] or (
       grads["projector_nonzero_grad"] != grads["projector_tensors"]):
     raise SystemExit(f"FAILED: non-finite losses {bad} or gradients in the wrong place {grads}")
-  print(f"RATIO released train step: {median:.2f} s/step, peak RSS {peak / 1024:.2f} GiB "
-        f"(batch {args.batch} x {args.seq}, hidden {params['hidden_dim']}, "
+  memory = (f"peak GPU memory {gpu_peak['allocated_gib']:.2f} GiB" if gpu_peak else
+            f"peak RSS {peak / 1024:.2f} GiB")
+  print(f"RATIO released train step: {median:.4f} s/step, {memory} "
+        f"({args.pair} pair, {args.device}, {args.dtype}, "
+        f"batch {args.batch} x {args.seq}, hidden {params['hidden_dim']}, "
         f"{n_trainable / 1e6:.0f}M trainable, anomaly detection {'on' if anomaly else 'off'}, "
         f"{info['torch_threads']} threads)")
 

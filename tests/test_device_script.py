@@ -82,3 +82,51 @@ def test_device_bench_checks_out_first_and_keeps_what_it_measured_on_ctrl_c(tmp_
   else:
     assert "interrupted after train" in rest, rest
     assert res["train"]["step_s"] > 0
+
+
+def test_device_release_checks_its_arguments_and_never_overwrites(tmp_path):
+  """``device_release.sh`` (the released code on a GPU) names a missing or wrong argument
+  and an earlier run's file before any model is written or loaded."""
+  script = str(ROOT / "benchmarks" / "device_release.sh")
+  rosetta, site, out = tmp_path / "rosetta", tmp_path / "site", tmp_path / "out"
+  (rosetta / "rosetta").mkdir(parents=True)
+  (site / "transformers").mkdir(parents=True)
+  out.mkdir()
+  (out / "release_query.json").write_text("earlier")
+  for args, message in (
+      (["--out", str(out), "--rosetta", str(rosetta)], "--site is required"),
+      (["--out", str(out), "--rosetta", str(site), "--site", str(site)],
+       f"no {site}/rosetta"),
+      (["--out", str(out), "--rosetta", str(rosetta), "--site", str(site), "--steps"],
+       ""),  # a flag without its value: set -u stops it
+      (["--out", str(out), "--rosetta", str(rosetta), "--site", str(site), "--bogus", "1"],
+       "unknown argument --bogus"),
+      (["--out", str(out), "--rosetta", str(rosetta), "--site", str(site)],
+       "release_query.json exists")):
+    run = subprocess.run(["bash", script] + args, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and message in run.stderr, (args, run.stderr)
+  assert (out / "release_query.json").read_text() == "earlier"
+  assert sorted(p.name for p in out.iterdir()) == ["release_query.json"]
+
+
+def test_paper_configs_are_one_file_for_both_codes():
+  """The paper pair's published configs: c2cjax's random models and the released code's
+  (``benchmarks/paper_hf.py``, which imports no jax) are built from the same file."""
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import paper_hf  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  from c2cjax.models import paper  # pylint: disable=import-outside-toplevel
+  assert paper_hf.NAMES == paper.MODELS
+  for name in paper.MODELS:
+    assert paper_hf.published(name) == paper.published_config(name)
+  r, s = (paper.hf_config(n) for n in paper.MODELS)
+  assert (type(r).__name__, r.num_hidden_layers, r.head_dim, r.num_key_value_heads) == (
+      "Qwen3Config", 28, 128, 8)
+  assert (type(s).__name__, s.num_hidden_layers, s.hidden_size, s.num_key_value_heads) == (
+      "Qwen2Config", 24, 896, 2)
+  assert r.vocab_size == s.vocab_size == 151936 and r.tie_word_embeddings
+  import pytest  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="unknown paper model 'qwen3-8b'"):
+    paper.published_config("qwen3-8b")

@@ -9,32 +9,32 @@ qkv bias, tied 151,936-row embeddings) is the real one. Only the weights are ran
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 
-_QWEN3_0_6B = dict(
-    vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-    num_attention_heads=16, num_key_value_heads=8, head_dim=128, hidden_act="silu",
-    max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
-    attention_bias=False, tie_word_embeddings=True, use_sliding_window=False,
-    max_window_layers=28, bos_token_id=151643, eos_token_id=151645)
-_QWEN25_0_5B_INSTRUCT = dict(
-    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-    num_attention_heads=14, num_key_value_heads=2, hidden_act="silu",
-    max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
-    tie_word_embeddings=True, use_sliding_window=False, sliding_window=32768,
-    max_window_layers=21, bos_token_id=151643, eos_token_id=151645)
+# The published values, as data: the released code's benchmarks (benchmarks/paper_hf.py, run
+# under the original code's transformers, without jax) build the same models from this file.
+CONFIG_FILE = pathlib.Path(__file__).with_name("paper_configs.json")
 MODELS = ("qwen3-0.6b", "qwen2.5-0.5b-instruct")
+
+
+def published_config(name: str) -> dict:
+  """``name``'s published ``config.json`` values, ``model_type`` included (``source`` says
+  where they were published)."""
+  configs = json.loads(CONFIG_FILE.read_text())
+  if name not in configs:
+    raise ValueError(f"unknown paper model {name!r}; choose from {MODELS}")
+  return {k: v for k, v in configs[name].items() if k != "source"}
 
 
 def hf_config(name: str):
   """The transformers config of one of ``MODELS``."""
   import transformers as tf  # pylint: disable=import-outside-toplevel
-  if name == "qwen3-0.6b":
-    return tf.Qwen3Config(**_QWEN3_0_6B)
-  if name == "qwen2.5-0.5b-instruct":
-    return tf.Qwen2Config(**_QWEN25_0_5B_INSTRUCT)
-  raise ValueError(f"unknown paper model {name!r}; choose from {MODELS}")
+  values = published_config(name)
+  return tf.AutoConfig.for_model(values.pop("model_type"), **values)
 
 
 def random_lm(name: str, dtype=jnp.float32, seed: int = 0, **lm_kw):
