@@ -56,7 +56,11 @@ for n in "${names[@]}"; do
   done
 done
 mkdir -p "$out"
-if [ -z "$hf" ]; then hf="$(mktemp -d)/paper-hf"; fi
+if [ -z "$hf" ]; then  # a temporary folder of 2 GiB: removed at the end
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  hf="$tmp/paper-hf"
+fi
 # The released code's packages first; its own source; never c2cjax (which needs jax).
 export PYTHONPATH="$site:$rosetta"
 python3 -c "import transformers, torch; print('release env: transformers', \

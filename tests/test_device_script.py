@@ -37,6 +37,12 @@ def test_device_script_never_overwrites_and_names_bad_flags(tmp_path):
                        text=True, timeout=60, cwd=str(ROOT))
   assert out.returncode == 2 and "device.json exists" in out.stderr, out.stderr
   assert (tmp_path / "device.json").read_text() == "{\"earlier\": 1}"
+  for args, message in ((["--rosetta", str(tmp_path)], "--rosetta and --release-site go together"),
+                        (["--rosetta", str(tmp_path), "--release-site", str(tmp_path)],
+                         f"no {tmp_path}/rosetta")):
+    out = subprocess.run([script, "--dry", "--out", str(tmp_path / "new")] + args, env=env,
+                         capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    assert out.returncode == 2 and message in out.stderr, out.stderr
   bench = [sys.executable, str(ROOT / "benchmarks" / "device_bench.py"), "--dry"]
   for args, message in ((["--out", str(tmp_path)], "device.json exists"),
                         (["--out", str(tmp_path / "new"), "--more-train", "16x"],
