@@ -285,7 +285,8 @@ def markdown(res: dict) -> str:
   rows = [
       f"Device: {d['kind']} ({d['platform']}, {d['count']} device(s)); jax {d['jax']}; "
       f"{res['date']}; {'DRY RUN (tiny shapes, CPU)' if res['dry'] else 'paper shapes'}; "
-      f"LLM dtype {res['llm_dtype']}",
+      f"LLM dtype {res['llm_dtype']}"
+      + (f"; XLA_FLAGS={d['xla_flags']}" if d.get("xla_flags") else ""),
       "", "| measure | value |", "|---|---:|",
       f"| parity tests on the device | {res['parity']} |"]
   for name, render in (("train", train), ("decode", decode), ("latency", latency)):
@@ -375,7 +376,9 @@ def _main(stop):
          "device": {"kind": dev.device_kind, "platform": dev.platform,
                     "count": jax.device_count(), "jax": jax.__version__,
                     "flax": flax.__version__, "transformers": transformers.__version__,
-                    "host": f"{platform.machine()}, {os.cpu_count()} cores"}}
+                    "host": f"{platform.machine()}, {os.cpu_count()} cores",
+                    # compiler flags change the figures: recorded with them
+                    "xla_flags": os.environ.get("XLA_FLAGS") or None}}
   peak = _peak(dev.device_kind, args.peak_tflops)
   more = args.more_train
   prof = pathlib.Path(args.profile) if args.profile else None
