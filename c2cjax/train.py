@@ -125,12 +125,17 @@ def _to_global(batch: Batch, sharding_: NamedSharding, accum: int | None):
   return jax.tree.map(one, batch)
 
 
-def _global_split(split: tuple[int, int]) -> tuple[int, int]:
-  """Every host compiles the same program: the most conservative split of all hosts."""
-  if jax.process_count() == 1:
-    return split
-  all_ = np.asarray(multihost_utils.process_allgather(np.asarray(split, np.int32)))
-  return int(all_[:, 0].min()), int(all_[:, 1].max())
+def _agree(split: tuple[int, int], stop: rundir.StopSignals,
+           hosts: int) -> tuple[tuple[int, int], bool]:
+  """(split, stop) that every process acts on before a step, in one collective: the most
+  conservative pass-2 split of all hosts (each compiles the same program) and whether any
+  got a stop signal (all stop, and save, at the same step). One process: its own split,
+  and no stop (the loop checks its signals before it reads a batch)."""
+  if hosts == 1:
+    return split, False
+  mine = np.asarray([split[0], split[1], stop.signum is not None], np.int32)
+  all_ = np.asarray(multihost_utils.process_allgather(mine))
+  return (int(all_[:, 0].min()), int(all_[:, 1].max())), bool(all_[:, 2].max())
 
 
 def _stop_requested(stop: rundir.StopSignals, hosts: int) -> bool:
@@ -291,35 +296,46 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     ckpt.save(step, ocp.args.Composite(state=ocp.args.StandardSave(state),
                                        data=grain.checkpoint.CheckpointSave(it)))
 
+  def stop_here(step: int, saved: int) -> None:
+    """Saves the step reached (with the data position) and raises ``Interrupted``."""
+    guard.check()
+    if step > saved:
+      save(step, state)
+    ckpt.close()
+    name = (signal.Signals(stop.signum).name if stop.signum else
+            "a stop signal to another process")
+    kept = (f"saved checkpoint {step}" if step > saved else
+            f"no step since checkpoint {saved}" if saved else "no step trained")
+    raise rundir.Interrupted(f"{name} at step {step}: {kept}; the same command resumes "
+                             f"{workdir}", stop.signum or signal.SIGTERM)
+
+  parts = 0 if c2c.alignment == "release" else cfg.get("pass2_parts", 0)
   step = saved = start
   t_last, tok_since = time.perf_counter(), 0.0
   with stop.deferred():  # a stop signal: the loop saves the step reached, then stops
     try:
       while step < sizes.total_steps:
-        if _stop_requested(stop, hosts):
-          guard.check()
-          if step > saved:
-            save(step, state)
-          ckpt.close()
-          name = (signal.Signals(stop.signum).name if stop.signum else
-                  "a stop signal to another process")
-          kept = (f"saved checkpoint {step}" if step > saved else
-                  f"no step since checkpoint {saved}" if saved else "no step trained")
-          raise rundir.Interrupted(f"{name} at step {step}: {kept}; the same command resumes "
-                                   f"{workdir}", stop.signum or signal.SIGTERM)
+        if hosts == 1 and stop.signum is not None:
+          stop_here(step, saved)
         if stop_after is not None and step - start >= stop_after:
           guard.check()
           ckpt.close()
           return {"stopped_at": step}
+        # Several processes: the next batch is read, split and sent to the devices while
+        # the previous step runs; one collective then agrees on its split and on stopping.
+        # A stop puts the read batch back (the data position saved is before it).
+        position = it.get_state() if hosts > 1 else None
         host_batch = next(it)
+        device_batch = _to_global(host_batch, micro_sh, sizes.accum)
+        split, stopping = _agree(pass2_split(host_batch, parts), stop, hosts)
+        if stopping:
+          it.set_state(position)
+          stop_here(step, saved)
         if on_batch is not None:
           on_batch(step + 1, host_batch)
         tok_since += float(np.sum(host_batch["attention_mask"])) * hosts
-        parts = 0 if c2c.alignment == "release" else cfg.get("pass2_parts", 0)
-        split = _global_split(pass2_split(host_batch, parts))
         with jax.set_mesh(mesh):  # activation / cache sharding constraints read it
-          state, m = train_step(state, rparams, sparams,
-                                _to_global(host_batch, micro_sh, sizes.accum), split)
+          state, m = train_step(state, rparams, sparams, device_batch, split)
         step += 1
         guard.add(step, m)
         if step % cfg.log_every == 0 or step == sizes.total_steps:

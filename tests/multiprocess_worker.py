@@ -8,7 +8,11 @@ tokenizers: the test needs no offline package, and its five processes skip loadi
 Byte-level tiny tokenizers give longer prompts, hence ``max_len`` 192: the test fails by
 name if a host skips a record.
 
-  python tests/multiprocess_worker.py WORKDIR TFDS_DIR READS_DIR [MAX_STEPS CHECKPOINT_EVERY]
+  python tests/multiprocess_worker.py WORKDIR TFDS_DIR READS_DIR [MAX_STEPS CHECKPOINT_EVERY
+      [STOP_AFTER]]
+
+STOP_AFTER: return after that many steps of this call (``train_and_evaluate``'s
+``stop_after``: no checkpoint, no final export).
 
 Multi-process runs set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
 (``c2cjax.train`` initialises ``jax.distributed`` from them) and XLA_FLAGS for fake CPU
@@ -54,7 +58,7 @@ def row_hashes(batch) -> list[str]:
 
 
 def main(workdir: str, tfds_dir: str, reads_dir: str, max_steps: str = "4",
-         checkpoint_every: str = "2"):
+         checkpoint_every: str = "2", stop_after: str | None = None):
   from c2cjax import rundir
   from c2cjax.sharding import maybe_initialize_distributed
   from c2cjax.train import train_and_evaluate
@@ -70,7 +74,8 @@ def main(workdir: str, tfds_dir: str, reads_dir: str, max_steps: str = "4",
       log.write(json.dumps({"step": step, "rows": row_hashes(batch)}) + "\n")
       log.flush()
     try:
-      train_and_evaluate(cfg, workdir, on_batch=on_batch)
+      train_and_evaluate(cfg, workdir, on_batch=on_batch,
+                         stop_after=None if stop_after is None else int(stop_after))
     except rundir.Interrupted as e:  # a stop signal (tests/test_multiprocess.py sends one)
       print(f"WORKER_STOPPED {e}", flush=True)
       os._exit(3)  # like c2cjax.train: no teardown under XLA's threads
@@ -80,4 +85,4 @@ def main(workdir: str, tfds_dir: str, reads_dir: str, max_steps: str = "4",
 
 
 if __name__ == "__main__":
-  main(*sys.argv[1:6])
+  main(*sys.argv[1:7])

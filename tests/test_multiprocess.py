@@ -3,7 +3,7 @@
 process to SIGKILL, restart and resume; losses equal one process's run of the same global
 batch on 4 devices, and each process read only its own rows of every batch
 (tests/multiprocess_worker.py logs them). A SIGTERM to one of two processes stops both at
-one saved step."""
+one saved step, and the resumed run trains the next step as an uninterrupted run does."""
 
 import json
 import os
@@ -150,3 +150,18 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
                                f"{saved[0]}"), stopped
   assert stopped[0].startswith(f"WORKER_STOPPED a stop signal to another process at step "
                                f"{saved[0]}: saved checkpoint {saved[0]}"), stopped
+
+  # The stop agreed on after the next batch was read: that batch went back, so the resumed
+  # run trains the batch an uninterrupted run trains at that step, with the same loss.
+  s = saved[0]
+  for name, workdir, steps in (("stop", work, 1), ("ref", tmp_path / "ref", s + 1)):
+    port = _free_port()  # the same config (a resume refuses another); stop after `steps`
+    _wait(tmp_path, [_start(tmp_path, name, workdir, 2, i, port, ("500", "1000", str(steps)))
+                     for i in range(2)])
+  for i in range(2):
+    got = _reads(tmp_path / "reads_stop" / f"reads_{i}.jsonl")
+    ref = dict(_reads(tmp_path / "reads_ref" / f"reads_{i}.jsonl"))
+    assert [t for t, _ in got] == list(range(1, s + 2)), got  # no batch read twice or lost
+    assert dict(got)[s + 1] == ref[s + 1], (i, s)
+  ref_loss = dict(_losses(tmp_path / "ref"))
+  assert dict(_losses(work))[s + 1] == pytest.approx(ref_loss[s + 1], rel=1e-5)
