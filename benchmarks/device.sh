@@ -7,10 +7,11 @@
 # each benchmark, so a run cut short keeps what it measured.
 #
 #   benchmarks/device.sh [--dry] [--out DIR] [--peak-tflops X] [--more-train BxT,...]
-#       [--no-parity] [--rosetta CHECKOUT --release-site PACKAGES]
+#       [--pairs-at-once N,...] [--no-parity] [--rosetta CHECKOUT --release-site PACKAGES]
 #
 # --dry: CPU, tiny shapes, parity tests skipped (CI runs it: tests/test_device_script.py).
 # --no-parity: skip the parity tests (e.g. when they passed on this kind already).
+# --pairs-at-once: the paper-shape step again with each fuser computing N pairs together.
 # --rosetta/--release-site: afterwards, the released PyTorch code at the same shapes on the
 # same device (benchmarks/device_release.sh, at most 3.5 more minutes) into DIR/release.
 # On a machine whose Python lacks grain or ml_collections and cannot reach a registry,
@@ -32,6 +33,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --peak-tflops) extra+=(--peak-tflops "$2"); shift 2 ;;
     --more-train) extra+=(--more-train "$2"); shift 2 ;;  # e.g. 16x512: GPU scaling
+    --pairs-at-once) extra+=(--pairs-at-once "$2"); shift 2 ;;  # e.g. 4,28: fuser pairs
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done

@@ -57,6 +57,23 @@ def _shapes(text: str) -> list[tuple[int, int]]:
   return out
 
 
+def _counts(text: str) -> list[int]:
+  """``"2,4,28"`` -> ``[2, 4, 28]`` (argparse type)."""
+  out = []
+  for n in filter(None, text.split(",")):
+    if not n.isdigit() or int(n) < 1:
+      raise argparse.ArgumentTypeError(f"{n!r} is not a count >= 1 (e.g. 2,4,28)")
+    out.append(int(n))
+  return out
+
+
+def _with_pairs(c2c, n: int):
+  """The same models and fusers, each fuser computing ``n`` layer pairs together."""
+  from c2cjax.c2c import C2C
+  return C2C(c2c.receiver, c2c.sharers, c2c.fusers, mode=c2c.mode, alignment=c2c.alignment,
+             max_len=c2c.max_len, pairs_at_once=n)
+
+
 def _peak(device_kind: str, given: float | None) -> float | None:
   if given:
     return given
@@ -145,6 +162,7 @@ def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None
     (profile / "hlo.txt").write_text(step.as_text())
     traced = trace_summary(profile)
   return {"batch": b, "seq": t, "split": list(split), "compile_and_first_s": first,
+          "pairs_at_once": c2c.spec.pairs_at_once,
           "profile": traced,
           "step_s": med, "tokens_per_s": b * t / med, "loss": float(m["loss"]),
           "flops_per_step": train_flops(c2c, b, t, split),
@@ -261,7 +279,9 @@ def markdown(res: dict) -> str:
     mfu = f"{100 * tr['mfu']:.1f}%" if tr.get("mfu") is not None else "n/a (peak unknown)"
     mem = (f"{tr['peak_device_memory_gib']:.2f} GiB" if tr["peak_device_memory_gib"]
            else "n/a (no device memory stats)")
-    return [f"| train step, batch {tr['batch']} x {tr['seq']} (split {tr['split']}) | "
+    pairs = tr.get("pairs_at_once", 1)
+    at_once = f", fuser pairs {pairs} at once" if pairs != 1 else ""
+    return [f"| train step, batch {tr['batch']} x {tr['seq']} (split {tr['split']}{at_once}) | "
             f"{tr['step_s'] * 1e3:.1f} ms |",
             f"| train compile + first step | {tr['compile_and_first_s']:.1f} s |",
             f"| train tokens/s | {tr['tokens_per_s']:.0f} |",
@@ -347,6 +367,9 @@ def _main(stop):
   ap.add_argument("--more-train", default=[], type=_shapes, metavar="BxT,...",
                   help="further training-step shapes after the paper's, e.g. 16x512 (their "
                        "peak memory is the process's so far)")
+  ap.add_argument("--pairs-at-once", default=[], type=_counts, metavar="N,...",
+                  help="the paper-shape step again with each fuser computing N layer pairs "
+                       "together (C2C(pairs_at_once=N)), after --more-train's")
   args = ap.parse_args()
   for f in ("device.json", "device.md"):
     if (pathlib.Path(args.out) / f).exists():
@@ -383,7 +406,9 @@ def _main(stop):
   more = args.more_train
   prof = pathlib.Path(args.profile) if args.profile else None
   runs = {"train": lambda: bench_train(c2c, args.dry, steps, profile=prof),
-          "train_more": lambda: [bench_train(c2c, args.dry, steps, bt) for bt in more],
+          "train_more": lambda: (
+              [bench_train(c2c, args.dry, steps, bt) for bt in more]
+              + [bench_train(_with_pairs(c2c, n), args.dry, steps) for n in args.pairs_at_once]),
           "decode": lambda: bench_decode(c2c, hf, args.dry, reps),
           "latency": lambda: bench_latency(c2c, args.dry, reps)}
   failed = []

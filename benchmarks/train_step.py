@@ -169,7 +169,7 @@ def _jax_models(spec: dict):
                        cfg.layer_map,
                        alignment=cfg.alignment, **dict(cfg.fuser))
     return cfg, C2C(receiver, [sharer], [fuser], mode=cfg.fusion_mode, alignment=cfg.alignment,
-                    max_len=cfg.data.max_len)
+                    max_len=cfg.data.max_len, pairs_at_once=spec.get("pairs_at_once", 1))
   if spec["shapes"] == "paper":
     receiver, sharer = (paper.random_lm(n, seed=i) for i, n in enumerate(paper.MODELS))
   else:
@@ -178,7 +178,7 @@ def _jax_models(spec: dict):
   layer_map = fuse_lib.LayerMap(tuple(r for r, _ in pairs), tuple(s for _, s in pairs))
   f = {k: v for k, v in spec["fuser"].items()}
   fuser = Fuser.init(receiver, sharer, jax.random.fold_in(rng, 1), layer_map, **f)
-  return cfg, C2C(receiver, [sharer], [fuser])
+  return cfg, C2C(receiver, [sharer], [fuser], pairs_at_once=spec.get("pairs_at_once", 1))
 
 
 def _jax_state(spec: dict):
@@ -752,6 +752,7 @@ def _spec(args) -> dict:
       "steps": args.steps, "warmup": args.warmup, "receiver_gguf": str(offline.smollm2_gguf()),
       "sharer_gguf": str(offline.gemma3_gguf()), "fuser": fuser, "pairs": pairs,
       "optimizer": dict(cfg.optimizer), "pass2_parts": args.pass2_parts,
+      "pairs_at_once": args.pairs_at_once,
   }
   spec["split"] = list(train.pass2_split(synthetic_batch(spec, 2, 2), args.pass2_parts))
   return spec
@@ -820,6 +821,9 @@ def report(spec: dict, results: dict[str, dict]) -> None:
     print(f"split (both, same work): pass 1 (prefills + fuser) on tokens [0, {fused_end}), "
           f"pass 2 on [{start}, {t}) reading the fused cache before {start} "
           f"(--pass2-parts {spec['pass2_parts']}; 0 reruns the whole sequence)")
+  if spec.get("pairs_at_once", 1) != 1:
+    print(f"JAX: each fuser computes {spec['pairs_at_once']} layer pairs together "
+          f"(--pairs-at-once)")
   tunables = spec["glibc_tunables"] or os.environ.get("GLIBC_TUNABLES")
   print(f"malloc (both): GLIBC_TUNABLES={tunables}"
         + (" -- transparent huge pages, as `python -m c2cjax.train` runs (--no-hugepages: "
@@ -894,6 +898,9 @@ def main():
   ap.add_argument("--pass2-parts", type=count_arg(0), default=8,
                   help="pass 2 after the fused prefix at multiples of T / this (both "
                        "frameworks); 0: rerun the whole sequence")
+  ap.add_argument("--pairs-at-once", type=count_arg(1), default=1,
+                  help="JAX: fuser layer pairs computed together (C2C pairs_at_once; the same "
+                       "results)")
   ap.add_argument("--steps", type=count_arg(1), default=10, help="timed steps (median reported)")
   ap.add_argument("--rounds", type=count_arg(1), default=1,
                   help="run the frameworks alternately this many times (steps pooled)")

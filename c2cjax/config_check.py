@@ -51,6 +51,8 @@ SAFE_TO_CHANGE: dict[str, str] = {
                              "averages over the global batch: same result up to rounding)",
     "mesh.*": "how the same global batch and params are laid out over devices",
     "remat": "what the backward pass keeps or recomputes (the same gradients)",
+    "pairs_at_once": "how many fuser pairs are computed together (the same results up to "
+                     "rounding)",
     "data.data_dir": "where the same dataset is stored",
     "data.manual_dir": "where the same dataset's manual downloads are",
 }
@@ -85,7 +87,7 @@ def _is_safe(field: str) -> bool:
 
 # Fields added after runs were started, with the value that behaves as before they existed:
 # a run's manifest without the field matches that value (old runs still resume).
-ADDED_FIELDS = {"data.reply_prefix": "", "fuser.gate_init": 0.0}
+ADDED_FIELDS = {"data.reply_prefix": "", "fuser.gate_init": 0.0, "pairs_at_once": 1}
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -193,7 +195,7 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
       "receiver": nonempty, "llm_dtype": _one_of(*LLM_DTYPES), "seed": integer(),
       "self_fusion": _boolean, "remat": _one_of("none", *sorted(REMAT_POLICIES)),
       "layer_map": _one_of(*LAYER_MAPS), "alignment": _one_of(*sections.SCHEMES),
-      "fusion_mode": _one_of(*FUSION_MODES), "pass2_parts": nonneg,
+      "fusion_mode": _one_of(*FUSION_MODES), "pass2_parts": nonneg, "pairs_at_once": pos,
       "fuser.hidden_dim": pos, "fuser.intermediate_dim": pos, "fuser.num_layers": integer(3),
       "fuser.dropout": _num(0.0, 1.0, hi_open=True),
       "fuser.initial_temperature": _num(0.0, lo_open=True),

@@ -54,6 +54,10 @@ def train_config() -> ml_collections.ConfigDict:
   # most pass2_parts * (pass2_parts + 1) / 2 compiled (start, fused end) variants per
   # bucket (36 at 8; single-turn data uses a few). 0: always rerun the whole sequence.
   c.pass2_parts = 8
+  # Layer pairs each fuser computes together in its loop over pairs (vmapped; the same
+  # results): 1 is the fastest on CPU; accelerators may prefer more (device_bench.py
+  # --pairs-at-once measures it).
+  c.pairs_at_once = 1
 
   c.data = ml_collections.ConfigDict(dict(
       source="open_hermes25", data_dir="", manual_dir="", max_examples=500_000,

@@ -69,7 +69,8 @@ def build_c2c(cfg: ml_collections.ConfigDict, rng) -> C2C:
                        alignment=cfg.alignment, **dict(cfg.fuser))
             for i, s in enumerate(sharers)]
   return C2C(receiver, sharers, fusers, mode=cfg.fusion_mode, alignment=cfg.alignment,
-             strategy=cfg.get("alignment_strategy", "first"), max_len=cfg.data.max_len)
+             strategy=cfg.get("alignment_strategy", "first"), max_len=cfg.data.max_len,
+             pairs_at_once=cfg.get("pairs_at_once", 1))
 
 
 def build_data(cfg, c2c: C2C, batch_size: int, *, heldout: bool, seed: int,

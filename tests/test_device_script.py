@@ -7,12 +7,15 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_device_script_dry_run(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  out = subprocess.run([str(ROOT / "benchmarks" / "device.sh"), "--dry", "--out", str(tmp_path)],
+  out = subprocess.run([str(ROOT / "benchmarks" / "device.sh"), "--dry", "--out", str(tmp_path),
+                        "--pairs-at-once", "2"],
                        env=env, capture_output=True, text=True, timeout=900, cwd=str(ROOT))
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   res = json.loads((tmp_path / "device.json").read_text())
@@ -23,6 +26,12 @@ def test_device_script_dry_run(tmp_path):
   assert tr["split"] == [12, 16]  # pass 2 after the fused prefix at the dry shapes
   assert res["decode"]["c2cjax_tok_s"] > 0 and res["decode"]["transformers_tok_s"] > 0
   assert res["decode"]["c2cjax_per_layer_tok_s"] > 0
+  (pairs,) = res["train_more"]  # --pairs-at-once 2: the same step, two fuser pairs at once
+  assert pairs["pairs_at_once"] == 2 and tr["pairs_at_once"] == 1
+  # the loss after three steps: Adam turns rounding-level gradient differences into +-lr
+  # steps on near-zero gradients (tests/test_fuse.py compares one step's outputs and grads)
+  assert pairs["loss"] == pytest.approx(tr["loss"], rel=1e-2)
+  assert pairs["step_s"] > 0
   for k in ("receiver query", "c2c query", "t2t query"):
     assert res["latency"][k] > 0
   md = (tmp_path / "device.md").read_text()
@@ -133,6 +142,5 @@ def test_paper_configs_are_one_file_for_both_codes():
   assert (type(s).__name__, s.num_hidden_layers, s.hidden_size, s.num_key_value_heads) == (
       "Qwen2Config", 24, 896, 2)
   assert r.vocab_size == s.vocab_size == 151936 and r.tie_word_embeddings
-  import pytest  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match="unknown paper model 'qwen3-8b'"):
     paper.published_config("qwen3-8b")

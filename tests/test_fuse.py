@@ -522,3 +522,39 @@ def test_gate_init_starts_the_gates_open():
   noise = jax.random.gumbel(jax.random.key(1), (100_000,))
   open_frac = float(jnp.mean(F.soft_gate(jnp.float32(4.0), noise, 0.001) > 0.5))
   assert open_frac > 0.999
+
+
+@pytest.mark.parametrize("at_once", [2, 3, 4])  # 3: the 4 pairs as 3 + 1
+def test_pairs_at_once_same_outputs_draws_and_gradients(at_once):
+  """Pairs computed together (vmapped in the loop over pairs) give what one pair at a
+  time gives: outputs, the random draws of train mode (dropout, Gumbel noise) and the
+  gradients."""
+  cfg = dataclasses.replace(CFG, dropout=0.3)
+  params = random_params(cfg, LMAP, 8, [0.3, -0.2, 0.1, 0.0], [0.0, 0.4, -0.1, 0.2])
+  receiver, sharer = random_cache(80, LR, KR, HR), random_cache(81, 4, 3, 2)
+  target = random_cache(82, LR, KR, HR)
+
+  def run(params, n, train):
+    return F.fuse((params,), receiver, (sharer,), (LMAP,), MASK, config=(cfg,), train=train,
+                  rng=jax.random.key(3), step=7, pairs_at_once=n)
+
+  def loss(params, n):
+    out = run(params, n, True)
+    return jnp.mean((out.k - target.k) ** 2) + jnp.mean((out.v - target.v) ** 2)
+
+  for train in (False, True):
+    one, many = (jax.jit(run, static_argnums=(1, 2))(params, n, train) for n in (1, at_once))
+    np.testing.assert_allclose(many.k, one.k, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(many.v, one.v, rtol=1e-5, atol=1e-6)
+  g1, gn = (jax.jit(jax.grad(loss), static_argnums=1)(params, n) for n in (1, at_once))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g1), jax.tree.leaves(gn)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=str(path))
+    assert float(jnp.max(jnp.abs(a))) > 0, path
+
+
+def test_pairs_at_once_refuses_a_bad_value():
+  receiver, sharer = random_cache(83, LR, KR, HR), random_cache(84, 4, 3, 2)
+  params = random_params(CFG, LMAP, 9, [0.0] * 4, [0.0] * 4)
+  for bad in (0, -1, 2.0, True):
+    with pytest.raises(ValueError, match="pairs_at_once must be an integer >= 1"):
+      F.fuse((params,), receiver, (sharer,), (LMAP,), MASK, config=(CFG,), pairs_at_once=bad)

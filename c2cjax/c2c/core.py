@@ -48,6 +48,7 @@ class Spec:
     fusers: one :class:`~c2cjax.fuse.FuserConfig` per sharer.
     layer_maps: one :class:`~c2cjax.fuse.LayerMap` per sharer.
     mode: "parallel" or "sequential" fusion of several sharers.
+    pairs_at_once: layer pairs each fuser computes together (:func:`c2cjax.fuse.fuse`).
   """
 
   receiver: Decoder
@@ -55,6 +56,7 @@ class Spec:
   fusers: tuple[fuse_lib.FuserConfig, ...]
   layer_maps: tuple[fuse_lib.LayerMap, ...]
   mode: str = "parallel"
+  pairs_at_once: int = 1
 
 
 # --- pure device programs (call inside jit) ----------------------------------------------------
@@ -71,7 +73,8 @@ def fuse_caches(spec: Spec, fparams, rcache: KVCache, caches, token_mask, active
   return fuse_lib.fuse(
       tuple(fparams[i] for i in active), rcache, tuple(caches),
       tuple(spec.layer_maps[i] for i in active), token_mask,
-      config=tuple(spec.fusers[i] for i in active), mode=spec.mode, **kw)
+      config=tuple(spec.fusers[i] for i in active), mode=spec.mode,
+      pairs_at_once=spec.pairs_at_once, **kw)
 
 
 def fused_cache(spec: Spec, params, tokens, mask, sharer_tokens, fuse_mask,

@@ -42,6 +42,8 @@ class C2C:
     allow_mismatch: run fusers on other models than the ones they record
     (``Fuser.models``: architecture, layers, kv heads, head dim, hidden size, vocabulary)
     with a warning instead of the ValueError naming both (research use).
+    pairs_at_once: layer pairs each fuser computes together (``c2cjax.fuse.fuse``): 1
+      (the default, the fastest on CPU) up to all of them; the same results up to rounding.
 
   Generation options (``generate``, ``generate_ids``, ``prefill``):
     fuse_last: also fuse the last prompt token. Receiver and sharers prefill all P prompt
@@ -60,7 +62,7 @@ class C2C:
   def __init__(self, receiver: LM, sharers: Sequence[LM], fusers: Sequence[Fuser], *,
                mode: str = "parallel", alignment: str | None = None, strategy: str = "first",
                max_len: int = 4096, vocab_maps: Sequence[Any] | None = None,
-               allow_mismatch: bool = False):
+               allow_mismatch: bool = False, pairs_at_once: int = 1):
     if len(sharers) != len(fusers):
       raise ValueError(f"{len(sharers)} sharers but {len(fusers)} fusers")
     if not sharers:
@@ -94,9 +96,12 @@ class C2C:
     self.max_len = max_len
     self._given_maps = self._check_vocab_maps(vocab_maps)
     self._maps: dict[int, Any] = {}
+    if isinstance(pairs_at_once, bool) or not isinstance(pairs_at_once, int) or (
+        pairs_at_once < 1):
+      raise ValueError(f"pairs_at_once must be an integer >= 1, got {pairs_at_once!r}")
     self.spec = Spec(receiver.module, tuple(s.module for s in self.sharers),
                      tuple(f.config for f in self.fusers),
-                     tuple(f.layer_map for f in self.fusers), mode)
+                     tuple(f.layer_map for f in self.fusers), mode, pairs_at_once)
     # XLA options of the jitted programs (runtime.compiler_options, at construction)
     self.xla_options = xla = runtime.compiler_options()
     self._generate = jax.jit(generate, static_argnums=(0, 6, 7, 8, 10, 11),

@@ -107,7 +107,8 @@ _REMAT_POLICY = jax.checkpoint_policies.save_from_both_policies(
 
 
 def _apply_pairs(params: Params, sharer: KVCache, rk: jax.Array, rv: jax.Array,
-                 layer_map: LayerMap, config: FuserConfig, train: bool, rng, step):
+                 layer_map: LayerMap, config: FuserConfig, train: bool, rng, step,
+                 pairs_at_once: int = 1):
   """[P, B, Kr, T, Hr] fused keys and values of every pair, in the param dtype."""
   module = FuserLayer(config)
   tau = temperature(config, step)
@@ -126,14 +127,18 @@ def _apply_pairs(params: Params, sharer: KVCache, rk: jax.Array, rv: jax.Array,
   # included, from the same keys). At the original code's shape on CPU this made the
   # fuser's forward + backward ~1.4x faster than vmap with every residual kept, and the
   # step's XLA temp memory 3.7 instead of 5.3 GiB (RESULTS.md, ninth session). The
-  # random draws are the same as vmap's.
+  # random draws are the same as vmap's. ``pairs_at_once`` > 1 vmaps that many pairs in each
+  # iteration (``lax.map``'s ``batch_size``): fewer, batched products and fewer slices of
+  # the stacked params; on a GPU the one-pair loop's slices ran as thousands of small
+  # copies (RESULTS.md, twenty-fourth session). The same results up to rounding.
   one = jax.checkpoint(one, policy=_REMAT_POLICY)
-  return jax.lax.map(lambda a: one(*a), (params, sk, sv, rk, rv, keys))
+  batch = pairs_at_once if pairs_at_once > 1 else None
+  return jax.lax.map(lambda a: one(*a), (params, sk, sv, rk, rv, keys), batch_size=batch)
 
 
 def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: jax.Array,
          *, config, train: bool = False, rng: jax.Array | None = None, step=0,
-         mode: str = "parallel") -> KVCache:
+         mode: str = "parallel", pairs_at_once: int = 1) -> KVCache:
   """Fuses one or more sharer caches into the receiver cache.
 
   Every per-sharer argument is a sequence with one entry per sharer, also for one sharer
@@ -153,6 +158,9 @@ def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: 
     step: training step for the temperature schedule (may be traced).
     mode: with several sharers, "parallel" sums each sharer's delta computed against the
       clean receiver cache; "sequential" fuses each sharer into the previous result.
+    pairs_at_once: layer pairs computed together (vmapped) in each step of the loop over
+      pairs; 1 (one at a time: the fastest on CPU) up to the number of pairs. The same
+      results up to rounding, the same random draws.
 
   Returns:
     The receiver cache with fused k, v (same dtype); ``start``/``end`` unchanged.
@@ -167,6 +175,9 @@ def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: 
     raise ValueError(f"mode must be 'parallel' or 'sequential', got {mode!r}.")
   if train and rng is None:
     raise ValueError("train=True needs an rng for the Gumbel noise and dropout.")
+  if isinstance(pairs_at_once, bool) or not isinstance(pairs_at_once, (int, np.integer)) or (
+      pairs_at_once < 1):
+    raise ValueError(f"pairs_at_once must be an integer >= 1, got {pairs_at_once!r}.")
   for p, s, m, c in zip(params, sharer_caches, layer_map, config):
     _check_shapes(p, receiver_cache, s, m, c)
   rngs = [None if rng is None else jax.random.fold_in(rng, i) for i in range(n)]
@@ -179,7 +190,7 @@ def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: 
       idx = layer_map[i].receiver_idx
       rk, rv = k[idx], v[idx]
       fk, fv = _apply_pairs(params[i], sharer_caches[i], rk, rv, layer_map[i], config[i],
-                            train, rngs[i], step)
+                            train, rngs[i], step, pairs_at_once)
       k = k.at[idx].set(jnp.where(mask, fk, rk).astype(k.dtype), unique_indices=True)
       v = v.at[idx].set(jnp.where(mask, fv, rv).astype(v.dtype), unique_indices=True)
     return receiver_cache.replace(k=k, v=v)
@@ -193,7 +204,7 @@ def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: 
     pos = np.searchsorted(union, idx)
     rk, rv = k[idx], v[idx]
     fk, fv = _apply_pairs(params[i], sharer_caches[i], rk, rv, layer_map[i], config[i],
-                          train, rngs[i], step)
+                          train, rngs[i], step, pairs_at_once)
     dk = jnp.where(mask, fk.astype(acc_dtype) - rk.astype(acc_dtype), 0)
     dv = jnp.where(mask, fv.astype(acc_dtype) - rv.astype(acc_dtype), 0)
     acc_k = acc_k.at[pos].add(dk, unique_indices=True)
@@ -203,4 +214,5 @@ def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: 
   return receiver_cache.replace(k=k, v=v)
 
 
-fuse_jit = jax.jit(fuse, static_argnames=("layer_map", "config", "train", "mode"))
+fuse_jit = jax.jit(fuse, static_argnames=("layer_map", "config", "train", "mode",
+                                           "pairs_at_once"))
