@@ -57,6 +57,10 @@ def _shapes(text: str) -> list[tuple[int, int]]:
   return out
 
 
+def _gib(x: float) -> str:
+  return f"{x:.2f} GiB" if x >= 1 else f"{x * 1024:.1f} MiB"
+
+
 def _counts(text: str) -> list[int]:
   """``"2,4,28"`` -> ``[2, 4, 28]`` (argparse type)."""
   out = []
@@ -153,6 +157,11 @@ def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None
     times.append(time.perf_counter() - t0)
   med = float(np.median(times))
   stats = jax.devices()[0].memory_stats() or {}
+  # The step program's own peak by XLA's buffer assignment (arguments, outputs, temps):
+  # comparable with torch's max_memory_allocated over steps; the process peak above also
+  # holds whatever was allocated before (model init, other sections).
+  mem = step.memory_analysis()
+  step_peak = getattr(mem, "peak_memory_in_bytes", 0) if mem is not None else 0
   traced = None
   if profile is not None:
     with jax.profiler.trace(str(profile), create_perfetto_trace=True):
@@ -163,6 +172,7 @@ def bench_train(c2c, dry: bool, steps: int, shape: tuple[int, int] | None = None
     traced = trace_summary(profile)
   return {"batch": b, "seq": t, "split": list(split), "compile_and_first_s": first,
           "pairs_at_once": c2c.spec.pairs_at_once,
+          "step_peak_memory_gib": step_peak / 2**30 if step_peak else None,
           "profile": traced,
           "step_s": med, "tokens_per_s": b * t / med, "loss": float(m["loss"]),
           "flops_per_step": train_flops(c2c, b, t, split),
@@ -286,6 +296,9 @@ def markdown(res: dict) -> str:
             f"| train compile + first step | {tr['compile_and_first_s']:.1f} s |",
             f"| train tokens/s | {tr['tokens_per_s']:.0f} |",
             f"| train peak device memory (process) | {mem} |",
+            f"| train step program's peak memory (XLA buffer assignment) | "
+            + (_gib(tr["step_peak_memory_gib"]) + " |" if tr.get("step_peak_memory_gib")
+               else "n/a |"),
             f"| train model TFLOP per step / MFU | {tr['flops_per_step'] / 1e12:.3f} / {mfu} |"]
 
   def decode(de):

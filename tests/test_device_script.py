@@ -32,6 +32,7 @@ def test_device_script_dry_run(tmp_path):
   # steps on near-zero gradients (tests/test_fuse.py compares one step's outputs and grads)
   assert pairs["loss"] == pytest.approx(tr["loss"], rel=1e-2)
   assert pairs["step_s"] > 0
+  assert tr["step_peak_memory_gib"] > 0  # the step program's own peak (XLA's analysis)
   for k in ("receiver query", "c2c query", "t2t query"):
     assert res["latency"][k] > 0
   md = (tmp_path / "device.md").read_text()
