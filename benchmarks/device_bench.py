@@ -63,12 +63,7 @@ def _gib(x: float) -> str:
 
 def _counts(text: str) -> list[int]:
   """``"2,4,28"`` -> ``[2, 4, 28]`` (argparse type)."""
-  out = []
-  for n in filter(None, text.split(",")):
-    if not n.isdigit() or int(n) < 1:
-      raise argparse.ArgumentTypeError(f"{n!r} is not a count >= 1 (e.g. 2,4,28)")
-    out.append(int(n))
-  return out
+  return [count_arg(1)(n) for n in filter(None, text.split(","))]
 
 
 def _with_pairs(c2c, n: int):

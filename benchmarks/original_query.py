@@ -122,10 +122,10 @@ def paper_inputs(prompt: int, vocab: int, device: str) -> dict:
 
 
 def measure(model, tok, evaluator, sharer_tok, text, plain, n: int, reps: int,
-            fuse: str = "release", args=None, c2c_in=None) -> dict:
-  """Seconds per query / prefill of C2C and the receiver alone (module doc); ``c2c_in``
-  given (``--pair paper``) replaces the evaluator's inputs."""
-  device = args.device if args is not None else "cpu"
+            fuse: str = "release", device: str = "cpu", c2c_in=None) -> dict:
+  """Seconds per query / prefill of C2C and the receiver alone (module doc), each call
+  waiting for the device; ``c2c_in`` given (``--pair paper``) replaces the evaluator's
+  inputs."""
   if c2c_in is None:
     c2c_in = evaluator.prepare_model_inputs(text, tok, torch.device(device), "rosetta",
                                             sharer_tok, "generate")["inputs"]
@@ -136,7 +136,7 @@ def measure(model, tok, evaluator, sharer_tok, text, plain, n: int, reps: int,
   receiver = model.model_list[0]
   plain = torch.tensor([plain], device=device)
   pad = tok.pad_token_id
-  sync = (lambda f: lambda: (f(), synchronize(args))) if args is not None else (lambda f: f)
+  sync = lambda f: lambda: (f(), synchronize(device))
 
   def c2c_query():
     out = model.generate(**c2c_in, max_new_tokens=n, do_sample=False, eos_token_id=[],
@@ -205,9 +205,9 @@ def pair_dirs(args) -> tuple[str, str]:
   return tuple(os.path.join(args.hf, n) for n in names)
 
 
-def synchronize(args) -> None:
+def synchronize(device: str) -> None:
   """Waits for the device's queued work (GPU timings; nothing on the CPU)."""
-  if args.device == "cuda":
+  if device == "cuda":
     torch.cuda.synchronize()
 
 
@@ -274,7 +274,7 @@ def main():
                                                enable_thinking=False)
       text, plain = shortest(args.prompt, chat, len)
     times, counts = measure(model, tok, evaluator, sharer_tok, text, list(plain), args.answer,
-                            args.reps, args.fuse, args, c2c_in)
+                            args.reps, args.fuse, args.device, c2c_in)
   n = args.answer
   params = sum(p.numel() for p in model.projector_list.parameters())
   commit = rosetta_commit(args.rosetta)

@@ -244,7 +244,7 @@ def main():
     for proj in model.projector_list:
       if callable(getattr(proj, "update_temperature", None)):
         proj.update_temperature(state["step"])
-    synchronize(args)  # a GPU step is done when its queued work is
+    synchronize(args.device)  # a GPU step is done when its queued work is
     return value, float(norm), checked
 
   model.train()

@@ -96,9 +96,7 @@ class C2C:
     self.max_len = max_len
     self._given_maps = self._check_vocab_maps(vocab_maps)
     self._maps: dict[int, Any] = {}
-    if isinstance(pairs_at_once, bool) or not isinstance(pairs_at_once, int) or (
-        pairs_at_once < 1):
-      raise ValueError(f"pairs_at_once must be an integer >= 1, got {pairs_at_once!r}")
+    fuse_lib.check_pairs_at_once(pairs_at_once)  # now, not when the first call traces
     self.spec = Spec(receiver.module, tuple(s.module for s in self.sharers),
                      tuple(f.config for f in self.fusers),
                      tuple(f.layer_map for f in self.fusers), mode, pairs_at_once)

@@ -13,7 +13,8 @@
   scheme; ``Fuser.from_rosetta`` / ``to_rosetta``.
 """
 
-from c2cjax.fuse.apply import fuse, fuse_jit, init, num_pairs, prune
+from c2cjax.fuse.apply import (check_pairs_at_once, fuse, fuse_jit, init, num_pairs,
+                               prune)
 from c2cjax.fuse.config import (BRANCHES, FuserConfig, LayerMap, Params, k_nearest,
                                 last_aligned, last_aligned_clamped, temperature)
 from c2cjax.fuse.fuser import (ALIGNMENTS, Fuser, checkpoint_alignment, checkpoint_models,
@@ -25,8 +26,9 @@ from c2cjax.fuse.module import (FFNBlock, FFNStack, FuserLayer, gate_openness, h
                                 sample_gate, soft_gate)
 
 __all__ = ["ALIGNMENTS", "BRANCHES", "FFNBlock", "FFNStack", "Fuser", "FuserConfig",
-           "FuserLayer", "LayerMap", "Params", "check_models", "checkpoint_alignment",
-           "checkpoint_models", "export_rosetta", "fuse", "fuse_jit", "gate_openness",
+           "FuserLayer", "LayerMap", "Params", "check_models", "check_pairs_at_once",
+           "checkpoint_alignment", "checkpoint_models", "export_rosetta", "fuse", "fuse_jit",
+           "gate_openness",
            "hard_gate", "import_rosetta", "init", "k_nearest", "last_aligned",
            "last_aligned_clamped", "layer_map_by_name", "load", "model_mismatches",
            "num_pairs", "params_from_state_dict", "prune", "refuse_mismatches",

@@ -136,6 +136,12 @@ def _apply_pairs(params: Params, sharer: KVCache, rk: jax.Array, rv: jax.Array,
   return jax.lax.map(lambda a: one(*a), (params, sk, sv, rk, rv, keys), batch_size=batch)
 
 
+def check_pairs_at_once(n) -> None:
+  """ValueError unless ``n`` (``fuse``'s ``pairs_at_once``) is an integer >= 1."""
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    raise ValueError(f"pairs_at_once must be an integer >= 1, got {n!r}.")
+
+
 def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: jax.Array,
          *, config, train: bool = False, rng: jax.Array | None = None, step=0,
          mode: str = "parallel", pairs_at_once: int = 1) -> KVCache:
@@ -175,9 +181,7 @@ def fuse(params, receiver_cache: KVCache, sharer_caches, layer_map, token_mask: 
     raise ValueError(f"mode must be 'parallel' or 'sequential', got {mode!r}.")
   if train and rng is None:
     raise ValueError("train=True needs an rng for the Gumbel noise and dropout.")
-  if isinstance(pairs_at_once, bool) or not isinstance(pairs_at_once, (int, np.integer)) or (
-      pairs_at_once < 1):
-    raise ValueError(f"pairs_at_once must be an integer >= 1, got {pairs_at_once!r}.")
+  check_pairs_at_once(pairs_at_once)
   for p, s, m, c in zip(params, sharer_caches, layer_map, config):
     _check_shapes(p, receiver_cache, s, m, c)
   rngs = [None if rng is None else jax.random.fold_in(rng, i) for i in range(n)]
