@@ -55,16 +55,25 @@ for n in "${names[@]}"; do
     fi
   done
 done
+# The released code's packages first; its own source; never c2cjax (which needs jax).
+export PYTHONPATH="$site:$rosetta"
+# the released code runs on its own transformers (4.52.x), not whatever else is first
+if ! python3 -c "import sys, transformers, torch; print('release env: transformers', \
+transformers.__version__, 'from', transformers.__file__, 'torch', torch.__version__, 'cuda', \
+torch.cuda.is_available()); sys.exit(0 if transformers.__version__.startswith('4.52.') else 3)"
+then
+  echo "device_release.sh: --site $site does not give the released code transformers 4.52.x" \
+    "(see the line above); install .whl/release/*.whl there" >&2
+  exit 2
+fi
 mkdir -p "$out"
 if [ -z "$hf" ]; then  # a temporary folder of 2 GiB: removed at the end
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
+  trap 'exit 130' INT  # a stop runs the EXIT trap too (bash skips it when a signal kills it)
+  trap 'exit 143' TERM
   hf="$tmp/paper-hf"
 fi
-# The released code's packages first; its own source; never c2cjax (which needs jax).
-export PYTHONPATH="$site:$rosetta"
-python3 -c "import transformers, torch; print('release env: transformers', \
-transformers.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 if [ ! -d "$hf/qwen3-0.6b" ]; then
   python3 benchmarks/paper_hf.py "$hf"
 fi
