@@ -294,6 +294,10 @@ def test_prefix_pass2_equals_full_rerun():
   assert pass2_split(interleaved, 8) == (0, 16)  # an unfused slot 2: full pass 2
   assert pass2_split(dict(batch, fuse_mask=batch["fuse_mask"] * (np.arange(32) != 5)),
                      8) == (4, 16)
+  # a first unfused slot one before a multiple of 4: pass 2 starts there, not 3 slots early
+  before = dict(batch, fuse_mask=batch["fuse_mask"] * (np.arange(32) != 7))
+  assert pass2_split(before, 8) == (7, 16)
+  assert pass2_split(before, 0) == (0, 32)
   jb = lambda b: jax.tree.map(jnp.asarray, b)
 
   def loss_grad(b, split, train, params=f.params):
@@ -303,7 +307,7 @@ def test_prefix_pass2_equals_full_rerun():
     return float(tot / n), g
 
   cases = [(batch, split, False), (interleaved, pass2_split(interleaved, 8), False),
-           (batch, (split[0], 32), True)]
+           (before, (7, 16), False), (batch, (split[0], 32), True)]
   for b, sp, train in cases:
     full, g_full = loss_grad(jb(b), None, train)
     part, g_part = loss_grad(jb(b), sp, train)
