@@ -23,7 +23,8 @@ def test_device_script_dry_run(tmp_path):
   assert res["parity"].startswith("skipped")
   tr = res["train"]
   assert tr["step_s"] > 0 and tr["tokens_per_s"] > 0 and tr["flops_per_step"] > 0
-  assert tr["split"] == [12, 16]  # pass 2 after the fused prefix at the dry shapes
+  # pass 2 from the last fused slot (its logits predict the first target), pass 1 up to it
+  assert tr["split"] == [15, 16]
   assert res["decode"]["c2cjax_tok_s"] > 0 and res["decode"]["transformers_tok_s"] > 0
   assert res["decode"]["c2cjax_per_layer_tok_s"] > 0
   (pairs,) = res["train_more"]  # --pairs-at-once 2: the same step, two fuser pairs at once
