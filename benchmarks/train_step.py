@@ -896,9 +896,9 @@ def main():
   ap.add_argument("--seq", type=int, default=None,
                   help="T: tokens per row (default 128 local, 256 paper/original)")
   ap.add_argument("--pass2-parts", type=count_arg(0), default=8,
-                  help="pass 2 after the fused prefix at multiples of T / this or one "
-                       "slot before one (train.pass2_split; both frameworks); 0: rerun the "
-                       "whole sequence")
+                  help="pass 2 after the fused prefix at multiples of T / this, or one "
+                       "slot before the fused end (train.pass2_split; both frameworks); 0: "
+                       "rerun the whole sequence")
   ap.add_argument("--pairs-at-once", type=count_arg(1), default=1,
                   help="JAX: fuser layer pairs computed together (C2C pairs_at_once; the same "
                        "results)")

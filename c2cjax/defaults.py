@@ -51,9 +51,9 @@ def train_config() -> ml_collections.ConfigDict:
   c.fuse_response = False  # ... and the response (C2C generation options of these names)
   # Pass 2 (receiver on the fused cache) starts after the fused prefix when every row's
   # fused slots form one (train.pass2_split), at a multiple of bucket // pass2_parts or
-  # one slot before one: at most pass2_parts * (pass2_parts + 2) compiled (start, fused
-  # end) variants per bucket (80 at 8; single-turn data uses a few). 0: always rerun the
-  # whole sequence.
+  # one slot before the fused prefix's end: at most pass2_parts * (pass2_parts + 3) / 2
+  # compiled (start, fused end) variants per bucket (44 at 8; single-turn data uses a
+  # few). 0: always rerun the whole sequence.
   c.pass2_parts = 8
   # Layer pairs each fuser computes together in its loop over pairs (vmapped; the same
   # results): 1 is the fastest on CPU; accelerators may prefer more (device_bench.py

@@ -56,12 +56,13 @@ def pass2_split(batch: Batch, parts: int) -> tuple[int, int]:
   row and no target needs an earlier position's logits (``loss_mask[..., :start + 1]``
   is 0) -- the single-turn case, where fused slots form a prefix of each row.
   ``fused_end``: pass 1 (prefills and fuser) only needs the slots up to the last fused one.
-  Both are multiples of ``g = T // parts``; ``start`` may also sit one slot before one,
-  when that is where it may begin: the prompt's last token, whose logits predict the
-  first target, in front of a response that begins on a multiple of ``g`` (the whole
-  prompt fused, as the released code trains: rounding down to a multiple would rerun
-  ``g - 1`` slots for that one token). A bucket compiles at most ``parts * (parts + 2)``
-  variants, only the rows' own starts reach the new ones;
+  Both are multiples of ``g = T // parts``, or ``start = fused_end - 1``: the prompt's last
+  token (its logits predict the first target) right before a fused prefix that ends on a
+  multiple of ``g``, as when every row's prompt has that length (rounding down would rerun
+  ``g - 1`` more slots for that one token). A bucket compiles at most
+  ``parts * (parts + 1) / 2 + parts`` variants. Not every ``start`` one slot before a
+  multiple: on ``configs/local.py``'s data that added 8 compiled variants to 17 in 500
+  batches to save 1.4% of pass 2's tokens (RESULTS.md, twenty-fifth session).
   ``parts = 0`` or interleaved fused slots give ``(0, T)``: today's full rerun.
   """
   real = np.asarray(batch["attention_mask"]).astype(bool)
@@ -77,7 +78,7 @@ def pass2_split(batch: Batch, parts: int) -> tuple[int, int]:
   unfused = np.flatnonzero((real & ~fuse).any(0))
   first_target = int(np.argmax(targets)) + 1 if targets.any() else t
   start = min(int(unfused[0]) if unfused.size else t, first_target - 1, t - 1, fused_end)
-  return (start if start % g == g - 1 else (start // g) * g), fused_end
+  return (start if start == fused_end - 1 else (start // g) * g), fused_end
 
 
 def c2c_nll(c2c: C2C, fparams, rparams, sparams, batch: Batch, *, train: bool, rng=None,

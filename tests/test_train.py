@@ -294,9 +294,14 @@ def test_prefix_pass2_equals_full_rerun():
   assert pass2_split(interleaved, 8) == (0, 16)  # an unfused slot 2: full pass 2
   assert pass2_split(dict(batch, fuse_mask=batch["fuse_mask"] * (np.arange(32) != 5)),
                      8) == (4, 16)
-  # a first unfused slot one before a multiple of 4: pass 2 starts there, not 3 slots early
-  before = dict(batch, fuse_mask=batch["fuse_mask"] * (np.arange(32) != 7))
-  assert pass2_split(before, 8) == (7, 16)
+  # one slot before a multiple of 4, not the fused end: rounded down as before
+  assert pass2_split(dict(batch, fuse_mask=batch["fuse_mask"] * (np.arange(32) != 7)),
+                     8) == (4, 16)
+  # every real row's prompt 16 tokens, all fused: pass 2 from the prompt's last token (15),
+  # the slot before the fused end, not 3 slots earlier
+  before = _ragged_batch(rng, 4, 32, prompt_lens=[16, 16, 16, 0], lengths=[30, 24, 32, 0])
+  before["fuse_mask"] = (np.arange(32) < 16) * before["attention_mask"]
+  assert pass2_split(before, 8) == (15, 16)
   assert pass2_split(before, 0) == (0, 32)
   jb = lambda b: jax.tree.map(jnp.asarray, b)
 
@@ -307,7 +312,7 @@ def test_prefix_pass2_equals_full_rerun():
     return float(tot / n), g
 
   cases = [(batch, split, False), (interleaved, pass2_split(interleaved, 8), False),
-           (before, (7, 16), False), (batch, (split[0], 32), True)]
+           (before, (15, 16), False), (batch, (split[0], 32), True)]
   for b, sp, train in cases:
     full, g_full = loss_grad(jb(b), None, train)
     part, g_part = loss_grad(jb(b), sp, train)
