@@ -420,13 +420,13 @@ def _main(stop):
           "decode": lambda: bench_decode(c2c, hf, args.dry, reps),
           "latency": lambda: bench_latency(c2c, args.dry, reps)}
   failed = []
-  for i, name in enumerate(n for n in SECTIONS if n in args.sections):
+
+  def section(i: int, name: str) -> str:
     log(f"models ready; {name}" if i == 0 else name)
     try:
       res[name] = runs[name]()
-    except KeyboardInterrupt:  # Ctrl-C: keep what was measured
-      write(res, out)
-      _interrupted(f"during {name}; the sections before it are in {out / 'device.json'}")
+    except KeyboardInterrupt:
+      raise
     except Exception as e:  # pylint: disable=broad-except
       # one section's failure (an out-of-memory, a missing kernel) must not lose the others
       res[name] = {"error": f"{type(e).__name__}: {e}"}
@@ -436,7 +436,16 @@ def _main(stop):
       if isinstance(tr, dict) and "error" not in tr:
         tr["peak_tflops"] = peak
         tr["mfu"] = tr["flops_per_step"] / tr["step_s"] / (peak * 1e12) if peak else None
-    md = write(res, out)
+    return write(res, out)
+
+  for i, name in enumerate(n for n in SECTIONS if n in args.sections):
+    try:  # Ctrl-C anywhere in a section, its log line and write included: keep what was measured
+      md = section(i, name)
+    except KeyboardInterrupt:
+      write(res, out)
+      _interrupted(f"after {name}; the sections measured are in {out / 'device.json'}"
+                   if name in res else
+                   f"during {name}; the sections before it are in {out / 'device.json'}")
     if stop.signum is not None:  # a Ctrl-C that XLA's gc callback swallowed
       _interrupted(f"after {name}; the sections measured are in {out / 'device.json'}")
   log("done")
