@@ -425,9 +425,7 @@ def _main(stop):
     log(f"models ready; {name}" if i == 0 else name)
     try:
       res[name] = runs[name]()
-    except KeyboardInterrupt:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except  (a Ctrl-C passes: not an Exception)
       # one section's failure (an out-of-memory, a missing kernel) must not lose the others
       res[name] = {"error": f"{type(e).__name__}: {e}"}
       failed.append(name)
