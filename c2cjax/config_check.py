@@ -245,7 +245,9 @@ def validate_train_config(cfg) -> None:
     problems.append(f"sharers={sharers!r}: must be a non-empty tuple of model names "
                     "(or set self_fusion=True)")
   max_steps, epochs = _get(cfg, "max_steps"), _get(cfg, "num_epochs")
-  if not _is_int(max_steps) or not (max_steps > 0 or max_steps == -1):
+  if max_steps is _MISSING:
+    problems.append("max_steps: missing")
+  elif not _is_int(max_steps) or not (max_steps > 0 or max_steps == -1):
     problems.append(f"max_steps={max_steps!r}: must be a positive step count, or -1 to train "
                     "num_epochs epochs")
   elif max_steps == -1 and (not _is_int(epochs) or epochs <= 0):

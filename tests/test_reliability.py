@@ -100,6 +100,12 @@ def test_num_epochs_zero_says_no_step():
                            "the run would have no training step)"]
 
 
+def test_missing_max_steps_is_named_missing():
+  cfg = tiny_cfg()
+  del cfg["max_steps"]
+  assert problems(cfg) == ["max_steps: missing"]
+
+
 def test_every_bad_field_reported_at_once():
   cfg = tiny_cfg()
   cfg.optimizer.lr, cfg.optimizer.warmup_fraction = -1.0, 2.0

@@ -7,28 +7,57 @@ loaded; nothing is trained) and counts the ``(T, start, fused_end)`` variants a 
 compile, and pass 2's tokens, under: the rule before a984dbf (``start`` rounded down to a
 multiple of ``g = T / pass2_parts``); a984dbf's (also any start one slot before a
 multiple); and ``train_step.pass2_split``'s own (also ``start = fused_end - 1``).
+Writes nothing.
 """
 
+import argparse
 import collections
 import importlib.util
+import pathlib
 import sys
 
-import jax
-
-from c2cjax import train
+from c2cjax import config_check
 
 
-def main(config_path: str, n: int) -> None:
-  spec = importlib.util.spec_from_file_location("config", config_path)
+def load_config(path: pathlib.Path):
+  """The file's ``get_config()``, checked as ``python -m c2cjax.train`` checks it."""
+  spec = importlib.util.spec_from_file_location("pass2_splits_config", path)
+  if spec is None or path.suffix != ".py":
+    raise config_check.ConfigError([f"{path} is not a Python config file (configs/*.py)"],
+                                   "invalid training config")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise config_check.ConfigError([f"{path} has no get_config(): not a training config"],
+                                   "invalid training config")
   cfg = module.get_config()
+  config_check.validate_train_config(cfg)
+  if cfg.get("pass2_parts", 0) == 0 or cfg.get("alignment") == "release":
+    raise config_check.ConfigError(
+        ["pass2_parts=0 or alignment='release': pass 2 always reruns the whole sequence, "
+         "there are no splits to count"], "nothing to measure")
+  return cfg
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("config", type=pathlib.Path, help="a training config file (configs/*.py)")
+  ap.add_argument("batches", type=config_check.count_arg(1), help="batches to read")
+  args = ap.parse_args()
+  if not args.config.is_file():
+    ap.error(f"config {args.config}: no such file")
+  try:
+    cfg = load_config(args.config)
+  except config_check.ConfigError as e:
+    ap.error(str(e))
+  import jax  # pylint: disable=import-outside-toplevel  (after the checks: they are quick)
+  from c2cjax import train  # pylint: disable=import-outside-toplevel
   c2c = train.build_c2c(cfg, jax.random.PRNGKey(0))
   data, _ = train.build_data(cfg, c2c, cfg.global_batch_size, heldout=False, seed=0)
   it = iter(data)
   variants = {k: collections.Counter() for k in ("before", "any -1", "fused_end - 1")}
   tokens = collections.Counter()
-  for _ in range(n):
+  for _ in range(args.batches):
     batch = next(it)
     t = batch["receiver_ids"].shape[-1]
     g = max(1, t // cfg.pass2_parts)
@@ -45,4 +74,8 @@ def main(config_path: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], int(sys.argv[2]))
+  try:
+    main()
+  except KeyboardInterrupt:
+    print("pass2_splits.py: interrupted; it writes nothing, so nothing is lost", file=sys.stderr)
+    sys.exit(130)
