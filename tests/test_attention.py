@@ -1,5 +1,6 @@
-"""The einsum reference equals a float64 loop; the chunked (online-softmax) and decode's
-appended attention equal the einsum reference (fp32, 1e-5); on an NVIDIA GPU, cuDNN's
+"""The einsum reference equals a float64 loop; the chunked (online-softmax), the causal
+(query blocks over a prefix of the cache) and decode's appended attention equal the einsum
+reference (fp32, 1e-5); on an NVIDIA GPU, cuDNN's
 fused attention does too (bf16 against fp32, 3e-2; ``benchmarks/device.sh`` runs this
 file there)."""
 
@@ -175,12 +176,14 @@ def _with(lm: LM, **kw) -> LM:
   return LM(dataclasses.replace(lm.config, **kw), lm.params, dtype=lm.dtype)
 
 
+@pytest.mark.parametrize("impl,block", [("chunked", 5), ("causal", 6)])
 @pytest.mark.parametrize("kind", ["gemma3", "qwen3", "llama3"])
-def test_model_with_chunked_attention_equals_einsum(kind):
+def test_model_with_chunked_attention_equals_einsum(kind, impl, block):
   """Left padding, sliding windows (Gemma 3: window 8 < 20 tokens), GQA, cached decode
-  and C2C's ``keep`` through whole models."""
+  and C2C's ``keep`` through whole models; the chunked kernel over key blocks of 5, the
+  causal one over query blocks of 6 (a prefill, then a rerun behind nothing kept)."""
   ref = _with(tiny_lm(kind, seed=0), attention="einsum")
-  chunk = _with(ref, attention="chunked", attention_block=5)
+  chunk = _with(ref, attention=impl, attention_block=block)
   rng = np.random.default_rng(1)
   ids = rng.integers(3, 128, (2, 20)).astype(np.int32)
   mask = np.ones_like(ids)
@@ -274,3 +277,44 @@ def test_auto_picks_cudnn_on_gpu_for_long_bf16_prefill(monkeypatch):
   q, kv = jnp.zeros((1, 64, 1, 2, 64), jnp.bfloat16), jnp.zeros((1, 1, 64, 64), jnp.bfloat16)
   attention.attend(q, kv, kv, jnp.ones((1, 64, 64), bool), scale=1.0, block=16)
   assert calls == ["d"]
+
+
+@pytest.mark.parametrize("softcap,window,group,q_block,write_at,t", [
+    (None, None, 2, 4, 0, 12), (None, 5, 3, 5, 6, 21), (20.0, None, 1, 3, 9, 21),
+    (30.0, 4, 2, 12, 0, 30)])
+def test_causal_equals_einsum_and_gradients(softcap, window, group, q_block, write_at, t):
+  """The causal kernel reads a prefix of the cache per query block: the same outputs and
+  gradients as the reference for a prefill into a cache of its own length (write_at 0,
+  T = S), behind a prefix (write_at > 0) and into a longer cache, with left padding (rows
+  that see nothing keep the reference's uniform average), windows and soft caps."""
+  b, s, k, h = 3, 12, 2, 16
+  rng = np.random.default_rng(4)
+  q = jnp.asarray(rng.normal(size=(b, s, k, group, h)), jnp.float32)
+  kc = jnp.asarray(rng.normal(size=(b, k, t, h)), jnp.float32)
+  vc = jnp.asarray(rng.normal(size=(b, k, t, h)), jnp.float32)
+  start = np.array([0, 3, write_at + 5])  # row 2's first five queries see nothing
+  mask = jnp.asarray(_mask(b, s, t, start, write_at, window))
+  kw = dict(scale=h ** -0.5, softcap=softcap)
+  ref = attention.einsum_attention(q, kc, vc, mask, **kw)
+  got = attention.attend(q, kc, vc, mask, implementation="causal", block=q_block, **kw)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
+
+  w = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
+  loss = lambda fn: lambda *a: jnp.sum(fn(*a, mask, **kw) * w)
+  g_ref = jax.grad(loss(attention.einsum_attention), argnums=(0, 1, 2))(q, kc, vc)
+  g_got = jax.grad(loss(lambda *a, **x: attention.causal_attention(*a, q_block=q_block, **x)),
+                   argnums=(0, 1, 2))(q, kc, vc)
+  for a, r in zip(g_got, g_ref):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_picks_causal_only_for_causal_masks_of_two_query_blocks(monkeypatch):
+  calls = []
+  monkeypatch.setattr(attention, "causal_attention", lambda *a, **k: calls.append("k") or 0)
+  monkeypatch.setattr(attention, "einsum_attention", lambda *a, **k: calls.append("e") or 0)
+  n = 2 * attention.CAUSAL_Q_BLOCK
+  kv = jnp.zeros((1, 1, n, 4))
+  for s, causal in ((n, True), (n, False), (n - 1, True), (1, True)):
+    attention.attend(jnp.zeros((1, s, 1, 1, 4)), kv, kv, jnp.ones((1, s, n), bool), scale=1.0,
+                     causal=causal)
+  assert calls == ["k", "e", "e", "e"]

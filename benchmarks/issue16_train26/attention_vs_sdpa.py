@@ -1,5 +1,6 @@
-"""One layer of SmolLM2-135M's 8 x 256 prefill attention: c2cjax's einsum attention (the
-default at <= 512 keys) beside torch's causal scaled_dot_product_attention, best of 10.
+"""One layer of SmolLM2-135M's 8 x 256 prefill attention, best of 10: c2cjax's einsum
+attention (the default at <= 512 keys before this session), torch's causal
+scaled_dot_product_attention and c2cjax's causal kernel (the default since).
 
   python benchmarks/issue16_train26/attention_vs_sdpa.py   (twenty-sixth session)
 """
@@ -21,3 +22,9 @@ best=9
 for _ in range(10):
     t=time.perf_counter(); torch.nn.functional.scaled_dot_product_attention(tq,tk,tv,is_causal=True); best=min(best,time.perf_counter()-t)
 print(f"torch sdpa causal, one layer: {best*1e3:.1f} ms; x30 layers {best*30:.2f} s")
+g = jax.jit(lambda q,k,v,m: attention.causal_attention(q,k,v,m,scale=0.125))
+g(q,k,v,mask).block_until_ready()
+best=9
+for _ in range(10):
+    t=time.perf_counter(); g(q,k,v,mask).block_until_ready(); best=min(best,time.perf_counter()-t)
+print(f"c2cjax causal attention (query blocks of {attention.CAUSAL_Q_BLOCK}), one layer: {best*1e3:.1f} ms; x30 layers {best*30:.2f} s")

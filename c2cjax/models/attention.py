@@ -12,8 +12,12 @@ and short sequences, the reference in tests. ``chunked`` scans over key blocks o
 rematerialised, so the backward pass does not keep every block's probabilities either.
 ``cudnn`` is ``jax.nn.dot_product_attention(implementation="cudnn")`` (fused
 flash attention on NVIDIA GPUs, bf16/fp16 only, no soft cap); where cuDNN refuses the
-shapes it falls back to ``chunked``. ``auto`` picks: einsum for decode and sequences of
-at most one block, cuDNN on GPUs where it applies, else chunked.
+shapes it falls back to ``chunked``. ``causal`` is the einsum over, for each block of
+queries, only the keys a causal mask can show it: about half the products of a prefill
+(the masked upper triangle is never computed), the same values. ``auto`` picks: einsum for
+decode, ``causal`` for causal masks (the models' own) of at least two query blocks and at
+most one key block, einsum for other sequences of at most one key block, cuDNN on GPUs
+where it applies, else chunked.
 
 Fully masked query rows (left padding) get a uniform average in every kernel, as the
 einsum reference does; their outputs only ever feed padding slots.
@@ -31,7 +35,11 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = -2.3819763e38  # large negative that stays finite in bf16 / fp32
-IMPLEMENTATIONS = ("auto", "einsum", "chunked", "cudnn")
+IMPLEMENTATIONS = ("auto", "einsum", "causal", "chunked", "cudnn")
+# Queries per block of the ``causal`` kernel under ``auto``: at SmolLM2-135M's 8 x 256
+# prefill one layer's einsum attention took 24-27 ms against 8.8-9.6 ms for torch's causal
+# SDPA on an AMD EPYC Zen 4, most of it the masked triangle (RESULTS.md, twenty-sixth session).
+CAUSAL_Q_BLOCK = 64
 
 
 def check_implementation(name: str) -> str:
@@ -74,6 +82,33 @@ def einsum_attention(q, k, v, mask, *, scale: float, softcap: float | None = Non
   logits = jnp.where(mask[:, None, None], logits, NEG_INF)
   probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype).reshape(b, kh, g * s, t)
   return _heads_out(jnp.einsum("bkxt,bkth->bkxh", probs, v.astype(q.dtype)), s)
+
+
+def causal_attention(q, k, v, mask, *, scale: float, softcap: float | None = None,
+                     q_block: int = CAUSAL_Q_BLOCK):
+  """:func:`einsum_attention` reading, for each block of ``q_block`` queries, only the
+  keys a causal mask can show it.
+
+  For causal masks only, as the models build them: query ``i`` sits at cache slot
+  ``write_at + i`` with ``write_at + S <= T`` and sees no slot after its own. Then every
+  slot the queries ``[lo, hi)`` may see lies before ``T - S + hi``, whatever ``write_at``
+  is, so each block reads a static prefix of the cache: the whole triangle is skipped for
+  a prefill into a cache of its own length, the part after the prompt for a longer one.
+  Rows that see no slot (left padding) get the uniform average over all ``T`` slots, as
+  the reference gives them. Same values as :func:`einsum_attention` (fp32, 1e-5).
+  """
+  b, s, kh, g, h = q.shape
+  t = k.shape[2]
+  outs = []
+  for lo in range(0, s, q_block):
+    hi = min(s, lo + q_block)
+    n = min(t, t - s + hi)
+    outs.append(einsum_attention(q[:, lo:hi], k[:, :, :n], v[:, :, :n], mask[:, lo:hi, :n],
+                                 scale=scale, softcap=softcap))
+  out = jnp.concatenate(outs, axis=1)  # [B, S, K * G, H]
+  uniform = jnp.repeat(jnp.mean(v.astype(q.dtype), axis=2), g, axis=1)  # [B, K * G, H]
+  seen = jnp.any(mask, axis=-1)[:, :, None, None]
+  return jnp.where(seen, out, uniform[:, None].astype(out.dtype))
 
 
 def chunked_attention(q, k, v, mask, *, scale: float, softcap: float | None = None,
@@ -194,21 +229,29 @@ def attend_appended(q, k, v, k_new, v_new, mask, write_at, *, scale: float,
 
 
 def attend(q, k, v, mask, *, scale: float, softcap: float | None = None,
-           implementation: str = "auto", block: int = 512):
+           implementation: str = "auto", block: int = 512, causal: bool = False):
   """Attention of grouped queries ``q [B, S, K, G, H]`` over ``k, v [B, K, T, H]``.
 
   Args:
     mask: [B, S, T] bool, True where a query may attend to a slot.
     scale: logit scale; softcap: ``tanh(x / cap) * cap`` on the logits when set.
     implementation: one of ``IMPLEMENTATIONS`` (see the module docstring).
-    block: key block of the chunked kernel.
+    block: key block of the chunked kernel; the query block of ``causal`` when named.
+    causal: (static) the mask is causal in cache slots (see :func:`causal_attention`), so
+      ``auto`` may pick ``causal``.
   Returns:
     [B, S, K * G, H] in the query dtype.
   """
   impl = check_implementation(implementation)
   s, t = q.shape[1], k.shape[2]
+  if impl == "causal":
+    return causal_attention(q, k, v, mask, scale=scale, softcap=softcap, q_block=block)
   if impl == "auto":
-    if s == 1 or t <= block:
+    if s == 1:
+      impl = "einsum"
+    elif t <= block:
+      if causal and s >= 2 * CAUSAL_Q_BLOCK:
+        return causal_attention(q, k, v, mask, scale=scale, softcap=softcap)
       impl = "einsum"
     elif _cudnn_applies(q, softcap):
       impl = "cudnn"

@@ -91,8 +91,8 @@ class ModelConfig:
   bos_token_id: int | None = None
   eos_token_ids: tuple[int, ...] = ()
   pad_token_id: int | None = None
-  # Attention kernel (c2cjax.models.attention): auto | einsum | chunked | cudnn; key block
-  # of the chunked kernel. Not from HF: set with dataclasses.replace.
+  # Attention kernel (c2cjax.models.attention): auto | einsum | causal | chunked | cudnn; key
+  # block of the chunked kernel (query block of causal). Not from HF: dataclasses.replace.
   attention: str = "auto"
   attention_block: int = 512
 

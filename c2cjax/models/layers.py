@@ -142,7 +142,8 @@ class Attention(nn.Module):
     new_v = sharding.constrain(new_v, sharding.CACHE_LAYER)
     with jax.named_scope("attend"):
       out = attention.attend(qg, new_k, new_v, mask, scale=c.scale, softcap=c.attn_softcap,
-                             implementation=c.attention, block=c.attention_block)
+                             implementation=c.attention, block=c.attention_block,
+                             causal=True)  # Decoder's masks: causal in cache slots
     return self._project_out(out, wo), new_k, new_v
 
   def _project_out(self, out, wo):
