@@ -308,13 +308,17 @@ def test_causal_equals_einsum_and_gradients(softcap, window, group, q_block, wri
     np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-5, rtol=1e-5)
 
 
-def test_auto_picks_causal_only_for_causal_masks_of_two_query_blocks(monkeypatch):
+def test_auto_picks_causal_only_for_long_causal_prefills(monkeypatch):
+  """``auto``: the causal kernel for a causal prefill of 255+ tokens (8 x 256's ``lm.prefill``)
+  into a cache about its length; the einsum for two query blocks (training's pass 1 at the
+  original code's shape), non-causal masks, decode and a long prefix (pass 2)."""
   calls = []
   monkeypatch.setattr(attention, "causal_attention", lambda *a, **k: calls.append("k") or 0)
   monkeypatch.setattr(attention, "einsum_attention", lambda *a, **k: calls.append("e") or 0)
-  n = 2 * attention.CAUSAL_Q_BLOCK
-  kv = jnp.zeros((1, 1, n, 4))
-  for s, causal in ((n, True), (n, False), (n - 1, True), (1, True)):
-    attention.attend(jnp.zeros((1, s, 1, 1, 4)), kv, kv, jnp.ones((1, s, n), bool), scale=1.0,
+  n = 4 * attention.CAUSAL_Q_BLOCK - 1
+  for s, t, causal in ((n, n, True), (n, n, False), (128, 128, True), (1, n, True),
+                       (n, 2 * n, True)):
+    kv = jnp.zeros((1, 1, t, 4))
+    attention.attend(jnp.zeros((1, s, 1, 1, 4)), kv, kv, jnp.ones((1, s, t), bool), scale=1.0,
                      causal=causal)
-  assert calls == ["k", "e", "e", "e"]
+  assert calls == ["k", "e", "e", "e", "e"]

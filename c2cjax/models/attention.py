@@ -15,8 +15,8 @@ flash attention on NVIDIA GPUs, bf16/fp16 only, no soft cap); where cuDNN refuse
 shapes it falls back to ``chunked``. ``causal`` is the einsum over, for each block of
 queries, only the keys a causal mask can show it: about half the products of a prefill
 (the masked upper triangle is never computed), the same values. ``auto`` picks: einsum for
-decode, ``causal`` for causal masks (the models' own) of at least two query blocks and at
-most one key block, einsum for other sequences of at most one key block, cuDNN on GPUs
+decode, ``causal`` for causal masks (the models' own) of about four query blocks or more
+over a cache less than a query block longer than the queries and at most one key block, einsum for other sequences of at most one key block, cuDNN on GPUs
 where it applies, else chunked.
 
 Fully masked query rows (left padding) get a uniform average in every kernel, as the
@@ -250,7 +250,11 @@ def attend(q, k, v, mask, *, scale: float, softcap: float | None = None,
     if s == 1:
       impl = "einsum"
     elif t <= block:
-      if causal and s >= 2 * CAUSAL_Q_BLOCK:
+      # Only where it skips most of a triangle: four query blocks or more over a cache about
+      # as long as the queries (prefill). With all of them (two blocks in training's pass 1,
+      # a long prefix in pass 2) the training step at the original code's shape took 2-9%
+      # longer in paired runs (RESULTS.md, twenty-sixth session); these shapes keep the einsum.
+      if causal and s >= 4 * CAUSAL_Q_BLOCK - 1 and t - s < CAUSAL_Q_BLOCK:
         return causal_attention(q, k, v, mask, scale=scale, softcap=softcap)
       impl = "einsum"
     elif _cudnn_applies(q, softcap):
