@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 import time
 
 import jax
@@ -89,6 +90,8 @@ def main():
   args = p.parse_args()
   if args.shapes == ["steps"]:
     shapes = dict(STEP_SHAPES)
+  elif args.shapes and "steps" in args.shapes:
+    p.error("argument --shapes: 'steps' stands alone (it is the whole list STEP_SHAPES)")
   elif args.shapes:
     try:
       shapes = {s: shape_arg(s) for s in args.shapes}
@@ -103,13 +106,20 @@ def main():
       p.error("--torch: PyTorch is not installed (pip install -e '.[torch]')")
   print(f"{os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}; "
         f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
-  for name, (m, k, n) in shapes.items():
-    r = rates(m, k, n, args.reps, args.torch)
-    line = f"RATIO peak fp32 matmul {name}: {r['xla']:.0f} GFLOP/s"
-    if args.torch:
-      line += (f" (torch {r['torch']:.0f} GFLOP/s: XLA x{r['xla'] / r['torch']:.2f}) "
-               f"[{m}x{k}] x [{k}x{n}]")
-    print(line)
+  done = 0
+  try:
+    for name, (m, k, n) in shapes.items():
+      r = rates(m, k, n, args.reps, args.torch)
+      line = f"RATIO peak fp32 matmul {name}: {r['xla']:.0f} GFLOP/s"
+      if args.torch:
+        line += (f" (torch {r['torch']:.0f} GFLOP/s: XLA x{r['xla'] / r['torch']:.2f}) "
+                 f"[{m}x{k}] x [{k}x{n}]")
+      print(line, flush=True)
+      done += 1
+  except KeyboardInterrupt:  # the lines above are all it measured; it writes no file
+    print(f"matmul_peak.py: stopped by Ctrl-C after {done} of {len(shapes)} products",
+          file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

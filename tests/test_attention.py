@@ -61,6 +61,15 @@ def test_einsum_attention_equals_a_float64_loop(softcap, window, group):
   np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
 
 
+def _assert_einsum_gradients(kernel, qkv, mask, w, kw):
+  """Gradients of ``sum(kernel(q, k, v) * w)`` in q, k, v equal the einsum reference's."""
+  loss = lambda fn: lambda *a: jnp.sum(fn(*a, mask, **kw) * w)
+  g_ref = jax.grad(loss(attention.einsum_attention), argnums=(0, 1, 2))(*qkv)
+  g_got = jax.grad(loss(kernel), argnums=(0, 1, 2))(*qkv)
+  for a, r in zip(g_got, g_ref):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("softcap,window,group,block", [
     (None, None, 2, 8), (None, 5, 3, 7), (20.0, None, 1, 16), (30.0, 4, 2, 5)])
 def test_chunked_equals_einsum_and_gradients(softcap, window, group, block):
@@ -79,12 +88,8 @@ def test_chunked_equals_einsum_and_gradients(softcap, window, group, block):
   assert np.isfinite(np.asarray(got)).all()
 
   w = jnp.asarray(rng.normal(size=ref.shape), jnp.float32) * jnp.asarray(rows)[..., None, None]
-  loss = lambda fn: lambda *a: jnp.sum(fn(*a, mask, **kw) * w)
-  g_ref = jax.grad(loss(attention.einsum_attention), argnums=(0, 1, 2))(q, kc, vc)
-  g_got = jax.grad(loss(lambda *a, **x: attention.chunked_attention(*a, block=block, **x)),
-                   argnums=(0, 1, 2))(q, kc, vc)
-  for a, r in zip(g_got, g_ref):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-5, rtol=1e-5)
+  _assert_einsum_gradients(lambda *a, **x: attention.chunked_attention(*a, block=block, **x),
+                           (q, kc, vc), mask, w, kw)
 
 
 def test_auto_picks_einsum_for_decode_and_short_sequences(monkeypatch):
@@ -296,16 +301,16 @@ def test_causal_equals_einsum_and_gradients(softcap, window, group, q_block, wri
   mask = jnp.asarray(_mask(b, s, t, start, write_at, window))
   kw = dict(scale=h ** -0.5, softcap=softcap)
   ref = attention.einsum_attention(q, kc, vc, mask, **kw)
-  got = attention.attend(q, kc, vc, mask, implementation="causal", block=q_block, **kw)
+  got = attention.attend(q, kc, vc, mask, implementation="causal", block=q_block, causal=True,
+                         **kw)
   np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
 
   w = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
-  loss = lambda fn: lambda *a: jnp.sum(fn(*a, mask, **kw) * w)
-  g_ref = jax.grad(loss(attention.einsum_attention), argnums=(0, 1, 2))(q, kc, vc)
-  g_got = jax.grad(loss(lambda *a, **x: attention.causal_attention(*a, q_block=q_block, **x)),
-                   argnums=(0, 1, 2))(q, kc, vc)
-  for a, r in zip(g_got, g_ref):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-5, rtol=1e-5)
+  _assert_einsum_gradients(
+      lambda *a, **x: attention.causal_attention(*a, q_block=q_block, **x), (q, kc, vc), mask,
+      w, kw)
+  with pytest.raises(ValueError, match="needs a causal mask"):  # named without causal=True
+    attention.attend(q, kc, vc, mask, implementation="causal", block=q_block, **kw)
 
 
 def test_auto_picks_causal_only_for_long_causal_prefills(monkeypatch):

@@ -20,6 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ("matmul_peak.py", ["--sizes", "0"], "argument --sizes: 0 must be >= 1"),
     ("matmul_peak.py", ["--shapes", "12x3"], "argument --shapes: '12x3' is not MxKxN"),
     ("matmul_peak.py", ["--shapes", "512x0x4"], "argument --shapes: '512x0x4' is not MxKxN"),
+    ("matmul_peak.py", ["--shapes", "steps", "8x8x8"], "argument --shapes: 'steps' stands alone"),
     ("c2c_prefill_parts.py", ["--batch", "0"], "argument --batch: 0 must be >= 1"),
     ("train_step.py", ["--batch", "0"], "argument --batch: 0 must be >= 1"),
     ("train_step.py", ["--accum", "-1"], "argument --accum: -1 must be >= 1"),

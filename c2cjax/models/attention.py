@@ -15,9 +15,9 @@ flash attention on NVIDIA GPUs, bf16/fp16 only, no soft cap); where cuDNN refuse
 shapes it falls back to ``chunked``. ``causal`` is the einsum over, for each block of
 queries, only the keys a causal mask can show it: about half the products of a prefill
 (the masked upper triangle is never computed), the same values. ``auto`` picks: einsum for
-decode, ``causal`` for causal masks (the models' own) of about four query blocks or more
-over a cache less than a query block longer than the queries and at most one key block, einsum for other sequences of at most one key block, cuDNN on GPUs
-where it applies, else chunked.
+decode; ``causal`` for causal masks (the models' own) of 255+ queries over a cache less than
+a query block longer than the queries, within one key block; einsum for other sequences
+within one key block; cuDNN on GPUs where it applies; else chunked.
 
 Fully masked query rows (left padding) get a uniform average in every kernel, as the
 einsum reference does; their outputs only ever feed padding slots.
@@ -237,14 +237,17 @@ def attend(q, k, v, mask, *, scale: float, softcap: float | None = None,
     scale: logit scale; softcap: ``tanh(x / cap) * cap`` on the logits when set.
     implementation: one of ``IMPLEMENTATIONS`` (see the module docstring).
     block: key block of the chunked kernel; the query block of ``causal`` when named.
-    causal: (static) the mask is causal in cache slots (see :func:`causal_attention`), so
-      ``auto`` may pick ``causal``.
+    causal: (static) the mask is causal in cache slots (see :func:`causal_attention`):
+      ``auto`` may pick ``causal`` then, and naming ``causal`` requires it.
   Returns:
     [B, S, K * G, H] in the query dtype.
   """
   impl = check_implementation(implementation)
   s, t = q.shape[1], k.shape[2]
   if impl == "causal":
+    if not causal:  # it reads only a prefix of the cache: wrong for any other mask
+      raise ValueError("the 'causal' attention kernel needs a causal mask (causal=True, as "
+                       "the models pass); use 'einsum' or 'chunked' for this one")
     return causal_attention(q, k, v, mask, scale=scale, softcap=softcap, q_block=block)
   if impl == "auto":
     if s == 1:
